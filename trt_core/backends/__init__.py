@@ -1,0 +1,37 @@
+"""The backends, in order of preference. Each is imported only when asked for."""
+from __future__ import annotations
+
+import importlib
+
+from trt_core.backends.base import Backend, BackendUnavailable
+
+# name -> "module:class"; TensorRT first, it is the product's primary backend.
+REGISTRY = {
+    "tensorrt": "trt_core.backends.tensorrt:TensorRTBackend",
+    "torch": "trt_core.backends.torch_compiled:TorchCompiledBackend",
+    "onnxruntime": "trt_core.backends.onnxruntime:OnnxRuntimeBackend",
+}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        module_name, class_name = REGISTRY[name].split(":")
+    except KeyError:
+        raise BackendUnavailable(f"unknown backend {name!r} (known: {', '.join(REGISTRY)})") from None
+    module = importlib.import_module(module_name)
+    return getattr(module, class_name)()
+
+
+def all_backends() -> list[Backend]:
+    """Every backend whose module is present, available on this machine or not."""
+    out = []
+    for name in REGISTRY:
+        try:
+            out.append(get_backend(name))
+        except ImportError:
+            continue
+    return out
+
+
+def available_backends() -> list[Backend]:
+    return [b for b in all_backends() if b.availability().available]

@@ -1,0 +1,129 @@
+"""The one interface every backend implements (after Polygraphy's runners and lazy loaders).
+
+A Backend turns an export into an engine file (`build`) and an engine file into an Engine
+(`load`). An Engine runs one UNet call on tensors. Backends import their heavy libraries lazily,
+so listing them never fails on a machine that lacks one.
+"""
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+
+from models.families import ModelFamily
+from trt_core.profiles import Profile
+
+# progress(phase, fraction of the whole job in [0, 1])
+ProgressFn = Callable[[str, float], None]
+
+
+def no_progress(phase: str, fraction: float) -> None:
+    pass
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend's library or hardware is missing; the message says what to install."""
+
+
+class BuildCancelled(RuntimeError):
+    """The caller cancelled the build; nothing was written."""
+
+
+class CancelToken:
+    """Set from another thread (the UI's Cancel button); builders poll it between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._event.is_set():
+            raise BuildCancelled("build cancelled")
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""  # why not, and how to fix it
+
+
+@dataclass
+class BuildRequest:
+    """What a build starts from: the verified ONNX and, for backends that compile from
+    PyTorch, the module itself."""
+    onnx_path: Path
+    family: ModelFamily
+    profile: Profile
+    precision: str = "fp16"  # "fp16", "bf16" or "fp32"
+    module: Optional[torch.nn.Module] = None
+    device: str = "cuda"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildOutcome:
+    """What a build reports back to the manifest, besides the file it wrote."""
+    precision: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """One loaded engine: runs calls inside its profile."""
+
+    name: str
+    family: ModelFamily
+    profile: Profile
+
+    @abstractmethod
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        """The UNet's output for these rows, in x's dtype on x's device."""
+
+    @property
+    def memory_bytes(self) -> int:
+        """Device memory held while loaded (weights and workspace), for the router's budget."""
+        return 0
+
+    def close(self) -> None:
+        """Release everything the engine holds; it is not called again afterwards."""
+
+
+class Backend(ABC):
+    name: str  # "tensorrt", "onnxruntime", "torch"
+    file_suffix: str  # of engine files, e.g. ".trt"
+
+    @abstractmethod
+    def availability(self) -> Availability:
+        """Whether this machine can build and run this backend, and if not, why."""
+
+    @abstractmethod
+    def version(self) -> str:
+        """The library version an engine is tied to (recorded in the manifest)."""
+
+    def device_arch(self, device: str = "cuda") -> str:
+        """The hardware an engine is tied to, e.g. "sm_89" or "cpu"."""
+        return "any"
+
+    @abstractmethod
+    def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
+              cancel: CancelToken | None = None) -> BuildOutcome:
+        """Write the engine for request.profile to out_path (the caller makes it atomic)."""
+
+    @abstractmethod
+    def load(self, path: Path, name: str, family: ModelFamily, profile: Profile, device: str = "cuda") -> Engine:
+        """Read an engine file written by `build`; raise a clear error for a foreign file."""
+
+    def require(self) -> None:
+        status = self.availability()
+        if not status.available:
+            raise BackendUnavailable(f"{self.name}: {status.reason}")
