@@ -1,0 +1,139 @@
+"""UNet -> ONNX with named dynamic axes, cleaned and constant-folded by onnx-graphsurgeon.
+
+The module exported is always our own `models.unet.UNetModel`, built on the meta device and
+handed the source UNet's tensors (no copy unless the dtype changes). So export never moves the
+source model, never runs through the WebUI's hijacked forwards, and changes no global setting.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from models.families import ModelFamily, config_from_state_dict, family_of_config
+from models.unet import UNetModel
+from trt_core.atomic import TEMP_MARK
+from trt_core.backends.base import CancelToken, ProgressFn, no_progress
+
+OPSET = 17
+ONNX_NAME = "unet.onnx"
+DATA_NAME = "unet.onnx.data"
+PROTOBUF_LIMIT = 2 * 1024**3
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx_path: Path
+    family: ModelFamily
+    weights: str  # "fp32" or "fp16": the dtype stored in the ONNX
+    seconds: float
+
+
+def dynamic_axes(family: ModelFamily) -> dict[str, dict[int, str]]:
+    axes = {"x": {0: "rows", 2: "latent_height", 3: "latent_width"}, "timesteps": {0: "rows"},
+            "context": {0: "rows", 1: "context_len"}, "out": {0: "rows", 2: "latent_height", 3: "latent_width"}}
+    if family.y_dim:
+        axes["y"] = {0: "rows"}
+    return axes
+
+
+def sample_inputs(family: ModelFamily, rows: int, latent_h: int, latent_w: int, context_len: int,
+                  dtype: torch.dtype, device: torch.device | str, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """Random inputs of one call; timesteps stay float32 (fp16 cannot hold 999.5 exactly)."""
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
+    x = randn(rows, family.in_channels, latent_h, latent_w)
+    timesteps = (torch.rand(rows, generator=generator) * 999).to(device)
+    context = randn(rows, context_len, family.context_dim)
+    if family.y_dim:
+        return x, timesteps, context, randn(rows, family.y_dim)
+    return x, timesteps, context
+
+
+def shadow_unet(source: torch.nn.Module, family: ModelFamily, dtype: torch.dtype) -> UNetModel:
+    """Our UNet class holding the source's weights: the same tensors where the dtype matches."""
+    state = source.state_dict()
+    config = config_from_state_dict({k: v for k, v in state.items()})
+    if family_of_config(config, family.prediction) != family:
+        raise ExportError(f"the UNet's weights are {family_of_config(config, family.prediction).label}, not {family.label}")
+    with torch.device("meta"):
+        unet = UNetModel(config)
+    with torch.no_grad():
+        unet.load_state_dict({k: v.detach().to(dtype) for k, v in state.items()}, strict=True, assign=True)
+    return unet.eval().requires_grad_(False)
+
+
+def _clean_and_save(raw_path: Path, out_dir: Path, fold: bool) -> None:
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    model = onnx.load(str(raw_path), load_external_data=True)
+    graph = gs.import_onnx(model)
+    graph.cleanup().toposort()
+    if fold:
+        graph.fold_constants().cleanup()
+    model = gs.export_onnx(graph)
+    # keep the ONNX opset the exporter chose; graphsurgeon may not carry ir_version over
+    large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT - 64 * 1024**2
+    onnx.save_model(model, str(out_dir / ONNX_NAME), save_as_external_data=large,
+                    all_tensors_to_one_file=True, location=DATA_NAME, size_threshold=1024)
+
+
+def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, weights: str = "fp16",
+                device: torch.device | str | None = None, progress: ProgressFn = no_progress,
+                cancel: CancelToken | None = None) -> ExportResult:
+    """Write `out_dir/unet.onnx` (and `unet.onnx.data` when over protobuf's 2 GB). The folder
+    appears whole or not at all: it is assembled in a temp folder and renamed into place."""
+    if weights not in ("fp32", "fp16"):
+        raise ExportError(f"ONNX weights must be fp32 or fp16, not {weights!r}")
+    started = time.monotonic()
+    cancel = cancel or CancelToken()
+    first = next(source.parameters(), None)
+    device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
+    if device.type == "meta":
+        raise ExportError("the UNet's weights are not loaded (meta device); load the checkpoint first")
+    dtype = DTYPES[weights]
+    progress("export: preparing the UNet", 0.02)
+    unet = shadow_unet(source, family, dtype)
+    unet_on_device = unet.to(device)  # no-op for tensors already there; copies only offloaded ones
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}{os.getpid()}-{out_dir.name}.", dir=out_dir.parent))
+    try:
+        raw_dir = work / "raw"
+        raw_dir.mkdir()
+        args = sample_inputs(family, 2, 8, 8, 77, dtype, device)
+        cancel.raise_if_cancelled()
+        progress("export: tracing the UNet to ONNX", 0.05)
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(unet_on_device, args, str(raw_dir / ONNX_NAME), dynamo=False, opset_version=OPSET,
+                              input_names=list(family.input_names), output_names=["out"],
+                              dynamic_axes=dynamic_axes(family), do_constant_folding=True)
+        del unet_on_device, unet
+        cancel.raise_if_cancelled()
+        progress("export: cleaning and folding the graph", 0.6)
+        final = work / "final"
+        final.mkdir()
+        size = sum(f.stat().st_size for f in raw_dir.iterdir())
+        _clean_and_save(raw_dir / ONNX_NAME, final, fold=size < PROTOBUF_LIMIT)
+        cancel.raise_if_cancelled()
+        progress("export: saving", 0.95)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(final, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    progress("export: done", 1.0)
+    return ExportResult(out_dir / ONNX_NAME, family, weights, time.monotonic() - started)

@@ -1,0 +1,43 @@
+"""Checkpoint identity by content: engines follow the weights, not the file name."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping
+
+import torch
+
+from trt_core.backends.base import ProgressFn, no_progress
+from trt_core.manifest import CheckpointId
+
+CHUNK = 8 * 1024 * 1024
+
+
+def sha256_file(path: Path | str, progress: ProgressFn = no_progress) -> str:
+    path = Path(path)
+    total, done = max(path.stat().st_size, 1), 0
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            done += len(chunk)
+            progress(f"hashing {path.name}", done / total)
+    return digest.hexdigest()
+
+
+def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """A content hash of in-memory weights (names, dtypes, shapes and values)."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def checkpoint_of_file(path: Path | str, progress: ProgressFn = no_progress) -> CheckpointId:
+    return CheckpointId.of(sha256_file(path, progress), Path(path).stem)
+
+
+def checkpoint_of_module(module: torch.nn.Module, name: str) -> CheckpointId:
+    return CheckpointId.of(sha256_state_dict(module.state_dict()), name)

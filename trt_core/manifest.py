@@ -1,0 +1,234 @@
+"""The manifest: which engines exist, for which checkpoint, backend version and GPU.
+
+`manifest.json` is an index. Every engine file also has a sidecar `<file>.json` holding its own
+entry, written before the index, so a corrupt or lost index can be rebuilt from the sidecars
+(`Manifest.recover`). All writes are atomic and taken under a file lock shared by processes.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from filelock import FileLock, Timeout
+
+from trt_core.atomic import atomic_write_text, remove_stale_temps
+from trt_core.profiles import Profile, ProfileError
+
+SCHEMA = "sd-unet-engines"
+SCHEMA_VERSION = 1
+INDEX_NAME = "manifest.json"
+SIDECAR_SUFFIX = ".json"
+LOCK_TIMEOUT_S = 60
+
+
+class ManifestError(RuntimeError):
+    """The manifest cannot be used as it is; the message says how to recover. Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class CheckpointId:
+    sha256: str
+    short_hash: str  # the WebUI's: the first 10 hex digits of the sha256
+    name: str
+
+    @classmethod
+    def of(cls, sha256: str, name: str) -> "CheckpointId":
+        return cls(sha256, sha256[:10], name)
+
+
+@dataclass
+class EngineEntry:
+    id: str
+    checkpoint: CheckpointId
+    family: str
+    backend: str
+    backend_version: str
+    gpu_arch: str
+    profile: Profile
+    precision: str
+    file: str  # relative to the engine folder
+    file_size: int = 0
+    build_seconds: float = 0.0
+    created: str = ""
+    accuracy: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["profile"] = self.profile.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "EngineEntry":
+        try:
+            fields = dict(data)
+            fields["checkpoint"] = CheckpointId(**fields["checkpoint"])
+            fields["profile"] = Profile.from_dict(fields["profile"])
+            return cls(**fields)
+        except (KeyError, TypeError, ProfileError) as e:
+            raise ValueError(f"malformed entry: {e}") from None
+
+
+def engine_id(checkpoint: CheckpointId, family: str, backend: str, precision: str, profile: Profile) -> str:
+    return f"{checkpoint.short_hash}-{family}-{backend}-{precision}-{profile.slug()}"
+
+
+@dataclass
+class EngineStatus:
+    state: str  # "ready", "stale", "missing"
+    reason: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+
+class Manifest:
+    def __init__(self, engine_dir: Path | str):
+        self.dir = Path(engine_dir)
+        self.path = self.dir / INDEX_NAME
+        self.problems: list[str] = []  # entries skipped at the last read, and why
+
+    def _lock(self) -> FileLock:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.dir / ".manifest.lock"), timeout=LOCK_TIMEOUT_S)
+
+    def _locked(self):
+        lock = self._lock()
+        try:
+            lock.acquire()
+        except Timeout:
+            raise ManifestError(f"{self.path} is locked by another process for over {LOCK_TIMEOUT_S} s; "
+                                f"if none is running, delete {lock.lock_file}") from None
+        return lock
+
+    def file_path(self, entry: EngineEntry) -> Path:
+        """The entry's file, refusing any path that leaves the engine folder."""
+        root = self.dir.resolve()
+        path = (root / entry.file).resolve()
+        if Path(entry.file).is_absolute() or root not in path.parents:
+            raise ValueError(f"entry {entry.id!r} points outside {root}: {entry.file!r}")
+        return path
+
+    def _read_index(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        recover = f"run `python -m trt_core recover --dir {self.dir}` to rebuild it from the engines' sidecar files"
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{self.path} is corrupt ({e}); {recover}") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+            raise ManifestError(f"{self.path} is not an engine manifest of this extension; move it away or {recover}")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ManifestError(f"{self.path} has schema version {data.get('schema_version')!r}, this extension "
+                                f"reads {SCHEMA_VERSION}; update the extension or {recover}")
+        if not isinstance(data.get("entries"), list):
+            raise ManifestError(f"{self.path} has no entry list; {recover}")
+        return data["entries"]
+
+    def _parse(self, raw: Iterable[Any]) -> list[EngineEntry]:
+        entries, self.problems = [], []
+        for item in raw:
+            try:
+                entry = EngineEntry.from_dict(item)
+                self.file_path(entry)
+            except (ValueError, TypeError) as e:
+                self.problems.append(str(e))
+                continue
+            entries.append(entry)
+        return entries
+
+    def entries(self) -> list[EngineEntry]:
+        """Every well-formed entry; malformed ones are skipped and listed in `problems`."""
+        return self._parse(self._read_index())
+
+    def get(self, entry_id: str) -> EngineEntry | None:
+        return next((e for e in self.entries() if e.id == entry_id), None)
+
+    def _write(self, entries: list[EngineEntry]) -> None:
+        data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "entries": [e.to_dict() for e in entries]}
+        atomic_write_text(self.path, json.dumps(data, indent=1))
+
+    def add(self, entry: EngineEntry) -> None:
+        """Register an engine whose file is already in place (replacing an entry of the same id)."""
+        path = self.file_path(entry)
+        if not path.is_file():
+            raise ValueError(f"cannot register {entry.id}: {path} does not exist")
+        entry.created = entry.created or time.strftime("%Y-%m-%dT%H:%M:%S")
+        with self._locked():
+            atomic_write_text(self.sidecar(entry), json.dumps(entry.to_dict(), indent=1))
+            entries = [e for e in self._parse(self._read_index()) if e.id != entry.id]
+            self._write(entries + [entry])
+
+    def sidecar(self, entry: EngineEntry) -> Path:
+        return self.file_path(entry).with_name(self.file_path(entry).name + SIDECAR_SUFFIX)
+
+    def remove(self, entry_id: str) -> EngineEntry:
+        """Delete an engine: its index entry, its file and its sidecar."""
+        with self._locked():
+            entries = self._parse(self._read_index())
+            entry = next((e for e in entries if e.id == entry_id), None)
+            if entry is None:
+                raise KeyError(f"no engine {entry_id!r} in {self.path}")
+            self._write([e for e in entries if e.id != entry_id])
+            self.file_path(entry).unlink(missing_ok=True)
+            self.sidecar(entry).unlink(missing_ok=True)
+        return entry
+
+    def prune(self) -> list[EngineEntry]:
+        """Drop entries whose engine file is gone; clear temp files of killed builds."""
+        with self._locked():
+            remove_stale_temps(self.dir)
+            entries = self._parse(self._read_index())
+            gone = [e for e in entries if not self.file_path(e).is_file()]
+            if gone:
+                self._write([e for e in entries if e not in gone])
+                for e in gone:
+                    self.sidecar(e).unlink(missing_ok=True)
+        return gone
+
+    def recover(self) -> tuple[list[EngineEntry], Path | None]:
+        """Rebuild the index from the sidecars; a broken index is kept aside, not deleted."""
+        with self._locked():
+            kept = None
+            if self.path.exists():
+                try:
+                    self._read_index()
+                except ManifestError:
+                    kept = self.path.with_name(f"{INDEX_NAME}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+                    self.path.replace(kept)
+            found, sidecar_problems = [], []
+            for sidecar in sorted(self.dir.glob(f"*{SIDECAR_SUFFIX}")):
+                if sidecar.name == INDEX_NAME:
+                    continue
+                try:
+                    found.append(json.loads(sidecar.read_text(encoding="utf-8")))
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                    sidecar_problems.append(f"{sidecar.name}: {e}")
+            entries = [e for e in self._parse(found) if self.file_path(e).is_file()]
+            self.problems = sidecar_problems + self.problems
+            self._write(entries)
+        return entries, kept
+
+
+def engine_status(entry: EngineEntry, manifest: Manifest, backend_version: str | None, device_arch: str | None) -> EngineStatus:
+    """Ready, or why not: the file is gone, or it was built for another backend version or GPU.
+    A None version/arch means the backend is not installed here."""
+    try:
+        present = manifest.file_path(entry).is_file()
+    except ValueError as e:
+        return EngineStatus("missing", str(e))
+    if not present:
+        return EngineStatus("missing", f"file {entry.file} is gone")
+    if backend_version is None:
+        return EngineStatus("stale", f"{entry.backend} is not installed here")
+    if entry.backend_version != backend_version:
+        return EngineStatus("stale", f"built with {entry.backend} {entry.backend_version}, "
+                                     f"this machine has {backend_version}; rebuild it")
+    if device_arch is not None and entry.gpu_arch != device_arch:
+        return EngineStatus("stale", f"built for {entry.gpu_arch}, this GPU is {device_arch}; rebuild it")
+    return EngineStatus("ready")

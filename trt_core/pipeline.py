@@ -1,0 +1,145 @@
+"""Export -> verify -> build -> verify -> register, for one checkpoint, profile and backend.
+
+Nothing reaches the manifest unless every step passed; the engine file is renamed into place
+only after its own accuracy check, so a cancelled, failed or killed build leaves no entry and no
+engine file (a killed one leaves a temp file that the next prune removes).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock, Timeout
+
+from models.families import ModelFamily
+from trt_core.atomic import atomic_output
+from trt_core.backends.base import Backend, BuildRequest, CancelToken, ProgressFn, no_progress
+from trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from trt_core.export import ONNX_NAME, ExportResult, export_onnx, shadow_unet
+from trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
+from trt_core.profiles import Profile
+from trt_core.verify import Accuracy, compare, require
+
+ONNX_DIR, ENGINE_DIR = "Unet-onnx", "Unet-trt"
+
+
+class BuildBusy(RuntimeError):
+    """Another build holds the engine folder; one build runs at a time."""
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Where artifacts live: the WebUI's models folder, or any folder standalone."""
+    root: Path
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.root / ONNX_DIR
+
+    @property
+    def engine_dir(self) -> Path:
+        return self.root / ENGINE_DIR
+
+    def onnx_folder(self, checkpoint: CheckpointId, family: ModelFamily, weights: str) -> Path:
+        return self.onnx_dir / f"{checkpoint.short_hash}-{family.name}-{weights}"
+
+    def manifest(self) -> Manifest:
+        return Manifest(self.engine_dir)
+
+
+def _scaled(progress: ProgressFn, start: float, end: float) -> ProgressFn:
+    return lambda phase, fraction: progress(phase, start + (end - start) * min(max(fraction, 0.0), 1.0))
+
+
+def onnx_weights(precision: str) -> str:
+    return "fp32" if precision == "fp32" else "fp16"
+
+
+def ensure_onnx(source: torch.nn.Module, checkpoint: CheckpointId, family: ModelFamily, workspace: Workspace,
+                weights: str, device: torch.device | str | None, progress: ProgressFn = no_progress,
+                cancel: CancelToken | None = None) -> ExportResult:
+    """The checkpoint's ONNX, exported once and reused by every profile and backend."""
+    folder = workspace.onnx_folder(checkpoint, family, weights)
+    if (folder / ONNX_NAME).is_file():
+        progress("export: reusing the ONNX of this checkpoint", 1.0)
+        return ExportResult(folder / ONNX_NAME, family, weights, 0.0)
+    return export_onnx(source, family, folder, weights=weights, device=device, progress=progress, cancel=cancel)
+
+
+def reference_unet(source: torch.nn.Module, family: ModelFamily, device: torch.device) -> torch.nn.Module:
+    """The PyTorch UNet that engines are held to: fp32 on the CPU, the source's dtype on a GPU."""
+    dtype = torch.float32 if device.type == "cpu" else next(source.parameters()).dtype
+    return shadow_unet(source, family, dtype).to(device)
+
+
+def verify_onnx(onnx_path: Path, reference: torch.nn.Module, family: ModelFamily, profile: Profile,
+                weights: str) -> Accuracy:
+    runtime = OnnxRuntimeBackend()
+    engine = runtime.load(onnx_path, "onnx", family, profile, device="cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = next(reference.parameters()).device
+        return require(compare(engine, reference, family, profile, weights, device=device,
+                               ref_dtype=next(reference.parameters()).dtype), f"the ONNX export ({onnx_path})")
+    finally:
+        engine.close()
+
+
+def build_engine(source: torch.nn.Module, checkpoint: CheckpointId, family: ModelFamily, profile: Profile,
+                 backend: Backend, workspace: Workspace, precision: str = "fp16",
+                 device: torch.device | str | None = None, progress: ProgressFn = no_progress,
+                 cancel: CancelToken | None = None, options: dict | None = None) -> EngineEntry:
+    profile.validate()
+    backend.require()
+    cancel = cancel or CancelToken()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    manifest = workspace.manifest()
+    manifest.dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(manifest.dir / ".build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BuildBusy("another engine build is running; wait for it to finish") from None
+    try:
+        started = time.monotonic()
+        weights = onnx_weights(precision)
+        exported = ensure_onnx(source, checkpoint, family, workspace, weights, device,
+                               _scaled(progress, 0.0, 0.3), cancel)
+        cancel.raise_if_cancelled()
+        progress("verify: ONNX Runtime against PyTorch", 0.3)
+        reference = reference_unet(source, family, device)
+        onnx_accuracy = verify_onnx(exported.onnx_path, reference, family, profile, weights)
+        cancel.raise_if_cancelled()
+
+        entry_id = engine_id(checkpoint, family.name, backend.name, precision, profile)
+        file_name = entry_id + backend.file_suffix
+        request = BuildRequest(exported.onnx_path, family, profile, precision, module=reference,
+                               device=device.type, options=dict(options or {}))
+        with atomic_output(manifest.dir / file_name) as tmp:
+            outcome = backend.build(request, tmp, _scaled(progress, 0.4, 0.9), cancel)
+            cancel.raise_if_cancelled()
+            progress(f"verify: {backend.name} engine against PyTorch", 0.9)
+            engine = backend.load(tmp, entry_id, family, profile, device=device.type)
+            try:
+                accuracy = require(compare(engine, reference, family, profile, outcome.precision, device=device,
+                                           ref_dtype=next(reference.parameters()).dtype),
+                                   f"the {backend.name} engine")
+            finally:
+                engine.close()
+        entry = EngineEntry(
+            id=entry_id, checkpoint=checkpoint, family=family.name, backend=backend.name,
+            backend_version=backend.version(), gpu_arch=backend.device_arch(device.type), profile=profile,
+            precision=outcome.precision, file=file_name, file_size=(manifest.dir / file_name).stat().st_size,
+            build_seconds=round(time.monotonic() - started, 2), accuracy=accuracy.as_dict(),
+            details={**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
+                     "onnx_accuracy": onnx_accuracy.as_dict()})
+        try:
+            manifest.add(entry)
+        except BaseException:
+            (manifest.dir / file_name).unlink(missing_ok=True)
+            raise
+        progress("done", 1.0)
+        return entry
+    finally:
+        lock.release()

@@ -1,0 +1,175 @@
+"""Per-call routing: pick the loaded-or-loadable engine that covers a call's shapes, split a batch
+that is too large into chunks that fit, or answer "not covered" with the reason so the caller
+falls back. It never raises for a call it cannot serve; an engine that fails is set aside."""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from models.families import ModelFamily
+from trt_core.backends.base import Engine
+from trt_core.profiles import CallShape, Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineRecord:
+    """A candidate engine, known by its profile before it is loaded."""
+    id: str
+    family: ModelFamily
+    profile: Profile
+    load: Callable[[], Engine]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.id
+
+
+@dataclass
+class Plan:
+    record: EngineRecord | None
+    chunks: list[int] = field(default_factory=list)  # rows per engine run
+    reason: str = ""
+
+    @property
+    def covered(self) -> bool:
+        return self.record is not None
+
+
+@dataclass
+class RouteResult:
+    output: torch.Tensor | None
+    engine: str | None = None
+    reason: str = ""
+    chunks: int = 0
+
+    @property
+    def covered(self) -> bool:
+        return self.output is not None
+
+
+def split_rows(rows: int, max_rows: int) -> list[int]:
+    """Fewest chunks of at most max_rows, as even as possible (so each stays above the minimum)."""
+    n = math.ceil(rows / max_rows)
+    base, extra = divmod(rows, n)
+    return [base + 1] * extra + [base] * (n - extra)
+
+
+def _distance(call: CallShape, profile: Profile) -> int:
+    """How far the call is from the profile's opt shape (engines are fastest near opt)."""
+    h, w = profile.latent(profile.height), profile.latent(profile.width)
+    return (abs(call.rows - profile.rows.opt) + abs(call.latent_height - h.opt) + abs(call.latent_width - w.opt)
+            + abs(call.context_len - profile.context_len.opt))
+
+
+class Router:
+    def __init__(self, records: Sequence[EngineRecord], memory_budget_bytes: int | None = None):
+        self.records = list(records)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.failed: dict[str, str] = {}  # engine id -> why it was set aside
+        self._loaded: OrderedDict[str, Engine] = OrderedDict()
+        self._lock = threading.RLock()
+
+    @classmethod
+    def from_engines(cls, engines: Sequence[Engine], memory_budget_bytes: int | None = None) -> "Router":
+        router = cls([EngineRecord(e.name, e.family, e.profile, lambda e=e: e) for e in engines], memory_budget_bytes)
+        for engine in engines:
+            router._loaded[engine.name] = engine
+        return router
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def plan(self, call: CallShape) -> Plan:
+        candidates, reasons = [], []
+        for record in self.records:
+            if record.id in self.failed:
+                reasons.append(f"{record.label}: set aside ({self.failed[record.id]})")
+                continue
+            coverage = record.profile.covers(call, record.family)
+            if not coverage:
+                reasons.append(f"{record.label}: {coverage.reason}")
+                continue
+            chunks = split_rows(call.rows, record.profile.rows.max) if coverage.needs_split else [call.rows]
+            if min(chunks) < record.profile.rows.min:
+                reasons.append(f"{record.label}: {call.rows} rows cannot be split into chunks of "
+                               f"{record.profile.rows.min}-{record.profile.rows.max}")
+                continue
+            key = (coverage.needs_split, record.id not in self._loaded, _distance(call, record.profile))
+            candidates.append((key, record, chunks))
+        if not candidates:
+            detail = "; ".join(reasons) if reasons else "no engines"
+            return Plan(None, reason=f"no engine covers {call.describe()} ({detail})")
+        _, record, chunks = min(candidates, key=lambda c: c[0])
+        return Plan(record, chunks)
+
+    def _engine(self, record: EngineRecord) -> Engine:
+        with self._lock:
+            engine = self._loaded.get(record.id)
+            if engine is None:
+                engine = record.load()
+                self._loaded[record.id] = engine
+                self._evict(keep=record.id)
+            self._loaded.move_to_end(record.id)
+            return engine
+
+    def _evict(self, keep: str) -> None:
+        if self.memory_budget_bytes is None:
+            return
+        while sum(e.memory_bytes for e in self._loaded.values()) > self.memory_budget_bytes:
+            victim = next((i for i in self._loaded if i != keep), None)
+            if victim is None:
+                return
+            log.info("unloading engine %s to stay within the memory budget", victim)
+            self._loaded.pop(victim).close()
+
+    def run(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+            y: torch.Tensor | None = None) -> RouteResult:
+        """The engine's output for this call, or no output and the reason (the caller falls back)."""
+        call = CallShape.of(x, context, y)
+        while True:
+            plan = self.plan(call)
+            if not plan.covered:
+                return RouteResult(None, reason=plan.reason)
+            record = plan.record
+            try:
+                engine = self._engine(record)
+                output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y)
+            except Exception as e:  # one bad engine must not take the generation down
+                log.exception("engine %s failed; it is set aside for this session", record.label)
+                self.failed[record.id] = f"{type(e).__name__}: {e}"
+                self.unload(record.id)
+                continue
+            return RouteResult(output, record.label, chunks=len(plan.chunks))
+
+    @staticmethod
+    def _run_chunks(engine: Engine, chunks: list[int], x, timesteps, context, y) -> torch.Tensor:
+        if timesteps.dim() == 0 or timesteps.shape[0] != x.shape[0]:
+            timesteps = timesteps.reshape(-1).expand(x.shape[0])
+        if len(chunks) == 1:
+            return engine(x, timesteps, context, y)
+        outputs, start = [], 0
+        for rows in chunks:
+            part = slice(start, start + rows)
+            outputs.append(engine(x[part], timesteps[part], context[part], None if y is None else y[part]))
+            start += rows
+        return torch.cat(outputs)
+
+    def unload(self, engine_id: str) -> None:
+        with self._lock:
+            engine = self._loaded.pop(engine_id, None)
+            if engine is not None:
+                engine.close()
+
+    def close(self) -> None:
+        with self._lock:
+            for engine_id in list(self._loaded):
+                self.unload(engine_id)
