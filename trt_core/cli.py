@@ -1,0 +1,263 @@
+"""Command line: `python -m trt_core demo | build | list | verify | remove | recover | ui`."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models.families import TINY, UnsupportedModelError, detect_family, family_named
+from models.unet import UNetModel, seeded_unet
+from trt_core.backends import all_backends, get_backend
+from trt_core.backends.base import BackendUnavailable, ProgressFn
+from trt_core.catalog import catalog, router_for_checkpoint
+from trt_core.export import sample_inputs
+from trt_core.identity import checkpoint_of_file, checkpoint_of_module
+from trt_core.manifest import ManifestError
+from trt_core.pipeline import Workspace, build_engine
+from trt_core.profiles import Profile, ProfileError, Range, presets_for
+from trt_core.sampling import sample_euler_cfg
+from trt_core.verify import VerificationError, compare
+
+TINY_NAME = "tiny-builtin"
+
+
+class CliError(RuntimeError):
+    """A user-facing failure: printed as one line, exit code 2."""
+
+
+def progress_bar(desc: str) -> tuple[ProgressFn, tqdm]:
+    bar = tqdm(total=100, desc=desc, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}", leave=True)
+
+    def update(phase: str, fraction: float) -> None:
+        bar.n = round(100 * fraction)
+        bar.set_postfix_str(phase, refresh=True)
+    return update, bar
+
+
+def tiny_model():
+    unet = seeded_unet(TINY.unet_config())
+    return unet, checkpoint_of_module(unet, TINY_NAME), TINY
+
+
+def load_checkpoint(path: Path, prediction: str):
+    """A checkpoint file's UNet on the CPU, its identity and family."""
+    if not path.is_file():
+        raise CliError(f"no checkpoint at {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        state = load_file(str(path))
+    else:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    family = detect_family(state, prediction)
+    with torch.device("meta"):
+        unet = UNetModel(family.unet_config())
+    prefix = "model.diffusion_model."
+    unet.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, assign=True)
+    update, bar = progress_bar("hashing")
+    checkpoint = checkpoint_of_file(path, update)
+    bar.close()
+    return unet.eval(), checkpoint, family
+
+
+def profile_from_args(args, family) -> Profile:
+    if args.preset is not None:
+        presets = presets_for(family)
+        if not 0 <= args.preset < len(presets):
+            raise CliError(f"preset must be 0-{len(presets) - 1}: " + "; ".join(
+                f"{i}: {p.name}" for i, p in enumerate(presets)))
+        return presets[args.preset].profile
+    if args.profile is None:
+        return presets_for(family)[0].profile
+    try:
+        b, h, w, t = ([int(v) for v in part.split(":")] for part in args.profile.split(","))
+        return Profile(Range(*b), Range(*h), Range(*w), Range(*t)).validate()
+    except (ValueError, TypeError):
+        raise CliError("--profile takes BATCH,HEIGHT,WIDTH,TOKENS each as min:opt:max, "
+                       "e.g. 1:1:4,512:512:768,512:512:768,75:75:150") from None
+
+
+def cmd_build(args) -> int:
+    if args.checkpoint:
+        unet, checkpoint, family = load_checkpoint(Path(args.checkpoint), args.prediction)
+    else:
+        unet, checkpoint, family = tiny_model()
+    backend = get_backend(args.backend)
+    backend.require()
+    profile = profile_from_args(args, family).validate()
+    update, bar = progress_bar(f"{backend.name} {profile.label()}")
+    entry = build_engine(unet, checkpoint, family, profile, backend, Workspace(Path(args.dir)),
+                         precision=args.precision, device=args.device, progress=update)
+    bar.close()
+    print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, "
+          f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)")
+    return 0
+
+
+def cmd_list(args) -> int:
+    items = catalog(Workspace(Path(args.dir)), args.device)
+    if not items:
+        print(f"no engines in {Workspace(Path(args.dir)).engine_dir}")
+    for item in items:
+        e = item.entry
+        print(f"{item.status.state:7} {e.id}\n        {e.checkpoint.name} [{e.checkpoint.short_hash}] {e.family}, "
+              f"{e.backend} {e.backend_version} {e.precision} on {e.gpu_arch}, {e.profile.label()}, "
+              f"{e.file_size / 2**20:.1f} MiB" + (f"\n        {item.status.reason}" if item.status.reason else ""))
+    return 0
+
+
+def cmd_remove(args) -> int:
+    entry = Workspace(Path(args.dir)).manifest().remove(args.id)
+    print(f"removed {entry.id} and {entry.file}")
+    return 0
+
+
+def cmd_recover(args) -> int:
+    entries, kept = Workspace(Path(args.dir)).manifest().recover()
+    print(f"manifest rebuilt with {len(entries)} engines" + (f"; the broken one is kept as {kept}" if kept else ""))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    """Re-check every ready engine of the tiny model (or a checkpoint) against PyTorch."""
+    if args.checkpoint:
+        unet, checkpoint, family = load_checkpoint(Path(args.checkpoint), args.prediction)
+    else:
+        unet, checkpoint, family = tiny_model()
+    workspace = Workspace(Path(args.dir))
+    failures = 0
+    for item in catalog(workspace, args.device):
+        e = item.entry
+        if e.checkpoint.sha256 != checkpoint.sha256 or not item.status.ready:
+            continue
+        engine = get_backend(e.backend).load(workspace.manifest().file_path(e), e.id, family, e.profile, args.device)
+        accuracy = compare(engine, unet.float(), family, e.profile, e.precision, device=args.device)
+        engine.close()
+        failures += not accuracy.passed
+        print(f"{'ok  ' if accuracy.passed else 'FAIL'} {e.id}: relative error {accuracy.max_rel:.2e} "
+              f"(allowed {accuracy.tolerance:.0e})")
+    return 1 if failures else 0
+
+
+def _time_sampling(unet_fn, noise, cond, uncond, steps, sync) -> tuple[torch.Tensor, float]:
+    sample_euler_cfg(unet_fn, noise, cond, uncond, 1)  # warm-up: first-call allocations, graph capture
+    sync()
+    started = time.perf_counter()
+    latents = sample_euler_cfg(unet_fn, noise, cond, uncond, steps)
+    sync()
+    return latents, (time.perf_counter() - started) / steps * 1000
+
+
+def cmd_demo(args) -> int:
+    """Export the tiny UNet, build it with every backend here, denoise through the router."""
+    device = args.device
+    root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="trt-demo-"))
+    workspace = Workspace(root)
+    unet, checkpoint, family = tiny_model()
+    unet = unet.to(device)
+    profile = presets_for(family)[0].profile
+    precision = "fp32" if device == "cpu" else "fp16"
+    dtype = torch.float32 if precision == "fp32" else torch.float16
+    generator = torch.Generator().manual_seed(args.seed)
+    noise, _, cond = sample_inputs(family, 1, 8, 8, 77, dtype, device, generator)
+    uncond = torch.randn(cond.shape, generator=generator).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    reference_unet = unet.to(dtype)
+    reference, ref_ms = _time_sampling(reference_unet, noise, cond, uncond, args.steps, sync)
+    rows = [("pytorch (eager)", "-", f"{ref_ms:.2f}", "0 (reference)", "")]
+    for backend in all_backends():
+        status = backend.availability()
+        if not status.available:
+            rows.append((backend.name, "-", "-", "-", status.reason))
+            continue
+        update, bar = progress_bar(f"build {backend.name}")
+        try:
+            entry = build_engine(unet, checkpoint, family, profile, backend, workspace, precision=precision,
+                                 device=device, progress=update)
+        except (VerificationError, BackendUnavailable, RuntimeError) as e:
+            bar.close()
+            rows.append((backend.name, "-", "-", "-", f"build failed: {e}"))
+            continue
+        bar.close()
+        router, _ = router_for_checkpoint(workspace, checkpoint.sha256, device)
+        router.records = [r for r in router.records if r.id == entry.id]
+
+        def through_router(x, t, c, router=router):
+            result = router.run(x, t, c)
+            if not result.covered:
+                raise CliError(f"demo call not covered: {result.reason}")
+            return result.output
+        latents, ms = _time_sampling(through_router, noise, cond, uncond, args.steps, sync)
+        router.close()
+        rel = float((latents.double() - reference.double()).norm() / reference.double().norm())
+        rows.append((backend.name, f"{entry.build_seconds:.1f}", f"{ms:.2f}", f"{rel:.2e}", ""))
+    print(f"\ndemo: tiny UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters), "
+          f"{args.steps} Euler steps with CFG at 64x64 px on {device}, {precision}; engines in {workspace.engine_dir}")
+    header = ("backend", "build s", "ms/step", "rel. error vs PyTorch", "note")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(5)]
+    for row in [header] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from ui.standalone import main as ui_main
+    return ui_main(["--dir", args.dir, "--port", str(args.port)])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m trt_core", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def common(cmd, needs_dir=True):
+        if needs_dir:
+            cmd.add_argument("--dir", default="./artifacts", help="folder holding Unet-onnx/ and Unet-trt/")
+        cmd.add_argument("--device", default=default_device, choices=["cpu", "cuda"])
+        return cmd
+
+    demo = common(sub.add_parser("demo", help=cmd_demo.__doc__), needs_dir=False)
+    demo.add_argument("--dir", default=None, help="keep the artifacts here (default: a temp folder)")
+    demo.add_argument("--steps", type=int, default=8)
+    demo.add_argument("--seed", type=int, default=0)
+    for name, helptext in [("build", "export, verify and build an engine"), ("verify", cmd_verify.__doc__)]:
+        cmd = common(sub.add_parser(name, help=helptext))
+        cmd.add_argument("--checkpoint", help="a .safetensors or .ckpt file (default: the built-in tiny model)")
+        cmd.add_argument("--prediction", default="eps", choices=["eps", "v"], help="v for SD2.x 768-v models")
+        if name == "build":
+            cmd.add_argument("--backend", default="tensorrt", choices=["tensorrt", "torch", "onnxruntime"])
+            cmd.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
+            cmd.add_argument("--preset", type=int, help="index of the family's preset (0 = default)")
+            cmd.add_argument("--profile", help="BATCH,HEIGHT,WIDTH,TOKENS as min:opt:max each")
+    common(sub.add_parser("list", help="list engines and their status"))
+    remove = common(sub.add_parser("remove", help="delete an engine"))
+    remove.add_argument("id")
+    common(sub.add_parser("recover", help="rebuild a broken manifest from the engines' sidecar files"))
+    ui = common(sub.add_parser("ui", help="the tab on its own, on 127.0.0.1, with the tiny model"))
+    ui.add_argument("--port", type=int, default=7861)
+    return p
+
+
+COMMANDS = {"demo": cmd_demo, "build": cmd_build, "list": cmd_list, "remove": cmd_remove,
+            "recover": cmd_recover, "verify": cmd_verify, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        warnings.filterwarnings("ignore")
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, BackendUnavailable, ManifestError, ProfileError, UnsupportedModelError,
+            VerificationError, KeyError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
