@@ -1,0 +1,185 @@
+"""The TensorRT runtime against the strict double: real numbers from real buffers."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from models.families import TINY
+from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, tiny_onnx,  # noqa: F401
+                                       tiny_request, tiny_unet)
+from trt_core.backends.tensorrt.hardware import GpuInfo
+from trt_core.backends.tensorrt.plan_file import EngineFileError, StaleEngineError, read_header
+from trt_core.backends.tensorrt.runtime import EngineRunError, RefitError, TensorRTEngine
+from trt_core.export import sample_inputs
+from trt_core.profiles import Profile
+
+
+@functools.lru_cache(maxsize=4)
+def ort_session(onnx_path, bias_override=None):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    for init in model.graph.initializer:
+        if bias_override is not None and init.name == "out.2.bias":
+            init.CopyFrom(numpy_helper.from_array(np.full(4, bias_override, dtype=np.float32), init.name))
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def ort_reference(onnx_path, x, t, c, bias_override=None):
+    session = ort_session(onnx_path, bias_override)
+    return torch.from_numpy(session.run(None, {"x": x.float().numpy(), "timesteps": t.float().numpy(),
+                                               "context": c.float().numpy()})[0])
+
+
+@pytest.fixture
+def engine_file(backend, tiny_onnx, tmp_path):
+    path = tmp_path / "tiny.trt"
+    backend.build(tiny_request(tiny_onnx), path)
+    return path
+
+
+def load(backend, path, profile=TINY_PROFILE) -> TensorRTEngine:
+    return backend.load(path, "tiny", TINY, profile, device="cpu")
+
+
+def inputs(rows, h, w, ctx=77, dtype=torch.float32, seed=0):
+    return sample_inputs(TINY, rows, h, w, ctx, dtype, "cpu", torch.Generator().manual_seed(seed))
+
+
+def test_engine_output_matches_the_onnx_and_the_torch_unet(backend, engine_file, tiny_onnx, tiny_unet):
+    engine = load(backend, engine_file)
+    x, t, c = inputs(2, 8, 8)
+    out = engine(x, t, c)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out, ort_reference(tiny_onnx, x, t, c), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(out, tiny_unet(x, t, c), rtol=1e-3, atol=1e-4)
+
+
+def test_fp16_inputs_are_cast_once_into_the_engines_dtype(backend, engine_file, tiny_onnx):
+    engine = load(backend, engine_file)
+    assert engine.dtypes["x"] == torch.float32  # this ONNX has fp32 inputs
+    x, t, c = inputs(1, 8, 16, dtype=torch.float16)
+    out = engine(x, t, c)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), ort_reference(tiny_onnx, x, t, c), rtol=2e-3, atol=2e-3)
+
+
+def test_one_deserialize_one_context_and_buffers_kept_per_shape(backend, engine_file, fake_trt):
+    engine = load(backend, engine_file)
+    small, large = inputs(2, 8, 8), inputs(3, 16, 12, ctx=154)
+    first = engine(*small)
+    pointers = {k: v.data_ptr() for k, v in engine._bound[next(iter(engine._bound))].inputs.items()}
+    for _ in range(3):
+        engine(*large)
+        again = engine(*small)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert fake_trt._stats["deserializations"] == 1 and fake_trt._stats["contexts"] == 1
+    assert len(engine._bound) == 2
+    bound = engine._bound[tuple(tuple(t.shape) for t in small)]
+    assert {k: v.data_ptr() for k, v in bound.inputs.items()} == pointers
+    assert fake_trt._stats["runs"] == 7
+
+
+def test_returned_output_is_not_overwritten_by_the_next_call(backend, engine_file):
+    engine = load(backend, engine_file)
+    a = engine(*inputs(2, 8, 8, seed=1))
+    kept = a.clone()
+    engine(*inputs(2, 8, 8, seed=2))
+    torch.testing.assert_close(a, kept, rtol=0, atol=0)
+
+
+def test_switching_engines_needs_no_files(backend, tiny_onnx, tmp_path):
+    wide = Profile.from_dict({"batch": {"min": 1, "opt": 1, "max": 1}, "height": {"min": 64, "opt": 64, "max": 64},
+                              "width": {"min": 64, "opt": 128, "max": 128},
+                              "tokens": {"min": 75, "opt": 75, "max": 75}})
+    backend.build(tiny_request(tiny_onnx), tmp_path / "a.trt")
+    backend.build(tiny_request(tiny_onnx, profile=wide), tmp_path / "b.trt")
+    a, b = load(backend, tmp_path / "a.trt"), load(backend, tmp_path / "b.trt", wide)
+    (tmp_path / "a.trt").unlink()
+    (tmp_path / "b.trt").unlink()
+    for _ in range(2):
+        xa, xb = inputs(2, 8, 8), inputs(1, 8, 16)
+        torch.testing.assert_close(a(*xa), ort_reference(tiny_onnx, *xa), rtol=0, atol=0)
+        torch.testing.assert_close(b(*xb), ort_reference(tiny_onnx, *xb), rtol=0, atol=0)
+    assert backend._memory.held_bytes() == max(a.activation_bytes, b.activation_bytes)
+
+
+def test_a_call_outside_the_profile_is_refused_before_tensorrt(backend, engine_file, fake_trt):
+    engine = load(backend, engine_file)
+    with pytest.raises(ValueError, match=r"x of shape \[1, 4, 8, 24\] is outside the engine's profile"):
+        engine(*inputs(1, 8, 24))
+    with pytest.raises(ValueError, match="takes"):
+        engine(*inputs(1, 8, 8), y=torch.zeros(1, 2816))
+    assert "rejected_runs" not in fake_trt._stats and "runs" not in fake_trt._stats
+
+
+def test_skipping_an_input_shape_is_caught(backend, engine_file, monkeypatch):
+    """A backend that forgets one input's shape must fail loudly, not return garbage."""
+    engine = load(backend, engine_file)
+    real = engine._set_shapes
+    monkeypatch.setattr(engine, "_set_shapes", lambda tensors: real({k: v for k, v in tensors.items() if k != "context"}))
+    with pytest.raises(EngineRunError):
+        engine(*inputs(1, 8, 8))
+
+
+def test_engine_from_another_tensorrt_or_gpu_is_stale_and_never_loaded(fake_trt, tiny_onnx, tmp_path, monkeypatch):
+    path = tmp_path / "old.trt"
+    monkeypatch.setattr(fake_trt, "__version__", "10.3.0")
+    backend_on(GpuInfo(True, (8, 6), 8 << 30, 8 << 30)).build(tiny_request(tiny_onnx), path)
+    monkeypatch.setattr(fake_trt, "__version__", "10.16.1.11")
+    current = backend_on(GpuInfo(True, (8, 9), 8 << 30, 8 << 30))
+    reason = current.stale_reason(path)
+    assert "TensorRT 10.3.0" in reason and "sm_86" in reason and "rebuild" in reason
+    fake_trt._reset()
+    with pytest.raises(StaleEngineError, match="built with TensorRT 10.3.0, this is TensorRT 10.16.1.11"):
+        load(current, path)
+    assert "deserializations" not in fake_trt._stats
+
+
+def test_foreign_and_damaged_files_are_refused_clearly(backend, engine_file, tmp_path):
+    foreign = tmp_path / "foreign.trt"
+    foreign.write_bytes(b"\x00" * 100)
+    with pytest.raises(EngineFileError, match="not a TensorRT engine file"):
+        load(backend, foreign)
+    damaged = tmp_path / "damaged.trt"
+    data = engine_file.read_bytes()
+    header_end = read_header(data)[1]
+    damaged.write_bytes(data[:header_end] + b"garbage" * 10)
+    with pytest.raises(EngineFileError, match="TensorRT could not load damaged.trt: .*Magic tag"):
+        load(backend, damaged)
+    assert backend.stale_reason(engine_file) == ""
+
+
+def test_refit_changes_the_output_and_rejects_bad_weights(backend, engine_file, tiny_onnx):
+    engine = load(backend, engine_file)
+    x, t, c = inputs(1, 8, 8)
+    before = engine(x, t, c)
+    bias = np.full(4, 0.25, dtype=np.float32)
+    with pytest.raises(RefitError, match="no weights named nonexistent.weight"):
+        engine.refit({"nonexistent.weight": torch.zeros(3)})
+    with pytest.raises(RefitError, match="out.2.bias has 5 values"):
+        engine.refit({"out.2.bias": torch.zeros(5)})
+    torch.testing.assert_close(engine(x, t, c), before, rtol=0, atol=0)
+    engine.refit({"out.2.bias": torch.from_numpy(bias)})
+    after = engine(x, t, c)
+    torch.testing.assert_close(after, ort_reference(tiny_onnx, x, t, c, bias_override=0.25), rtol=0, atol=0)
+    assert not torch.equal(after, before)
+
+
+def test_refit_of_an_engine_built_without_refit_is_refused(backend, tiny_onnx, tmp_path):
+    path = tmp_path / "fixed.trt"
+    backend.build(tiny_request(tiny_onnx, options={"refittable": False}), path)
+    with pytest.raises(RefitError, match="without refit support"):
+        load(backend, path).refit({"out.2.bias": torch.zeros(4)})
+
+
+def test_engine_checks_its_io_against_the_family(backend, engine_file):
+    from models.families import FAMILIES
+    with pytest.raises(EngineFileError, match="other shapes"):
+        backend.load(engine_file, "x", FAMILIES["sdxl"], TINY_PROFILE, device="cpu")
