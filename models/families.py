@@ -50,8 +50,11 @@ FAMILIES: dict[str, ModelFamily] = {f.name: f for f in _BASES}
 for _f in [f for f in _BASES if f.name != "sdxl-refiner"]:
     FAMILIES[_f.name + "-inpaint"] = replace(_f, name=_f.name + "-inpaint", label=_f.label + " inpaint", in_channels=9)
 FAMILIES["sd2-depth"] = replace(FAMILIES["sd2"], name="sd2-depth", label="SD 2.x depth", in_channels=5)
+# Test-size models with the real block structure: the demo's default and the tests' subjects.
 TINY = ModelFamily("tiny", "tiny test UNet (SD1.x blocks)", 768, None, 4, "eps", 64, arch.TINY)
-FAMILIES[TINY.name] = TINY
+TINY_INPAINT = replace(TINY, name="tiny-inpaint", label="tiny test UNet, inpaint", in_channels=9)
+TINY_XL = ModelFamily("tiny-xl", "tiny test UNet (SDXL blocks)", 2048, 2816, 4, "eps", 64, arch.TINY_XL)
+FAMILIES.update({f.name: f for f in (TINY, TINY_INPAINT, TINY_XL)})
 
 
 def family_named(name: str) -> ModelFamily:

@@ -47,6 +47,9 @@ SDXL_REFINER = UNetConfig(model_channels=384, transformer_depth=(0, 4, 4, 0), tr
                           adm_in_channels=2560)
 # Same topology as shared/webui-testing/tiny.yaml: SD1.x blocks at 32 base channels.
 TINY = UNetConfig(model_channels=32)
+# SDXL's block types (linear projections, no attention at the first level, y) at test size.
+TINY_XL = UNetConfig(model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 1), transformer_depth_middle=1,
+                     context_dim=2048, num_head_channels=64, use_linear_in_transformer=True, adm_in_channels=2816)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:

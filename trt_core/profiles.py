@@ -187,7 +187,7 @@ def _dynamic(batch: tuple[int, int, int], px: tuple[int, int, int], tokens: tupl
 def presets_for(family: ModelFamily) -> list[Preset]:
     """Presets that suit the family; the one-click default comes first."""
     n = family.native_px
-    if family.name == "tiny":
+    if family.name.startswith("tiny"):
         return [Preset("Default: 64-128 px, batch 1-2", _dynamic((1, 1, 2), (64, 64, 128), (75, 75, 150))),
                 Preset("Static 64x64, batch 1", Profile.static(1, 64, 64))]
     small, large = (n * 3 // 4) // 64 * 64, min(2 * n, PX_LIMITS[1])

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny UNets with the real block structure, exported once per test session."""
+import warnings
+
+import pytest
+import torch
+
+from models import unet as arch
+from models.families import family_named
+from trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from trt_core.export import export_onnx
+
+warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+
+
+@pytest.fixture(scope="session")
+def tiny_unet():
+    return arch.seeded_unet(arch.TINY, seed=1)
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """family name -> (UNet, fp32 ONNX path), exported lazily and once."""
+    cache = {}
+    configs = {"tiny": arch.TINY, "tiny-inpaint": family_named("tiny-inpaint").unet_config(), "tiny-xl": arch.TINY_XL}
+
+    def get(name):
+        if name not in cache:
+            unet = arch.seeded_unet(configs[name], seed=2)
+            result = export_onnx(unet, family_named(name), tmp_path_factory.mktemp(name) / "onnx", weights="fp32")
+            cache[name] = unet, result.onnx_path
+        return cache[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def ort_engine(exported):
+    """An ONNX Runtime engine on the CPU for a family and profile (the ONNX serves any profile)."""
+    def make(family_name, profile, name=None):
+        unet, onnx_path = exported(family_name)
+        engine = OnnxRuntimeBackend().load(onnx_path, name or f"{family_name} {profile.label()}",
+                                           family_named(family_name), profile, device="cpu")
+        return unet, engine
+    return make
