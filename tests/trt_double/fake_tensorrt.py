@@ -51,6 +51,7 @@ class _Strict:
 
     def __setattr__(self, name: str, value) -> None:
         if not name.startswith("_"):
+            _used_names.add(name)
             prop = getattr(type(self), name, None)
             if not isinstance(prop, property) or prop.fset is None:
                 raise AttributeError(f"'{type(self).__name__}' object has no writable attribute '{name}'")
