@@ -1,0 +1,1 @@
+"""The Gradio tab: export engines with live progress, and manage the engines on disk."""

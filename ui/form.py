@@ -1,0 +1,109 @@
+"""The export form's logic, free of Gradio: presets, field parsing and validation, choices."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from models.families import ModelFamily
+from trt_core.backends import all_backends
+from trt_core.backends.base import Backend
+from trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for
+
+# (field, label, unit) in the order the editor shows them; each has min / opt / max.
+DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
+              ("width", "Width", "px"), ("tokens", "Prompt tokens", "tokens"))
+PRECISIONS = ("fp16", "bf16", "fp32")
+
+
+def presets(family: ModelFamily) -> list[Preset]:
+    """Only presets the family can use, the one-click default first."""
+    usable = []
+    for preset in presets_for(family):
+        try:
+            usable.append(Preset(preset.name, preset.profile.validate()))
+        except ProfileError:
+            continue
+    return usable
+
+
+def preset_named(family: ModelFamily, name: str | None) -> Preset:
+    options = presets(family)
+    return next((p for p in options if p.name == name), options[0])
+
+
+def profile_fields(profile: Profile) -> list[int]:
+    """The 12 editor values (min, opt, max per dimension) of a profile."""
+    return [v for field, _, _ in DIMENSIONS for v in
+            (getattr(profile, field).min, getattr(profile, field).opt, getattr(profile, field).max)]
+
+
+def _whole(value: Any) -> int | None:
+    """A whole number from what a number box sends (int, float, numeric text), else None."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+@dataclass
+class FormCheck:
+    """The profile the fields describe, or a message per dimension that is wrong."""
+    profile: Profile | None
+    problems: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        return self.profile is not None
+
+    def message(self, field: str) -> str:
+        return self.problems.get(field, "")
+
+    def summary(self) -> str:
+        labels = {f: label for f, label, _ in DIMENSIONS}
+        return "; ".join(f"{labels.get(f, f)}: {m}" for f, m in self.problems.items())
+
+
+def check_fields(values: Sequence[Any]) -> FormCheck:
+    """Validate the 12 editor values; messages use the rules of trt_core.profiles."""
+    if len(values) != 3 * len(DIMENSIONS):
+        raise ValueError(f"expected {3 * len(DIMENSIONS)} values, got {len(values)}")
+    ranges, problems = {}, {}
+    for i, (field, _, _) in enumerate(DIMENSIONS):
+        numbers = [_whole(v) for v in values[3 * i:3 * i + 3]]
+        if any(n is None for n in numbers):
+            problems[field] = "min, opt and max must be whole numbers"
+        else:
+            ranges[field] = Range(*numbers)
+    if problems:
+        return FormCheck(None, problems)
+    profile = Profile(**ranges)
+    problems = profile.problems()
+    return FormCheck(None if problems else profile, problems)
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    name: str
+    available: bool
+    reason: str = ""
+
+
+def backend_choices(backends: Sequence[Backend] | None = None) -> list[BackendChoice]:
+    """Every known backend in preference order (TensorRT first), with why a missing one is missing."""
+    out = []
+    for backend in all_backends() if backends is None else backends:
+        try:
+            status = backend.availability()
+        except Exception as e:  # a broken install must not break the tab
+            out.append(BackendChoice(backend.name, False, f"{type(e).__name__}: {e}"))
+            continue
+        out.append(BackendChoice(backend.name, status.available, status.reason))
+    return out
+
+
+def default_precision(device: str) -> str:
+    """FP16 on a GPU (what engines are for); FP32 on the CPU, where FP16 kernels are few and slow."""
+    return "fp16" if device == "cuda" else "fp32"

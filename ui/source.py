@@ -1,0 +1,41 @@
+"""What the tab needs from its host: the WebUI (scripts/) or the standalone runner."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import torch
+
+from models.families import ModelFamily
+from trt_core.manifest import CheckpointId
+from trt_core.pipeline import Workspace
+
+T = TypeVar("T")
+
+
+class NoModelLoaded(RuntimeError):
+    """No checkpoint is loaded in the host; the message tells the user what to do."""
+
+    user_facing = True
+
+
+@dataclass
+class LoadedModel:
+    """The checkpoint currently loaded in the host."""
+    unet: torch.nn.Module
+    checkpoint: CheckpointId
+    family: ModelFamily
+
+
+@dataclass
+class ModelSource:
+    """What the tab needs from its host (the WebUI or the standalone runner)."""
+    workspace: Workspace
+    current_model: Callable[[], LoadedModel]  # raises NoModelLoaded with a user-facing message
+    device: str  # "cuda" or "cpu"
+    run_exclusive: Callable[[Callable[[], T]], T]  # runs model-touching work under the host's lock (WebUI queue_lock)
+
+
+def run_directly(work: Callable[[], T]) -> T:
+    """run_exclusive for hosts with nothing else touching the model (the standalone runner)."""
+    return work()
