@@ -70,7 +70,7 @@ def build_plan(trt: ModuleType, logger, request: BuildRequest, settings: BuildSe
         profile.set_shape(name, smallest, typical, largest)
     config.add_optimization_profile(profile)
     if timing_cache is not None:
-        note = timing_cache.attach(config)
+        note = timing_cache.attach(config, logger)
         if note:
             notes.append(note)
     monitor = make_progress_monitor(trt, progress, cancel, 0.02, 0.97)

@@ -34,8 +34,9 @@ class TimingCache:
         except FileNotFoundError:
             return b""
 
-    def attach(self, config) -> str:
-        """Give the builder config the cache (empty when none is usable); returns a note or ""."""
+    def attach(self, config, logger) -> str:
+        """Give the builder config the cache (empty when none is usable); returns a note or "".
+        TensorRT reports an unreadable cache through the logger, not by raising."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             with self.lock:
@@ -44,8 +45,11 @@ class TimingCache:
             data, note = b"", f"timing cache {self.path} is locked; building without its timings"
         else:
             note = ""
+        errors_before = len(logger.errors)
         cache = config.create_timing_cache(data)
-        if data and (cache is None or not config.set_timing_cache(cache, False)):
+        unreadable = cache is None or len(logger.errors) > errors_before
+        if data and (unreadable or not config.set_timing_cache(cache, False)):
+            logger.errors[errors_before:] = []
             note = f"timing cache {self.path} does not match this GPU or TensorRT; starting a new one"
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, False)
