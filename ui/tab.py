@@ -163,13 +163,15 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         if not started.ok:
             yield say(started.refused, "warn")
             return
+        clear_message = ""  # once: later yields leave room for messages of other clicks (a refusal)
         while True:
             status = jobs.status(started.job_id)
             if status is None or not status.active:
                 break
-            yield [gr.update(value=""), progress_bar(status), ""] + unchanged
+            yield [clear_message, progress_bar(status), ""] + unchanged
+            clear_message = gr.update()
             time.sleep(POLL_S)
-        yield [gr.update(value=""), progress_bar(status), result_panel(status, workspace)] + list(engine_views())
+        yield [gr.update(), progress_bar(status), result_panel(status, workspace)] + list(engine_views())
 
     def cancel_build():
         running = jobs.current()
@@ -247,9 +249,10 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             table = gr.HTML(elem_id="trt_engines")
             engines_msg = gr.HTML(elem_id="trt_engines_msg")
             with gr.Row():
-                engine_pick = gr.Dropdown(label="Engine", choices=[], elem_id="trt_engine_pick")
-                refresh_btn = gr.Button("Refresh", elem_id="trt_refresh")
-                delete_btn = gr.Button("Delete...", variant="stop", elem_id="trt_delete")
+                engine_pick = gr.Dropdown(label="Engine", choices=[], elem_id="trt_engine_pick", scale=4)
+                with gr.Column(scale=1, min_width=160):
+                    refresh_btn = gr.Button("Refresh", size="sm", elem_id="trt_refresh")
+                    delete_btn = gr.Button("Delete...", variant="stop", size="sm", elem_id="trt_delete")
             with gr.Row(visible=False) as confirm_row:
                 confirm_text = gr.HTML(elem_id="trt_confirm_text")
                 confirm_btn = gr.Button("Yes, delete", variant="stop", elem_id="trt_confirm_delete")

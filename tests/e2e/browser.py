@@ -71,7 +71,7 @@ def choose(driver: webdriver.Chrome, elem_id: str, option_text: str) -> None:
 
     def option():
         for item in driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} ul.options li"):
-            if item.text.strip().startswith(option_text):
+            if (item.get_attribute("data-value") or "").startswith(option_text):
                 return item
         return None
     wait_for(option, 10, f"option {option_text!r} in #{elem_id}").click()
