@@ -202,6 +202,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         return gr.update(visible=True), text, ""
 
     def delete(engine_id):
+        if not engine_id or workspace.manifest().get(engine_id) is None:
+            return engine_views(f"{engine_id or 'that engine'} is no longer in the manifest", "warn")
         entry = workspace.manifest().remove(engine_id)
         return engine_views(f"deleted {entry.id} and {entry.file}", "ok")
 

@@ -1,0 +1,113 @@
+"""Every failure the tab can meet is a short message in the page, never a traceback.
+
+The handlers are called as Gradio calls them (looked up by the button's elem_id in the Blocks'
+dependency list), with the real tiny model, the real catalog and the real job runner."""
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+import ui.tab
+from models.families import UnsupportedModelError
+from trt_core import jobs
+from ui.form import profile_fields
+from ui.source import ModelSource, NoModelLoaded, run_directly
+from ui.standalone import tiny_model, tiny_source
+from ui.tab import create_tab
+
+TINY_FIELDS = [1, 1, 2, 64, 64, 128, 64, 64, 128, 75, 75, 150]
+
+
+def handler(tab, elem_id: str | None, event: str):
+    """The function Gradio runs for `event` on the component with `elem_id` (None: the page's load)."""
+    ids = [block_id for block_id, block in tab.blocks.items() if getattr(block, "elem_id", None) == elem_id]
+    for dep, fn in zip(tab.dependencies, tab.fns):
+        if dep["trigger"] == event and (elem_id is None or ids[0] in dep["targets"]):
+            return fn.fn
+    raise KeyError(f"no {event} handler on #{elem_id}")
+
+
+def value(update):
+    return update.get("value") if isinstance(update, dict) else update
+
+
+def run_export(tab, fields, backend="onnxruntime", precision="fp32"):
+    return [[value(v) for v in step] for step in handler(tab, "trt_export", "click")(*fields, backend, precision)]
+
+
+def no_model() -> ModelSource:
+    def current():
+        raise NoModelLoaded("no checkpoint is loaded; pick one in the checkpoint list at the top")
+    return ModelSource(tiny_source(Path("."), "cpu").workspace, current, "cpu", run_directly)
+
+
+def test_no_model_loaded(tmp_path):
+    source = no_model()
+    source.workspace = tiny_source(tmp_path, "cpu").workspace
+    tab = create_tab(source)
+    loaded = handler(tab, None, "load")()
+    assert "no checkpoint is loaded" in value(loaded[0]) and "trt-msg-warn" in value(loaded[0])
+    steps = run_export(tab, TINY_FIELDS)
+    assert len(steps) == 1 and "no checkpoint is loaded" in steps[0][0]
+
+
+def test_unsupported_family_from_the_host(tmp_path):
+    def current():
+        raise UnsupportedModelError("not supported: SD3 checkpoints do not go through the UNet hook")
+    tab = create_tab(ModelSource(tiny_source(tmp_path, "cpu").workspace, current, "cpu", run_directly))
+    line = handler(tab, "trt_reload_model", "click")()[0]
+    assert "not supported: SD3" in value(line) and "Traceback" not in value(line)
+    assert "not supported: SD3" in run_export(tab, TINY_FIELDS)[0][0]
+
+
+def test_validation_messages_next_to_the_fields_and_on_export(tmp_path):
+    tab = create_tab(tiny_source(tmp_path, "cpu"))
+    bad = list(TINY_FIELDS)
+    bad[4] = 70
+    shown = handler(tab, "trt_height_opt", "input")(*bad, "onnxruntime", "fp32")
+    assert "multiples of 8" in shown[1] and shown[0] == shown[2] == shown[3] == "" and shown[4] == ""
+    good = handler(tab, "trt_height_opt", "input")(*TINY_FIELDS, "onnxruntime", "fp32")
+    assert good[:4] == [""] * 4 and "Estimate: disk" in good[4]
+    steps = run_export(tab, bad)
+    assert len(steps) == 1 and "fix the profile first: Height:" in steps[0][0]
+
+
+def test_missing_backend(tmp_path):
+    tab = create_tab(tiny_source(tmp_path, "cpu"))
+    installed = {b.name for b in ui.tab.backend_choices() if b.available}
+    if "tensorrt" in installed:
+        pytest.skip("TensorRT is installed on this machine")
+    steps = run_export(tab, TINY_FIELDS, backend="tensorrt")
+    assert "backend tensorrt is not available here" in steps[0][0] and "pip install" in steps[0][0]
+
+
+def test_disk_full_during_the_build(tmp_path, monkeypatch):
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "Unet-trt" / "x.ort.onnx"))
+    monkeypatch.setattr(ui.tab, "build_engine", full_disk)
+    monkeypatch.setattr(ui.tab, "POLL_S", 0.01)
+    tab = create_tab(tiny_source(tmp_path, "cpu"))
+    steps = run_export(tab, TINY_FIELDS)
+    progress, result = steps[-1][1], steps[-1][2]
+    assert 'data-state="failed"' in progress and "disk full: " in progress and "x.ort.onnx" in progress
+    assert "disk full" in result and "Traceback" not in progress + result
+    assert jobs.current() is None
+
+
+def test_delete_needs_a_choice_and_confirmation(tmp_path):
+    tab = create_tab(tiny_source(tmp_path, "cpu"))
+    row, text, note = handler(tab, "trt_delete", "click")(None)
+    assert row["visible"] is False and "choose an engine" in note
+    row, text, note = handler(tab, "trt_delete", "click")("gone-engine")
+    assert "no longer in the manifest" in note
+    outputs = handler(tab, "trt_confirm_delete", "click")("gone-engine")
+    assert "gone-engine is no longer in the manifest" in value(outputs[3])
+
+
+def test_preset_fills_the_fields(tmp_path):
+    tab = create_tab(tiny_source(tmp_path, "cpu"))
+    presets = ui.tab.presets(tiny_model().family)
+    out = handler(tab, "trt_preset", "select")(presets[1].name, "onnxruntime", "fp32")
+    assert out[:12] == profile_fields(presets[1].profile) and "Estimate" in out[16]
