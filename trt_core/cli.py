@@ -78,10 +78,11 @@ def profile_from_args(args, family) -> Profile:
         return presets_for(family)[0].profile
     try:
         b, h, w, t = ([int(v) for v in part.split(":")] for part in args.profile.split(","))
-        return Profile(Range(*b), Range(*h), Range(*w), Range(*t)).validate()
+        profile = Profile(Range(*b), Range(*h), Range(*w), Range(*t))
     except (ValueError, TypeError):
         raise CliError("--profile takes BATCH,HEIGHT,WIDTH,TOKENS each as min:opt:max, "
                        "e.g. 1:1:4,512:512:768,512:512:768,75:75:150") from None
+    return profile.validate()
 
 
 def cmd_build(args) -> int:
@@ -181,7 +182,8 @@ def cmd_demo(args) -> int:
         try:
             entry = build_engine(unet, checkpoint, family, profile, backend, workspace, precision=precision,
                                  device=device, progress=update)
-        except (VerificationError, BackendUnavailable, RuntimeError) as e:
+        except Exception as e:  # one backend's failure is a row of the table, not the end of the demo
+            logging.getLogger(__name__).debug("build with %s failed", backend.name, exc_info=True)
             bar.close()
             rows.append((backend.name, "-", "-", "-", f"build failed: {e}"))
             continue

@@ -1,0 +1,40 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "trt_core", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_denoises_through_the_router_and_matches_pytorch(tmp_path):
+    proc = cli("demo", "--steps", "3", "--device", "cpu", "--dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = re.search(r"^onnxruntime\s+([\d.]+)\s+([\d.]+)\s+([\d.e+-]+)\s*$", proc.stdout, re.M)
+    assert row, proc.stdout
+    assert float(row.group(3)) < 1e-3  # fp32 ONNX vs PyTorch over a whole denoising loop
+    assert re.search(r"^tensorrt\s.*TensorRT is not installed", proc.stdout, re.M)
+    listing = cli("list", "--dir", str(tmp_path), "--device", "cpu")
+    assert re.search(r"^ready\s+\w+-tiny-onnxruntime-fp32-", listing.stdout, re.M), listing.stdout
+
+
+def test_build_with_missing_tensorrt_says_so(tmp_path):
+    proc = cli("build", "--backend", "tensorrt", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "TensorRT is not installed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_profile_and_bad_manifest_are_one_line_errors(tmp_path):
+    proc = cli("build", "--backend", "onnxruntime", "--profile", "1:1:2,65:64:64,64:64:64,75:75:75", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "height: needs min <= opt <= max" in proc.stderr
+    (tmp_path / "Unet-trt").mkdir()
+    (tmp_path / "Unet-trt" / "manifest.json").write_text("{oops")
+    proc = cli("list", "--dir", str(tmp_path))
+    assert proc.returncode == 2 and "is corrupt" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("recover", "--dir", str(tmp_path))
+    assert proc.returncode == 0 and "rebuilt with 0 engines" in proc.stdout
+    assert cli("list", "--dir", str(tmp_path)).returncode == 0
