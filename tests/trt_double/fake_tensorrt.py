@@ -498,6 +498,7 @@ class ICudaEngine(_Strict):
             self._io.append((vi.name, mode, _ONNX_TO_DTYPE[t.elem_type], dims))
         self._session = None
         self._lock = threading.Lock()
+        self._logger: ILogger = Logger()
 
     def _run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import onnxruntime as ort
@@ -580,7 +581,9 @@ class Runtime(_Strict):
                                  f"compatible with this version of TensorRT ({header['version']} on {header['device']})")
             return None
         n = int.from_bytes(data[len(_PLAN_MAGIC):len(_PLAN_MAGIC) + 4], "little")
-        return ICudaEngine(header, data[len(_PLAN_MAGIC) + 4 + n:])
+        engine = ICudaEngine(header, data[len(_PLAN_MAGIC) + 4 + n:])
+        engine._logger = self._logger
+        return engine
 
 
 def _host_array(address: int, shape: tuple[int, ...], dtype: DataType) -> np.ndarray:
@@ -670,19 +673,18 @@ class IExecutionContext(_Strict):
     def execute_async_v3(self, stream_handle: int) -> bool:
         if not isinstance(stream_handle, int):
             raise TypeError("execute_async_v3 takes the stream as an integer handle")
-        missing = self.infer_shapes()
-        if missing:
+        problem = ""
+        if self.infer_shapes():
+            problem = f"input shapes not specified: {', '.join(self.infer_shapes())}"
+        elif self._strategy == ExecutionContextAllocationStrategy.USER_MANAGED and not self._device_memory:
+            problem = "device memory was not set for a context with user-managed allocation"
+        elif any(e[0] not in self._addresses for e in self._engine._io):
+            problem = f"address is not set for tensor {next(e[0] for e in self._engine._io if e[0] not in self._addresses)}"
+        outs = None if problem else self._output_shapes()
+        if problem or outs is None:
             _count("rejected_runs")
-            return False
-        if self._strategy == ExecutionContextAllocationStrategy.USER_MANAGED and not self._device_memory:
-            _count("rejected_runs")
-            return False
-        if any(e[0] not in self._addresses for e in self._engine._io):
-            _count("rejected_runs")
-            return False
-        outs = self._output_shapes()
-        if outs is None:
-            _count("rejected_runs")
+            _error(self._engine._logger, f"IExecutionContext::enqueueV3: Error Code 3: API Usage Error "
+                                         f"({problem or 'inconsistent input shapes'})")
             return False
         feeds = {}
         for name, mode, dtype, _ in self._engine._io:
