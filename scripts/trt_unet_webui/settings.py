@@ -1,0 +1,61 @@
+"""The extension's section in the WebUI's settings, and reading it (defaults when the settings
+UI was never built, e.g. with --nowebui)."""
+from __future__ import annotations
+
+import gradio as gr
+
+from modules import shared
+
+from trt_core.backends import REGISTRY
+from trt_core.hook_policy import AUTOMATIC
+
+SECTION = ("sd_unet_trt", "TensorRT UNet")
+BACKEND, VRAM_BUDGET_MB, CUDA_GRAPHS, FALLBACK = ("trt_unet_backend", "trt_unet_vram_budget_mb",
+                                                  "trt_unet_cuda_graphs", "trt_unet_fallback")
+FALLBACK_WARN = "Built-in UNet, one console warning per generation"
+FALLBACK_QUIET = "Built-in UNet, no console warning (infotext only)"
+FALLBACK_INTERRUPT = "Built-in UNet for that step, then stop the generation"
+FALLBACK_CHOICES = [FALLBACK_WARN, FALLBACK_QUIET, FALLBACK_INTERRUPT]
+DEFAULTS = {BACKEND: AUTOMATIC, VRAM_BUDGET_MB: 0, CUDA_GRAPHS: True, FALLBACK: FALLBACK_WARN}
+
+
+def register() -> None:
+    """on_ui_settings: one section with the four settings."""
+    def option(key, label, component, args=None, info=""):
+        opt = shared.OptionInfo(DEFAULTS[key], label, component, args, section=SECTION)
+        shared.opts.add_option(key, opt.info(info) if info else opt)
+
+    option(BACKEND, "Preferred engine backend", gr.Radio, {"choices": [AUTOMATIC, *REGISTRY]},
+           "used first when engines of several backends cover a call; Automatic = TensorRT, then torch, then ONNX Runtime")
+    option(VRAM_BUDGET_MB, "VRAM budget for resident engines (MB, 0 = no limit)", gr.Number, {"precision": 0},
+           "engines beyond it are unloaded, least recently used first; the built-in UNet's weights count too after a fallback")
+    option(CUDA_GRAPHS, "Replay engines as CUDA graphs", gr.Checkbox, None,
+           "fewer kernel launches per step; takes effect when engines are next loaded")
+    option(FALLBACK, "When no engine covers a UNet call", gr.Radio, {"choices": FALLBACK_CHOICES})
+
+
+def get(key: str):
+    value = shared.opts.data.get(key, DEFAULTS[key]) if shared.opts is not None else DEFAULTS[key]
+    return DEFAULTS[key] if value is None else value
+
+
+def vram_budget_bytes() -> int | None:
+    try:
+        mb = int(float(get(VRAM_BUDGET_MB)))
+    except (TypeError, ValueError):
+        return None
+    return mb * 1024 * 1024 if mb > 0 else None
+
+
+def preferred_backend() -> str:
+    value = str(get(BACKEND))
+    return value if value in REGISTRY else AUTOMATIC
+
+
+def cuda_graphs() -> bool:
+    return bool(get(CUDA_GRAPHS))
+
+
+def fallback_policy() -> str:
+    value = get(FALLBACK)
+    return value if value in FALLBACK_CHOICES else FALLBACK_WARN

@@ -1,0 +1,246 @@
+"""The SdUnet hook in the WebUI double: every row of DESIGN.md's call table, per-call fallback,
+infotext, the pre-generation warning, --medvram/--lowvram, checkpoint switches and SD3.
+
+Engines are real ONNX Runtime engines built by the pipeline for a tiny UNet; each scenario is
+run with sd_unet "Automatic" and with "None" (the built-in UNet) and the latents compared."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.webui_double import harness
+from tests.webui_double.harness import (TINY, TorchEngine, checkpoint, family_like_tiny, load, load_extension, reset,
+                                        webui_unet)
+from modules import errors, lowvram, processing, sd_unet, shared
+from models.unet import seeded_unet
+from trt_core.backends import get_backend
+from trt_core.manifest import CheckpointId
+from trt_core.pipeline import Workspace, build_engine
+from trt_core.profiles import Profile, Range
+from trt_core.router import Router
+
+SHA = "ab" * 32
+OTHER_SHA = "cd" * 32
+SMALL = Profile(Range(1, 1, 2), Range(64, 64, 80), Range(64, 64, 80), Range(75, 75, 150))
+LARGE = Profile(Range(1, 1, 2), Range(128, 128, 128), Range(128, 128, 128), Range(75, 75, 150))
+TOL = 1e-3
+LONG = " ".join(["word"] * 100)  # 100 tokens in the double's tokenizer: 2 chunks, context 154
+
+
+@pytest.fixture(scope="session")
+def engines_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("webui-models")
+    unet = seeded_unet(TINY.unet_config(), 0)
+    ckpt = CheckpointId.of(SHA, "tiny")
+    for profile in (SMALL, LARGE):
+        build_engine(unet, ckpt, TINY, profile, get_backend("onnxruntime"), Workspace(root), precision="fp32",
+                     device="cpu")
+    return root
+
+
+@pytest.fixture
+def webui(engines_dir):
+    reset(engines_dir)
+    module, runner = load_extension()
+    from modules import script_callbacks
+    script_callbacks.ui_settings_callback()
+    info = checkpoint("tiny", SHA)
+    sd_unet.list_unets()
+    model = load(webui_unet(), info)
+    yield runner, model
+    script_callbacks.script_unloaded_callback()
+    assert not errors.reported, errors.reported
+
+
+def generate(runner, unet_option: str, **fields):
+    shared.opts.data["sd_unet"] = unet_option
+    p = processing.StableDiffusionProcessing(scripts=runner, **{"steps": 2, **fields})
+    out = processing.process_images(p)
+    return p, out
+
+
+def compare(runner, **fields):
+    """(engine run, built-in run): the processed results with sd_unet Automatic and None."""
+    p, fast = generate(runner, "Automatic", **fields)
+    _, ref = generate(runner, "None", **fields)
+    diff = max((a - b).abs().max().item() for a, b in zip(fast.images, ref.images))
+    return p, fast, ref, diff
+
+
+def trt_value(out) -> str:
+    text = out.infotexts[0]
+    assert "TensorRT: " in text, text
+    return text.split("TensorRT: ", 1)[1]
+
+
+SMALL_LABEL = "64-80x64-80 px"
+LARGE_LABEL = "128x128 px"
+
+COVERED = [
+    ("batch 1", dict(), SMALL_LABEL),
+    ("batch 2", dict(batch_size=2), SMALL_LABEL),
+    ("batch 3, split into chunks", dict(batch_size=3), SMALL_LABEL),
+    ("AND prompt", dict(prompt="a cat AND a dog"), SMALL_LABEL),
+    ("long prompt, short negative", dict(prompt=LONG), SMALL_LABEL),
+    ("72x64", dict(width=72, height=64), SMALL_LABEL),
+    ("cond-only steps", dict(cond_only_steps=(0, 1)), SMALL_LABEL),
+]
+
+
+@pytest.mark.parametrize("name,fields,label", COVERED, ids=[c[0] for c in COVERED])
+def test_covered_calls_run_on_the_engine(webui, name, fields, label):
+    runner, _ = webui
+    p, fast, ref, diff = compare(runner, **fields)
+    value = trt_value(fast)
+    assert label in value and "fallback" not in value, value
+    assert diff < TOL, f"{name}: max |engine - built-in| = {diff}"
+    assert not p.comments  # nothing warned before generation
+    assert "TensorRT" not in ref.infotexts[0]  # sd_unet None: the built-in UNet, nothing recorded
+
+
+def test_pad_cond_uncond_and_batch_cond_uncond_off(webui):
+    runner, _ = webui
+    shared.opts.data["pad_cond_uncond"] = True
+    _, fast, _, diff = compare(runner, prompt=LONG)
+    assert SMALL_LABEL in trt_value(fast) and diff < TOL
+    shared.opts.data["pad_cond_uncond"] = False
+    shared.opts.data["batch_cond_uncond"] = False
+    _, fast, _, diff = compare(runner, batch_size=2, prompt="a AND b")
+    assert SMALL_LABEL in trt_value(fast) and diff < TOL
+
+
+def test_hires_fix_uses_one_engine_per_pass(webui):
+    runner, _ = webui
+    _, fast, _, diff = compare(runner, enable_hr=True, hr_scale=2.0)
+    value = trt_value(fast)
+    assert SMALL_LABEL in value and LARGE_LABEL in value and "fallback" not in value, value
+    assert diff < TOL
+
+
+@pytest.mark.parametrize("fields,expected", [
+    (dict(width=96, height=96), "fallback: no engine covers 96x96 px"),
+    (dict(prompt=" ".join(["w"] * 160)), "fallback: no engine covers 64x64 px, 1 rows, 225 tokens"),
+], ids=["size", "prompt length"])
+def test_uncovered_calls_fall_back_with_one_warning(webui, caplog, fields, expected):
+    runner, _ = webui
+    p, fast, _, diff = compare(runner, **fields)
+    value = trt_value(fast)
+    assert expected in value, value
+    assert diff < TOL
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "built-in UNet runs such calls" in r.message]
+    assert len(warnings) == 1, [r.message for r in warnings]
+    assert "would cover it" in warnings[0].message
+    assert any("not covered" in c for c in p.comments)  # warned before generation, not blocked
+
+
+def test_mixed_generation_lists_engine_and_fallback(webui):
+    runner, _ = webui
+    _, fast, _, diff = compare(runner, enable_hr=True, hr_scale=1.5)  # 96x96 second pass: no engine
+    value = trt_value(fast)
+    assert SMALL_LABEL in value and "fallback: no engine covers 96x96 px" in value and "calls)" in value, value
+    assert diff < TOL
+
+
+def test_call_order_and_options(webui):
+    runner, _ = webui
+    generate(runner, "Automatic")
+    order = [x for x in processing.ORDER if x != "unet"]
+    assert order[:4] == ["process", "apply_unet", "process_batch", "postprocess"], order
+    first = [o for o in sd_unet.unet_options if o.label == "[TRT] tiny"]
+    assert len(first) == 1 and first[0].model_name == "tiny"
+    sd_unet.list_unets()
+    assert [o for o in sd_unet.unet_options if o.label == "[TRT] tiny"][0] is first[0]  # same object: no reload
+
+
+def test_medvram_and_lowvram(webui):
+    runner, model = webui
+    _, ref = generate(runner, "None", width=96, height=64, enable_hr=True, hr_scale=2.0)
+    for flag in ("medvram", "lowvram"):
+        sd_unet.apply_unet("None")
+        model.lowvram = False
+        setattr(shared.cmd_opts, flag, True)
+        lowvram.apply(model)
+        _, fast = generate(runner, "Automatic", width=96, height=64, enable_hr=True, hr_scale=2.0)
+        value = trt_value(fast)
+        assert "fallback" in value, value  # 96x64 has no engine
+        diff = max((a - b).abs().max().item() for a, b in zip(fast.images, ref.images))
+        assert diff < TOL, (flag, diff)
+        setattr(shared.cmd_opts, flag, False)
+
+
+def test_switching_checkpoints_switches_engines(webui, engines_dir):
+    runner, _ = webui
+    files = sorted(p.name for p in (engines_dir / "Unet-trt").iterdir())
+    generate(runner, "Automatic")
+    assert sd_unet.current_unet is not None and sd_unet.current_unet.router is not None
+    other = load(webui_unet(seed=5), checkpoint("other", OTHER_SHA))
+    _, out = generate(runner, "Automatic")
+    assert sd_unet.current_unet is None and "TensorRT" not in out.infotexts[0]
+    load(webui_unet(), checkpoint("tiny", SHA))
+    _, out = generate(runner, "Automatic")
+    assert SMALL_LABEL in trt_value(out)
+    assert sorted(p.name for p in (engines_dir / "Unet-trt").iterdir()) == files  # loaded, not rebuilt
+    del other
+
+
+def test_engines_of_another_checkpoint_never_serve(webui):
+    """An explicitly chosen [TRT] option while another checkpoint (or SD3) is loaded: built-in UNet."""
+    runner, _ = webui
+    load(webui_unet(seed=5), checkpoint("other", OTHER_SHA))
+    _, out = generate(runner, "[TRT] tiny")
+    assert trt_value(out).startswith("fallback: the engines are for checkpoint abababab")
+    model = load(webui_unet(seed=5), checkpoint("sd3", "ef" * 32), is_sd3=True)
+    shared.opts.data["sd_unet"] = "[TRT] tiny"
+    sd_unet.apply_unet()
+    assert sd_unet.current_unet.mismatch.startswith("SD3")
+    assert all(p.device == torch.device("cpu") for p in model.model.diffusion_model.parameters())
+
+
+def test_extra_unet_inputs_fall_back(webui):
+    runner, _ = webui
+    control = [torch.zeros(1)]
+    p, out = generate(runner, "Automatic", extra_kwargs={"control": control})
+    # the ldm double's wrapper drops kwargs; use sgm-style kwargs through the hook directly
+    unet = sd_unet.current_unet
+    x, t, ctx = torch.randn(2, 4, 8, 8), torch.full((2,), 500.0), torch.randn(2, 77, 768)
+    out = unet.forward(x, t, ctx, control=control)
+    assert out.shape == x.shape
+    from trt_unet_webui import generation
+    assert any("control" in reason for reason in generation.current().fallbacks)
+
+
+def test_inpainting_and_y_are_routed(webui, monkeypatch):
+    """9-channel inpainting UNets and UNets taking y (SDXL's shape of call) through the hook."""
+    runner, _ = webui
+    from trt_unet_webui import hook, unets
+    for family, sgm in [(family_like_tiny(in_channels=9), False),
+                        (family_like_tiny(y_dim=32, base_config=replace(TINY.base_config, adm_in_channels=32)), True)]:
+        engine = TorchEngine("torch-test", family, SMALL, seeded_unet(family.unet_config(), 3))
+        monkeypatch.setattr(hook, "engines_router", lambda *a, **k: (Router.from_engines([engine]), []))
+        monkeypatch.setattr(unets, "refresh_if_changed", lambda: None)
+        info = checkpoint(family.name + str(sgm), "12" * 32)
+        load(webui_unet(family, seed=3, sgm=sgm), info)
+        option = hook.TrtUnetOption("[TRT] test", info.model_name, info.sha256)
+        sd_unet.unet_options.append(option)
+        _, fast = generate(runner, "[TRT] test", batch_size=2)
+        _, ref = generate(runner, "None", batch_size=2)
+        assert trt_value(fast) == "torch-test" and engine.calls > 0
+        assert max((a - b).abs().max().item() for a, b in zip(fast.images, ref.images)) < TOL
+        sd_unet.unet_options.remove(option)
+        sd_unet.apply_unet("None")
+
+
+def test_a_broken_manifest_never_breaks_generation(webui, engines_dir):
+    runner, _ = webui
+    index = engines_dir / "Unet-trt" / "manifest.json"
+    saved = index.read_text()
+    try:
+        index.write_text("{not json")
+        sd_unet.list_unets()
+        _, out = generate(runner, "Automatic")
+        assert len(out.images) == 1
+    finally:
+        index.write_text(saved)
+    errors.reported.clear()

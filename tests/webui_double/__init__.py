@@ -1,0 +1,29 @@
+"""A strict test double of the AUTOMATIC1111 WebUI v1.10.1 modules the extension touches.
+
+CI cannot run the WebUI, so `modules/` here re-implements, from the v1.10.1 source, exactly what
+scripts/trt_unet_webui uses: sd_unet (copied), script_callbacks, options/shared.opts, devices,
+sd_hijack (the patched ldm/sgm UNet forwards), lowvram, paths_internal, call_queue (a
+non-reentrant lock like FIFOLock), sd_models, scripts and a processing loop that calls the UNet
+the way DESIGN.md's call table says, in the real order process -> apply_unet -> process_batch ->
+sample -> postprocess. Strictness: signatures match the real ones (signatures.json, checked
+against the real source by tests/test_webui_double_fidelity.py when it is present), unknown
+option names raise like the real Options, and every exception a callback or script raises is
+recorded (the real WebUI logs and carries on) so tests can require none.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def install() -> None:
+    """Make `import modules.*` find this double, and the extension importable like the WebUI does."""
+    for path in (str(HERE), str(ROOT), str(ROOT / "scripts")):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    loaded = sys.modules.get("modules")
+    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(str(HERE)):
+        raise RuntimeError(f"another `modules` package is imported: {loaded!r}")

@@ -1,0 +1,228 @@
+"""modules/processing.py (v1.10.1) reduced to what reaches the UNet, in the real order:
+
+    process_images: scripts.before_process
+    process_images_inner: setup prompts -> scripts.process(p) -> sd_unet.apply_unet()
+        per batch: scripts.process_batch -> sample (UNet calls) -> infotexts
+    -> scripts.postprocess(p, processed)
+
+The sampler makes the UNet calls of DESIGN.md's table: all cond rows first (one per AND
+sub-prompt per image), then B uncond rows; one call when cond and uncond contexts have the same
+length (or pad_cond_uncond pads them), else a cond call and an uncond call; calls of B rows with
+batch_cond_uncond off; cond-only steps; a second pass at the hires size; 9 channels for inpainting
+models (latent + mask + masked image); y for models with one. The latent update is a fixed CFG
+Euler-like step, deterministic given the seed, so the images of two runs can be compared.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from modules import devices, sd_hijack, sd_unet, shared
+
+ORDER: list[str] = []  # what happened, in order: process, apply_unet, process_batch, unet, postprocess
+CONTEXT_CHUNK = 77
+
+
+class DiffusionWrapper(torch.nn.Module):
+    """ldm's DiffusionWrapper / sgm's OpenAIWrapper: how the UNet is called."""
+
+    def __init__(self, diffusion_model, sgm: bool):
+        super().__init__()
+        self.diffusion_model = diffusion_model
+        self.sgm = sgm
+
+    def forward(self, x, t, c_concat=None, c_crossattn=None, y=None, **kwargs):
+        if c_concat is not None:
+            x = torch.cat([x, *c_concat], dim=1)
+        if self.sgm:
+            return self.diffusion_model(x, timesteps=t, context=c_crossattn, y=y, **kwargs)
+        return self.diffusion_model(x, t, context=c_crossattn)
+
+
+class SdModel(torch.nn.Module):
+    def __init__(self, unet, checkpoint_info, sgm: bool = False, parameterization: str = "eps"):
+        super().__init__()
+        self.model = DiffusionWrapper(unet, sgm)
+        self.sd_checkpoint_info = checkpoint_info
+        self.lowvram = False
+        self.is_sd3 = False
+        self.is_sdxl = sgm
+        self.parameterization = parameterization
+
+    def apply_model(self, x, t, cond, c_concat=None, y=None, **kwargs):
+        return self.model(x, t, c_concat=c_concat, c_crossattn=cond, y=y, **kwargs)
+
+
+def embed(text: str, dim: int, chunks: int) -> torch.Tensor:
+    """A deterministic stand-in for the text encoder: [chunks * 77, dim]."""
+    seed = int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+    return torch.randn(chunks * CONTEXT_CHUNK, dim, generator=torch.Generator().manual_seed(seed)) * 0.5
+
+
+def chunks_of(text: str) -> int:
+    return max(1, -(-sd_hijack.token_count(text) // 75))
+
+
+@dataclass
+class StableDiffusionProcessing:
+    prompt: str = "a cat"
+    negative_prompt: str = ""
+    width: int = 64
+    height: int = 64
+    batch_size: int = 1
+    n_iter: int = 1
+    steps: int = 4
+    cfg_scale: float = 5.0
+    seed: int = 1
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+    cond_only_steps: tuple[int, ...] = ()  # steps that skip uncond (negative guidance min sigma / skip early cond)
+    extra_kwargs: dict = field(default_factory=dict)  # what another extension adds to UNet calls (ControlNet's control)
+    scripts: object = None
+    script_args: tuple = ()
+    extra_generation_params: dict = field(default_factory=dict)
+    comments: dict = field(default_factory=dict)
+    all_prompts: list = field(default_factory=list)
+    all_negative_prompts: list = field(default_factory=list)
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+    @property
+    def sd_model(self):
+        return shared.sd_model
+
+
+@dataclass
+class Processed:
+    images: list
+    infotexts: list
+    comments: str
+
+
+def create_infotext(p, index=0):
+    generation_params = {"Steps": p.steps, "Seed": p.seed + index, "Size": f"{p.width}x{p.height}",
+                         **p.extra_generation_params}
+    for key, value in generation_params.items():
+        if callable(value):
+            generation_params[key] = value(**locals())
+    return ", ".join(f"{k}: {v}" for k, v in generation_params.items() if v is not None)
+
+
+def unet_call(sd_model, x, t, ctx, c_concat, y, extra):
+    ORDER.append("unet")
+    return sd_model.apply_model(x, t, ctx, c_concat=c_concat, y=y, **extra)
+
+
+def denoise(p, sd_model, x, t, conds, unconds, image_cond, ys, cond_only):
+    """One step's eps for each image: the rows and calls of DESIGN.md's table."""
+    subprompts = [len(c) for c in conds]
+    cond_rows = [c for parts in conds for c in parts]
+    x_cond = torch.cat([x[i:i + 1].expand(n, -1, -1, -1) for i, n in enumerate(subprompts)])
+    ic_cond = None if image_cond is None else torch.cat([image_cond[i:i + 1].expand(n, -1, -1, -1) for i, n in enumerate(subprompts)])
+    y_cond = None if ys is None else torch.cat([ys[i:i + 1].expand(n, -1) for i, n in enumerate(subprompts)])
+    dim = cond_rows[0].shape[-1]
+
+    def pad(tensors, length):
+        empty = embed("", dim, 1)
+        return [torch.cat([c] + [empty] * ((length - c.shape[0]) // CONTEXT_CHUNK)) for c in tensors]
+
+    def call(xs, ctxs, ics, yv):
+        ctx = torch.stack(ctxs).to(devices.device, devices.dtype_unet)
+        tt = torch.full((xs.shape[0],), float(t), dtype=xs.dtype, device=xs.device)
+        return unet_call(sd_model, xs, tt, ctx, None if ics is None else [ics], yv, p.extra_kwargs)
+
+    longest = max(c.shape[0] for c in cond_rows + ([] if cond_only else unconds))
+    if shared.opts.pad_cond_uncond or cond_only:
+        cond_rows = pad(cond_rows, longest)
+        unconds = pad(unconds, longest)
+    cond_rows = pad(cond_rows, max(c.shape[0] for c in cond_rows))
+    unconds = pad(unconds, max(c.shape[0] for c in unconds))
+    if cond_only:
+        out_cond, out_uncond = call(x_cond, cond_rows, ic_cond, y_cond), None
+    elif not shared.opts.batch_cond_uncond:
+        b = x.shape[0]
+        outs = [call(x_cond[i:i + b], cond_rows[i:i + b], None if ic_cond is None else ic_cond[i:i + b],
+                     None if y_cond is None else y_cond[i:i + b]) for i in range(0, len(cond_rows), b)]
+        out_cond, out_uncond = torch.cat(outs), call(x, unconds, image_cond, ys)
+    elif cond_rows[0].shape[0] == unconds[0].shape[0]:
+        both = call(torch.cat([x_cond, x]), cond_rows + unconds,
+                    None if image_cond is None else torch.cat([ic_cond, image_cond]),
+                    None if ys is None else torch.cat([y_cond, ys]))
+        out_cond, out_uncond = both[:len(cond_rows)], both[len(cond_rows):]
+    else:
+        out_cond = call(x_cond, cond_rows, ic_cond, y_cond)
+        out_uncond = call(x, unconds, image_cond, ys)
+    eps_cond = torch.stack([part.mean(0) for part in torch.split(out_cond, subprompts)])
+    return eps_cond if out_uncond is None else out_uncond + p.cfg_scale * (eps_cond - out_uncond)
+
+
+def sample_pass(p, sd_model, x, steps, image_cond, seed):
+    unet = sd_model.model.diffusion_model
+    dim, y_dim = unet.config.context_dim, unet.config.adm_in_channels
+    prompts, negatives = p.prompts, p.negative_prompts
+    conds = [[embed(part.strip(), dim, chunks_of(part)) for part in prompt.split(" AND ")] for prompt in prompts]
+    unconds = [embed(neg, dim, chunks_of(neg)) for neg in negatives]
+    ys = None if not y_dim else torch.randn(len(prompts), y_dim, generator=torch.Generator().manual_seed(seed)).to(devices.device, devices.dtype_unet)
+    for step in range(steps):
+        t = 999.0 * (1 - step / steps)
+        eps = denoise(p, sd_model, x, t, conds, unconds, image_cond, ys, step in p.cond_only_steps)
+        x = x - 0.2 * eps.to(x.dtype)
+    return x
+
+
+def sample(p, seed):
+    sd_model = shared.sd_model
+    unet = sd_model.model.diffusion_model
+    g = torch.Generator().manual_seed(seed)
+    h, w = p.height // 8, p.width // 8
+    x = torch.randn(p.batch_size, 4, h, w, generator=g).to(devices.device, devices.dtype_unet)
+
+    def image_cond(height, width):
+        if unet.config.in_channels == 4:
+            return None
+        return torch.randn(p.batch_size, unet.config.in_channels - 4, height, width, generator=g).to(x)
+
+    x = sample_pass(p, sd_model, x, p.steps, image_cond(h, w), seed)
+    if p.enable_hr:
+        hr_w, hr_h = (int(p.width * p.hr_scale), int(p.height * p.hr_scale)) if not (p.hr_resize_x or p.hr_resize_y) else (p.hr_resize_x, p.hr_resize_y)
+        x = torch.nn.functional.interpolate(x.float(), size=(hr_h // 8, hr_w // 8), mode="nearest").to(x)
+        x = sample_pass(p, sd_model, x, max(1, p.steps // 2), image_cond(hr_h // 8, hr_w // 8), seed)
+    return x
+
+
+def process_images(p):
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    return process_images_inner(p)
+
+
+def process_images_inner(p):
+    if isinstance(p.prompt, str):
+        p.all_prompts = [p.prompt] * (p.batch_size * p.n_iter)
+        p.all_negative_prompts = [p.negative_prompt] * (p.batch_size * p.n_iter)
+    if p.scripts is not None:
+        ORDER.append("process")
+        p.scripts.process(p)
+    with torch.no_grad():
+        ORDER.append("apply_unet")
+        sd_unet.apply_unet()
+        images, infotexts = [], []
+        for n in range(p.n_iter):
+            p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+            p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+            if p.scripts is not None:
+                ORDER.append("process_batch")
+                p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=[p.seed], subseeds=[p.seed])
+            latents = sample(p, p.seed + n)
+            images += list(latents.float().cpu())
+            infotexts += [create_infotext(p, i + n * p.batch_size) for i in range(p.batch_size)]
+    processed = Processed(images, infotexts, "\n".join(p.comments))
+    if p.scripts is not None:
+        ORDER.append("postprocess")
+        p.scripts.postprocess(p, processed)
+    return processed

@@ -1,0 +1,24 @@
+"""modules/shared.py: opts (with the built-in options the extension reads), cmd_opts, sd_model, state."""
+from argparse import Namespace
+
+from modules import options
+
+OptionInfo = options.OptionInfo
+cmd_opts = Namespace(lowvram=False, medvram=False, medvram_sdxl=False, nowebui=False)
+opts = options.Options({
+    "sd_unet": OptionInfo("Automatic", "SD Unet"),
+    "pad_cond_uncond": OptionInfo(False, "Pad prompt/negative prompt"),
+    "batch_cond_uncond": OptionInfo(True, "Batch cond/uncond"),
+    "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
+}, set())
+sd_model = None
+
+
+class State:
+    interrupted = False
+
+    def interrupt(self):
+        self.interrupted = True
+
+
+state = State()

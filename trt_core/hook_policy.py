@@ -1,0 +1,200 @@
+"""What the WebUI's UNet hook decides, kept free of the WebUI so it runs and is tested anywhere.
+
+- `engines_router`: a router over one checkpoint's ready engines, the preferred backend first.
+- `GenerationReport`: what ran for one generation's UNet calls: the infotext value and whether
+  this fallback is the generation's first (the one that gets a console warning).
+- `suggestion`: the profile that would cover a call the engines missed.
+- `expected_calls` / `uncovered_calls`: the calls a generation will make (DESIGN.md's call
+  table), checked against the engines before sampling starts.
+- `fallback_residency`: whether the built-in UNet may stay on the GPU after a fallback call.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.families import ModelFamily, family_named
+from trt_core.backends import REGISTRY, get_backend
+from trt_core.catalog import CatalogItem, catalog
+from trt_core.manifest import INDEX_NAME, EngineEntry
+from trt_core.pipeline import Workspace
+from trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape
+from trt_core.router import EngineRecord, Router
+
+INFOTEXT_KEY = "TensorRT"
+AUTOMATIC = "Automatic"
+
+
+def manifest_signature(workspace: Workspace) -> tuple[int, int] | None:
+    """Changes whenever the manifest is rewritten (an engine built or deleted)."""
+    try:
+        stat = (workspace.engine_dir / INDEX_NAME).stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
+def engine_label(entry: EngineEntry) -> str:
+    return f"[{entry.backend} {entry.precision}] {entry.profile.label()}"
+
+
+def engines_router(workspace: Workspace, sha256: str, device: str, memory_budget_bytes: int | None = None,
+                   preferred_backend: str = AUTOMATIC, cuda_graphs: bool = False) -> tuple[Router, list[CatalogItem]]:
+    """A router over the checkpoint's ready engines (loaded lazily, on first use); also the
+    engines left out and why. The preferred backend's engines come first, so the router picks
+    them when several engines cover a call equally well."""
+    manifest = workspace.manifest()
+    order = list(REGISTRY)
+    if preferred_backend in order:
+        order.remove(preferred_backend)
+        order.insert(0, preferred_backend)
+    ready, left_out = [], []
+    for item in catalog(workspace, device):
+        if item.entry.checkpoint.sha256 != sha256:
+            continue
+        (ready if item.status.ready else left_out).append(item)
+    ready.sort(key=lambda item: order.index(item.entry.backend) if item.entry.backend in order else len(order))
+
+    def loader(entry: EngineEntry):
+        def load():
+            backend = get_backend(entry.backend)
+            if hasattr(backend, "cuda_graphs"):
+                backend.cuda_graphs = cuda_graphs
+            return backend.load(manifest.file_path(entry), entry.id, family_named(entry.family), entry.profile,
+                                device=device)
+        return load
+
+    records = [EngineRecord(item.entry.id, family_named(item.entry.family), item.entry.profile,
+                            loader(item.entry), label=engine_label(item.entry)) for item in ready]
+    return Router(records, memory_budget_bytes), left_out
+
+
+def short_reason(call: CallShape) -> str:
+    return f"no engine covers {call.describe()}"
+
+
+def suggestion(call: CallShape) -> str:
+    """The profile a user would build so that this call is covered."""
+    width, height = call.latent_width * LATENT_SCALE, call.latent_height * LATENT_SCALE
+    tokens = math.ceil(call.context_len / CONTEXT_PER_CHUNK) * TOKENS_PER_CHUNK
+    images = max(1, math.ceil(call.rows / 2))
+    return (f"an engine whose profile includes {width}x{height} px, batch {images} "
+            f"(max batch >= {images}, min batch 1) and {tokens} tokens")
+
+
+class GenerationReport:
+    """UNet calls of one generation: which engine served them, or why they fell back."""
+
+    def __init__(self) -> None:
+        self.engine_calls: Counter[str] = Counter()
+        self.fallbacks: OrderedDict[str, int] = OrderedDict()  # short reason -> calls
+
+    def record_engine(self, label: str) -> None:
+        self.engine_calls[label] += 1
+
+    def record_fallback(self, reason: str) -> bool:
+        """Count a fallback call; True when it is this generation's first (warn once)."""
+        first = not self.fallbacks
+        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
+        return first
+
+    @property
+    def calls(self) -> int:
+        return sum(self.engine_calls.values()) + sum(self.fallbacks.values())
+
+    def infotext(self) -> str | None:
+        """"<engine>" when engines served every call, "fallback: <reason>" when none did,
+        both with call counts when the generation mixed them; None before any call."""
+        if not self.calls:
+            return None
+        mixed = len(self.engine_calls) + len(self.fallbacks) > 1
+        parts = [f"{label} ({n} calls)" if mixed else label for label, n in self.engine_calls.items()]
+        parts += [f"fallback: {reason} ({n} calls)" if mixed else f"fallback: {reason}"
+                  for reason, n in self.fallbacks.items()]
+        return "; ".join(parts)
+
+
+def chunks_for(tokens: int) -> int:
+    return max(1, math.ceil(tokens / TOKENS_PER_CHUNK))
+
+
+@dataclass(frozen=True)
+class ExpectedCall:
+    shape: CallShape
+    what: str  # which part of the generation makes it, for the warning
+
+
+@dataclass(frozen=True)
+class GenerationPlan:
+    """What a generation asks of the UNet (the WebUI's processing object, reduced)."""
+    width: int
+    height: int
+    batch: int
+    cond_tokens: int  # the longest (sub-)prompt's token count
+    uncond_tokens: int
+    subprompts: int = 1  # AND-separated parts of the prompt
+    pad_cond_uncond: bool = False
+    batch_cond_uncond: bool = True
+    hires: tuple[int, int] | None = None  # second pass (width, height)
+
+
+def expected_calls(plan: GenerationPlan, family: ModelFamily) -> list[ExpectedCall]:
+    """The UNet calls of one sampling step (both passes with hires fix), per DESIGN.md's table."""
+    cond_rows, uncond_rows = plan.batch * plan.subprompts, plan.batch
+    cond_ctx = chunks_for(plan.cond_tokens) * CONTEXT_PER_CHUNK
+    uncond_ctx = chunks_for(plan.uncond_tokens) * CONTEXT_PER_CHUNK
+    if plan.pad_cond_uncond:
+        cond_ctx = uncond_ctx = max(cond_ctx, uncond_ctx)
+    if not plan.batch_cond_uncond:
+        groups = [(plan.batch, cond_ctx, "cond rows"), (plan.batch, uncond_ctx, "uncond rows")]
+    elif cond_ctx == uncond_ctx:
+        groups = [(cond_rows + uncond_rows, cond_ctx, "cond + uncond rows")]
+    else:
+        groups = [(cond_rows, cond_ctx, "cond rows"), (uncond_rows, uncond_ctx, "uncond rows")]
+    passes = [("", plan.width, plan.height)]
+    if plan.hires:
+        passes.append(("hires pass, ", *plan.hires))
+    calls = []
+    for label, width, height in passes:
+        for rows, ctx, what in groups:
+            shape = CallShape(rows, family.in_channels, height // LATENT_SCALE, width // LATENT_SCALE, ctx,
+                              family.context_dim, family.y_dim)
+            calls.append(ExpectedCall(shape, f"{label}{what}"))
+    return calls
+
+
+def uncovered_calls(router: Router, calls: list[ExpectedCall]) -> list[tuple[ExpectedCall, str]]:
+    """The expected calls no engine covers, each with the router's reason."""
+    out = []
+    for call in calls:
+        plan = router.plan(call.shape)
+        if not plan.covered:
+            out.append((call, plan.reason))
+    return out
+
+
+def precheck_message(uncovered: list[tuple[ExpectedCall, str]]) -> str:
+    lines = [f"{call.what}: {call.shape.describe()} -> built-in UNet; {suggestion(call.shape)} would cover it"
+             for call, _ in uncovered]
+    return "TensorRT: not covered by an engine, these calls will run on the built-in UNet: " + "; ".join(lines)
+
+
+def loaded_engine_bytes(router: Router) -> int:
+    """Device memory held by the router's loaded engines (Router has no public total yet)."""
+    return sum(engine.memory_bytes for engine in router._loaded.values())
+
+
+KEEP, EVICT_THEN_KEEP, PER_CALL = "keep", "evict engines, then keep", "per call"
+
+
+def fallback_residency(unet_bytes: int, engine_bytes: int, budget_bytes: int | None) -> str:
+    """Whether the built-in UNet can stay on the GPU for the rest of the generation after a
+    fallback call (no thrashing), only after unloading engines, or must leave after each call."""
+    if budget_bytes is None or unet_bytes + engine_bytes <= budget_bytes:
+        return KEEP
+    if unet_bytes <= budget_bytes:
+        return EVICT_THEN_KEEP
+    return PER_CALL
+
