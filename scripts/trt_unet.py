@@ -3,12 +3,17 @@ trt_unet_webui/ (WebUI glue) and trt_core/ (everything that does not need the We
 import sys
 from pathlib import Path
 
-# The WebUI puts the extension on sys.path only while loading this file; later (lazy) imports
-# of trt_core, models and ui need it too. Appended, so the WebUI's own modules win any clash.
-for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
-    if str(_path) not in sys.path:
-        sys.path.append(str(_path))
+# The WebUI puts the extension's folder on sys.path only while it loads this file and restores the
+# old list afterwards, so the extension's top-level packages are imported now: their submodules
+# (imported lazily later) are then found through the packages themselves.
+_scripts_dir = str(Path(__file__).resolve().parent)
+if _scripts_dir not in sys.path:
+    sys.path.append(_scripts_dir)
 
+import models  # noqa: E402,F401
+import trt_core  # noqa: E402,F401
+import trt_unet_webui  # noqa: E402,F401
+import ui  # noqa: E402,F401
 from modules import script_callbacks, scripts  # noqa: E402
 
 from trt_unet_webui import callbacks  # noqa: E402

@@ -221,7 +221,7 @@ def test_inpainting_and_y_are_routed(webui, monkeypatch):
         monkeypatch.setattr(hook, "engines_router", lambda *a, **k: (Router.from_engines([engine]), []))
         monkeypatch.setattr(unets, "refresh_if_changed", lambda: None)
         info = checkpoint(family.name + str(sgm), "12" * 32)
-        load(webui_unet(family, seed=3, sgm=sgm), info)
+        load(webui_unet(family, seed=3, sgm=sgm), info, sgm=sgm)
         option = hook.TrtUnetOption("[TRT] test", info.model_name, info.sha256)
         sd_unet.unet_options.append(option)
         _, fast = generate(runner, "[TRT] test", batch_size=2)
