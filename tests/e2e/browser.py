@@ -9,6 +9,7 @@ from typing import Callable, TypeVar
 
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
 
@@ -25,7 +26,7 @@ class BrowserMissing(RuntimeError):
 def find_binaries() -> tuple[str, str]:
     chromium = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
     driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
-    if not chromium or not driver:
+    if not chromium or not driver or not Path(chromium).is_file() or not Path(driver).is_file():
         raise BrowserMissing("headless Chromium is needed: apt-get install -y chromium chromium-driver "
                              "(or set CHROMIUM_BIN and CHROMEDRIVER); set TRT_SKIP_BROWSER=1 to skip on purpose")
     return chromium, driver
@@ -60,8 +61,25 @@ def element(driver: webdriver.Chrome, css: str) -> WebElement:
 
 
 def attr(driver: webdriver.Chrome, css: str, name: str) -> str | None:
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].get_attribute(name) if found else None
+    """An attribute of the first match, or None; retried while Gradio swaps the element out."""
+    for _ in range(20):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].get_attribute(name) if found else None
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"{css} kept being replaced while reading {name}")
+
+
+def text(driver: webdriver.Chrome, css: str) -> str:
+    """The text of the first match ('' when absent); retried while Gradio swaps the element out."""
+    for _ in range(20):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError(f"{css} kept being replaced while reading its text")
 
 
 def choose(driver: webdriver.Chrome, elem_id: str, option_text: str) -> None:
