@@ -175,13 +175,13 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
-        # Resizing straight to the skip's size equals the WebUI's nearest x2 followed by its
-        # `th.cat` patch for odd latents (nearest of nearest == nearest), and exports to one Resize.
-        if size is None:
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-        else:
+        x = self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if size is not None:
+            # The WebUI's `th.cat` patch resizes to the skip's size after this conv, which makes odd
+            # latents (multiples of 8 px, not 64) work. Done unconditionally so that traced and
+            # exported graphs do the same at every size; at even sizes it is an identity.
             x = F.interpolate(x, size=size, mode="nearest")
-        return self.conv(x)
+        return x
 
 
 class TimestepEmbedSequential(nn.ModuleList):
@@ -268,17 +268,19 @@ class UNetModel(nn.Module):
         return self.out(h).to(x.dtype)
 
 
-def seeded_unet(config: UNetConfig, seed: int = 0) -> UNetModel:
-    """Random weights that make the output depend on every input (no zero-initialised layers)."""
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Seeded random weights that make the output depend on every input (no zero-initialised layers)."""
     generator = torch.Generator().manual_seed(seed)
-    unet = UNetModel(config)
     with torch.no_grad():
-        for name, p in unet.named_parameters():
+        for name, p in module.named_parameters():
             if p.dim() > 1:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(fan_in))
+                p.copy_(torch.randn(p.shape, generator=generator) / math.sqrt(p[0].numel()))
             elif name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
             else:
                 p.copy_(1.0 + torch.randn(p.shape, generator=generator) * 0.05)
-    return unet.eval()
+    return module.eval()
+
+
+def seeded_unet(config: UNetConfig, seed: int = 0) -> UNetModel:
+    return randomize_(UNetModel(config), seed)
