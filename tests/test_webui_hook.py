@@ -10,7 +10,6 @@ from dataclasses import replace
 import pytest
 import torch
 
-from tests.webui_double import harness
 from tests.webui_double.harness import (TINY, TorchEngine, checkpoint, family_like_tiny, load, load_extension, reset,
                                         webui_unet)
 from modules import errors, lowvram, processing, sd_unet, shared

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 
 from models.families import UnsupportedModelError, family_named
-from trt_core.backends import get_backend
-from trt_core.backends.base import BackendUnavailable
-from trt_core.manifest import EngineEntry, EngineStatus, Manifest, engine_status
+from trt_core.backends import REGISTRY, get_backend
+from trt_core.backends.base import Backend, BackendUnavailable, Engine
+from trt_core.manifest import EngineEntry, EngineStatus, engine_status
 from trt_core.pipeline import Workspace
 from trt_core.router import EngineRecord, Router
 
@@ -44,22 +45,28 @@ def catalog(workspace: Workspace, device: str = "cuda") -> list[CatalogItem]:
     return items
 
 
-def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda",
-                          memory_budget_bytes: int | None = None) -> tuple[Router, list[CatalogItem]]:
-    """A router over the checkpoint's ready engines; also the ones left out and why."""
-    manifest = workspace.manifest()
-    records, left_out = [], []
-    for item in catalog(workspace, device):
-        entry = item.entry
-        if entry.checkpoint.sha256 != sha256:
-            continue
-        if not item.status.ready:
-            left_out.append(item)
-            continue
+def engine_label(entry: EngineEntry) -> str:
+    return f"[{entry.backend} {entry.precision}] {entry.profile.label()}"
 
-        def load(entry: EngineEntry = entry):
-            return get_backend(entry.backend).load(manifest.file_path(entry), entry.id, family_named(entry.family),
-                                                   entry.profile, device=device)
-        records.append(EngineRecord(entry.id, family_named(entry.family), entry.profile, load,
-                                    label=f"[{entry.backend} {entry.precision}] {entry.profile.label()}"))
+
+def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda",
+                          memory_budget_bytes: int | None = None, preferred_backend: str | None = None,
+                          make_backend: Callable[[str], Backend] = get_backend) -> tuple[Router, list[CatalogItem]]:
+    """A router over the checkpoint's ready engines, loaded lazily on first use; also the ones
+    left out and why. The preferred backend's engines come first, so the router picks them when
+    several engines cover a call equally well."""
+    manifest = workspace.manifest()
+    order = [preferred_backend] + [b for b in REGISTRY if b != preferred_backend] if preferred_backend in REGISTRY else list(REGISTRY)
+    ready, left_out = [], []
+    for item in catalog(workspace, device):
+        if item.entry.checkpoint.sha256 != sha256:
+            continue
+        (ready if item.status.ready else left_out).append(item)
+    ready.sort(key=lambda item: order.index(item.entry.backend) if item.entry.backend in order else len(order))
+
+    def loader(entry: EngineEntry) -> Callable[[], Engine]:
+        return lambda: make_backend(entry.backend).load(manifest.file_path(entry), entry.id, family_named(entry.family),
+                                                        entry.profile, device=device)
+    records = [EngineRecord(item.entry.id, family_named(item.entry.family), item.entry.profile, loader(item.entry),
+                            label=engine_label(item.entry)) for item in ready]
     return Router(records, memory_budget_bytes), left_out

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.families import TINY, UnsupportedModelError, detect_family, family_named
+from models.families import TINY, UnsupportedModelError, detect_family
 from models.unet import UNetModel, seeded_unet
 from trt_core.backends import all_backends, get_backend
 from trt_core.backends.base import BackendUnavailable, ProgressFn

@@ -13,15 +13,14 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
-from models.families import ModelFamily, family_named
-from trt_core.backends import REGISTRY, get_backend
-from trt_core.catalog import CatalogItem, catalog
-from trt_core.manifest import INDEX_NAME, EngineEntry
+from models.families import ModelFamily
+from trt_core.backends import get_backend
+from trt_core.catalog import CatalogItem, router_for_checkpoint
+from trt_core.manifest import INDEX_NAME
 from trt_core.pipeline import Workspace
 from trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape
-from trt_core.router import EngineRecord, Router
+from trt_core.router import Router
 
 INFOTEXT_KEY = "TensorRT"
 AUTOMATIC = "Automatic"
@@ -36,39 +35,17 @@ def manifest_signature(workspace: Workspace) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
-def engine_label(entry: EngineEntry) -> str:
-    return f"[{entry.backend} {entry.precision}] {entry.profile.label()}"
-
-
 def engines_router(workspace: Workspace, sha256: str, device: str, memory_budget_bytes: int | None = None,
                    preferred_backend: str = AUTOMATIC, cuda_graphs: bool = False) -> tuple[Router, list[CatalogItem]]:
-    """A router over the checkpoint's ready engines (loaded lazily, on first use); also the
-    engines left out and why. The preferred backend's engines come first, so the router picks
-    them when several engines cover a call equally well."""
-    manifest = workspace.manifest()
-    order = list(REGISTRY)
-    if preferred_backend in order:
-        order.remove(preferred_backend)
-        order.insert(0, preferred_backend)
-    ready, left_out = [], []
-    for item in catalog(workspace, device):
-        if item.entry.checkpoint.sha256 != sha256:
-            continue
-        (ready if item.status.ready else left_out).append(item)
-    ready.sort(key=lambda item: order.index(item.entry.backend) if item.entry.backend in order else len(order))
-
-    def loader(entry: EngineEntry):
-        def load():
-            backend = get_backend(entry.backend)
-            if hasattr(backend, "cuda_graphs"):
-                backend.cuda_graphs = cuda_graphs
-            return backend.load(manifest.file_path(entry), entry.id, family_named(entry.family), entry.profile,
-                                device=device)
-        return load
-
-    records = [EngineRecord(item.entry.id, family_named(item.entry.family), item.entry.profile,
-                            loader(item.entry), label=engine_label(item.entry)) for item in ready]
-    return Router(records, memory_budget_bytes), left_out
+    """The checkpoint's router with the WebUI's settings: preferred backend first, CUDA graphs
+    on or off for the backends that have them."""
+    def make_backend(name: str):
+        backend = get_backend(name)
+        if hasattr(backend, "cuda_graphs"):
+            backend.cuda_graphs = cuda_graphs
+        return backend
+    return router_for_checkpoint(workspace, sha256, device, memory_budget_bytes,
+                                 None if preferred_backend == AUTOMATIC else preferred_backend, make_backend)
 
 
 def short_reason(call: CallShape) -> str:
@@ -180,10 +157,6 @@ def precheck_message(uncovered: list[tuple[ExpectedCall, str]]) -> str:
              for call, _ in uncovered]
     return "TensorRT: not covered by an engine, these calls will run on the built-in UNet: " + "; ".join(lines)
 
-
-def loaded_engine_bytes(router: Router) -> int:
-    """Device memory held by the router's loaded engines (Router has no public total yet)."""
-    return sum(engine.memory_bytes for engine in router._loaded.values())
 
 
 KEEP, EVICT_THEN_KEEP, PER_CALL = "keep", "evict engines, then keep", "per call"

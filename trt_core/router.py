@@ -88,6 +88,11 @@ class Router:
     def loaded(self) -> list[str]:
         return list(self._loaded)
 
+    @property
+    def loaded_bytes(self) -> int:
+        """Device memory the loaded engines hold."""
+        return sum(engine.memory_bytes for engine in self._loaded.values())
+
     def plan(self, call: CallShape) -> Plan:
         candidates, reasons = [], []
         for record in self.records:
@@ -124,7 +129,7 @@ class Router:
     def _evict(self, keep: str) -> None:
         if self.memory_budget_bytes is None:
             return
-        while sum(e.memory_bytes for e in self._loaded.values()) > self.memory_budget_bytes:
+        while self.loaded_bytes > self.memory_budget_bytes:
             victim = next((i for i in self._loaded if i != keep), None)
             if victim is None:
                 return

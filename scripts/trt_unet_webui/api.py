@@ -13,7 +13,7 @@ from trt_core import jobs
 from trt_core.backends import get_backend
 from trt_core.backends.base import BackendUnavailable
 from trt_core.catalog import catalog
-from trt_core.hook_policy import engine_label
+from trt_core.catalog import engine_label
 from trt_core.manifest import ManifestError
 from trt_core.pipeline import build_engine
 from trt_core.profiles import Profile, ProfileError, presets_for

@@ -16,7 +16,7 @@ import torch
 
 from modules import devices, sd_hijack, shared
 
-from trt_core.hook_policy import EVICT_THEN_KEEP, PER_CALL, fallback_residency, loaded_engine_bytes
+from trt_core.hook_policy import EVICT_THEN_KEEP, PER_CALL, fallback_residency
 from trt_core.router import Router
 
 log = logging.getLogger("sd_unet_trt")
@@ -61,7 +61,7 @@ class FallbackPlacement:
         if on_device(unet):
             return forward(unet, x, timesteps, context, *args, **kwargs)
 
-        engines = loaded_engine_bytes(router) if router is not None else 0
+        engines = router.loaded_bytes if router is not None else 0
         residency = fallback_residency(param_bytes(unet), engines, budget_bytes)
         if residency == EVICT_THEN_KEEP and router is not None:
             log.info("TensorRT: unloading engines to make room for the built-in UNet within the VRAM budget")
