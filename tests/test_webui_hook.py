@@ -1,27 +1,35 @@
 """The SdUnet hook in the WebUI double: every row of DESIGN.md's call table, per-call fallback,
-infotext, the pre-generation warning, --medvram/--lowvram, checkpoint switches and SD3.
+infotext, the pre-generation warning, --medvram/--lowvram, checkpoint switches, SD3, 9-channel
+inpainting and SDXL-shaped (y) UNets, and engines written by the pipeline.
 
-Engines are real ONNX Runtime engines built by the pipeline for a tiny UNet; each scenario is
-run with sd_unet "Automatic" and with "None" (the built-in UNet) and the latents compared."""
+Engines are real ONNX Runtime engines of tiny UNets exported once per session (conftest's
+`exported`), listed in a manifest; each scenario is run with sd_unet "Automatic" and with "None"
+(the built-in UNet) and the latents compared. Like one WebUI process serving request after
+request, the `webui` fixture keeps the extension, the checkpoint and the loaded engines from test
+to test and resets only options; tests that change more (checkpoints, --medvram hooks, another
+models folder) start their own with `fresh_webui`."""
 from __future__ import annotations
 
-from dataclasses import replace
+import shutil
 
 import pytest
 import torch
 
-from tests.webui_double.harness import (TINY, TorchEngine, checkpoint, family_like_tiny, load, load_extension, reset,
-                                        webui_unet)
+from tests.webui_double import harness
+from tests.webui_double.harness import checkpoint, load, register_ort_engines, webui_unet
 from modules import errors, lowvram, processing, sd_unet, shared
-from models.unet import seeded_unet
+from models import unet as arch
+from models.families import TINY
 from trt_core.backends import get_backend
+from trt_core.catalog import engine_label
 from trt_core.manifest import CheckpointId
 from trt_core.pipeline import Workspace, build_engine
 from trt_core.profiles import Profile, Range
-from trt_core.router import Router
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
+INPAINT_SHA = "12" * 32
+XL_SHA = "34" * 32
 SMALL = Profile(Range(1, 1, 2), Range(64, 64, 80), Range(64, 64, 80), Range(75, 75, 150))
 LARGE = Profile(Range(1, 1, 2), Range(128, 128, 128), Range(128, 128, 128), Range(75, 75, 150))
 TOL = 1e-3
@@ -29,27 +37,52 @@ LONG = " ".join(["word"] * 100)  # 100 tokens in the double's tokenizer: 2 chunk
 
 
 @pytest.fixture(scope="session")
-def engines_dir(tmp_path_factory):
+def tiny_source(exported):
+    """The UNet the "tiny" checkpoint holds, and the ONNX its engines are built from."""
+    return exported("tiny")
+
+
+@pytest.fixture(scope="session")
+def engines_dir(tmp_path_factory, tiny_source):
     root = tmp_path_factory.mktemp("webui-models")
-    unet = seeded_unet(TINY.unet_config(), 0)
-    ckpt = CheckpointId.of(SHA, "tiny")
-    for profile in (SMALL, LARGE):
-        build_engine(unet, ckpt, TINY, profile, get_backend("onnxruntime"), Workspace(root), precision="fp32",
-                     device="cpu")
+    register_ort_engines(Workspace(root), tiny_source[1], "tiny", CheckpointId.of(SHA, "tiny"), [SMALL, LARGE])
     return root
 
 
+@pytest.fixture(scope="module")
+def live():
+    """The session the `webui` fixture keeps between tests (empty until one starts it)."""
+    state = {}
+    yield state
+    if state:
+        harness.stop()
+
+
 @pytest.fixture
-def webui(engines_dir):
-    reset(engines_dir)
-    module, runner = load_extension()
-    from modules import script_callbacks
-    script_callbacks.ui_settings_callback()
-    info = checkpoint("tiny", SHA)
-    sd_unet.list_unets()
-    model = load(webui_unet(), info)
-    yield runner, model
-    script_callbacks.script_unloaded_callback()
+def webui(live, engines_dir, tiny_source):
+    if not live:
+        live["session"] = harness.start(engines_dir, webui_unet(tiny_source[0]), "tiny", SHA)
+    else:
+        harness.reset_options()
+    yield live["session"]
+    assert not errors.reported, errors.reported
+
+
+@pytest.fixture
+def fresh_webui(live, engines_dir, tiny_source):
+    """Starts a WebUI session of its own (by default: the "tiny" checkpoint over engines_dir);
+    the kept one is stopped first and started again by the next test using `webui`."""
+    if live:
+        harness.stop()
+        live.clear()
+    started = []
+
+    def start(models_path=engines_dir, source=tiny_source[0], name="tiny", sha256=SHA, sgm=False):
+        started.append(True)
+        return harness.start(models_path, webui_unet(source, sgm), name, sha256, sgm=sgm)
+    yield start
+    if started:
+        harness.stop()
     assert not errors.reported, errors.reported
 
 
@@ -153,8 +186,8 @@ def test_call_order_and_options(webui):
     assert [o for o in sd_unet.unet_options if o.label == "[TRT] tiny"][0] is first[0]  # same object: no reload
 
 
-def test_medvram_and_lowvram(webui):
-    runner, model = webui
+def test_medvram_and_lowvram(fresh_webui):
+    runner, model = fresh_webui()
     _, ref = generate(runner, "None", width=96, height=64, enable_hr=True, hr_scale=2.0)
     for flag in ("medvram", "lowvram"):
         sd_unet.apply_unet("None")
@@ -169,28 +202,33 @@ def test_medvram_and_lowvram(webui):
         setattr(shared.cmd_opts, flag, False)
 
 
-def test_switching_checkpoints_switches_engines(webui, engines_dir):
-    runner, _ = webui
+@pytest.fixture(scope="module")
+def other_source():
+    """The weights of a checkpoint that has no engines."""
+    return arch.seeded_unet(arch.TINY, seed=5)
+
+
+def test_switching_checkpoints_switches_engines(fresh_webui, engines_dir, tiny_source, other_source):
+    runner, _ = fresh_webui()
     files = sorted(p.name for p in (engines_dir / "Unet-trt").iterdir())
     generate(runner, "Automatic")
     assert sd_unet.current_unet is not None and sd_unet.current_unet.router is not None
-    other = load(webui_unet(seed=5), checkpoint("other", OTHER_SHA))
+    load(webui_unet(other_source), checkpoint("other", OTHER_SHA))
     _, out = generate(runner, "Automatic")
     assert sd_unet.current_unet is None and "TensorRT" not in out.infotexts[0]
-    load(webui_unet(), checkpoint("tiny", SHA))
+    load(webui_unet(tiny_source[0]), checkpoint("tiny", SHA))
     _, out = generate(runner, "Automatic")
     assert SMALL_LABEL in trt_value(out)
     assert sorted(p.name for p in (engines_dir / "Unet-trt").iterdir()) == files  # loaded, not rebuilt
-    del other
 
 
-def test_engines_of_another_checkpoint_never_serve(webui):
+def test_engines_of_another_checkpoint_never_serve(fresh_webui, other_source):
     """An explicitly chosen [TRT] option while another checkpoint (or SD3) is loaded: built-in UNet."""
-    runner, _ = webui
-    load(webui_unet(seed=5), checkpoint("other", OTHER_SHA))
+    runner, _ = fresh_webui()
+    load(webui_unet(other_source), checkpoint("other", OTHER_SHA))
     _, out = generate(runner, "[TRT] tiny")
     assert trt_value(out).startswith("fallback: the engines are for checkpoint abababab")
-    model = load(webui_unet(seed=5), checkpoint("sd3", "ef" * 32), is_sd3=True)
+    model = load(webui_unet(other_source), checkpoint("sd3", "ef" * 32), is_sd3=True)
     shared.opts.data["sd_unet"] = "[TRT] tiny"
     sd_unet.apply_unet()
     assert sd_unet.current_unet.mismatch.startswith("SD3")
@@ -210,25 +248,38 @@ def test_extra_unet_inputs_fall_back(webui):
     assert any("control" in reason for reason in generation.current().fallbacks)
 
 
-def test_inpainting_and_y_are_routed(webui, monkeypatch):
-    """9-channel inpainting UNets and UNets taking y (SDXL's shape of call) through the hook."""
-    runner, _ = webui
-    from trt_unet_webui import hook, unets
-    for family, sgm in [(family_like_tiny(in_channels=9), False),
-                        (family_like_tiny(y_dim=32, base_config=replace(TINY.base_config, adm_in_channels=32)), True)]:
-        engine = TorchEngine("torch-test", family, SMALL, seeded_unet(family.unet_config(), 3))
-        monkeypatch.setattr(hook, "engines_router", lambda *a, **k: (Router.from_engines([engine]), []))
-        monkeypatch.setattr(unets, "refresh_if_changed", lambda: None)
-        info = checkpoint(family.name + str(sgm), "12" * 32)
-        load(webui_unet(family, seed=3, sgm=sgm), info, sgm=sgm)
-        option = hook.TrtUnetOption("[TRT] test", info.model_name, info.sha256)
-        sd_unet.unet_options.append(option)
-        _, fast = generate(runner, "[TRT] test", batch_size=2)
-        _, ref = generate(runner, "None", batch_size=2)
-        assert trt_value(fast) == "torch-test" and engine.calls > 0
-        assert max((a - b).abs().max().item() for a, b in zip(fast.images, ref.images)) < TOL
-        sd_unet.unet_options.remove(option)
-        sd_unet.apply_unet("None")
+def test_inpainting_and_y_are_routed(fresh_webui, exported, tmp_path):
+    """A 9-channel inpainting UNet (ldm) and an SDXL-shaped UNet taking y (sgm), each with its own
+    checkpoint and engine: "Automatic" picks the loaded checkpoint's engine, which serves every call."""
+    workspace = Workspace(tmp_path)
+    cases = [("tiny-inpaint", INPAINT_SHA, False), ("tiny-xl", XL_SHA, True)]
+    entries = {name: register_ort_engines(workspace, exported(name)[1], name, CheckpointId.of(sha, name), [SMALL])[0]
+               for name, sha, _ in cases}
+    runner = None
+    for name, sha, sgm in cases:
+        source = exported(name)[0]
+        if runner is None:
+            runner, _ = fresh_webui(tmp_path, source, name, sha, sgm)
+        else:  # a checkpoint switch: the extension lists the new checkpoint's engines before generating
+            load(webui_unet(source, sgm), checkpoint(name, sha), sgm=sgm)
+        _, fast, _, diff = compare(runner, batch_size=2)
+        assert trt_value(fast) == engine_label(entries[name]), name
+        assert diff < TOL, (name, diff)
+
+
+def test_engines_built_by_the_pipeline_serve_generations(fresh_webui, tiny_source, tmp_path):
+    """The one test through trt_core.pipeline (verify -> build -> verify -> manifest): what it
+    writes is what the hook loads. The export is the session's (ensure_onnx reuses an ONNX in
+    place; test_export.py and test_pipeline.py cover exporting)."""
+    unet, onnx_path = tiny_source
+    workspace, ckpt = Workspace(tmp_path), CheckpointId.of(SHA, "tiny")
+    shutil.copytree(onnx_path.parent, workspace.onnx_folder(ckpt, TINY, "fp32"))
+    entry = build_engine(unet, ckpt, TINY, SMALL, get_backend("onnxruntime"), workspace, precision="fp32",
+                         device="cpu")
+    runner, _ = fresh_webui(tmp_path)
+    _, fast, _, diff = compare(runner, batch_size=2)
+    assert trt_value(fast) == engine_label(entry)
+    assert diff < TOL
 
 
 def test_a_broken_manifest_never_breaks_generation(webui, engines_dir):
@@ -242,4 +293,3 @@ def test_a_broken_manifest_never_breaks_generation(webui, engines_dir):
         assert len(out.images) == 1
     finally:
         index.write_text(saved)
-    errors.reported.clear()

@@ -1,10 +1,9 @@
 """Fixtures' building blocks: a WebUI-double session with the extension loaded like the WebUI
-loads it, tiny checkpoints, and an Engine that runs a PyTorch UNet (for the families the tiny
-model has no ONNX family for: 9-channel inpainting, a UNet taking y)."""
+loads it, tiny checkpoints, and engine folders whose manifest lists ONNX Runtime engines."""
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,11 +12,13 @@ from tests.webui_double import ROOT, install
 
 install()
 
-from models.families import TINY, ModelFamily  # noqa: E402
-from models.unet import seeded_unet  # noqa: E402
+from models.families import family_named  # noqa: E402
 from modules import (devices, errors, lowvram, paths_internal, processing, script_callbacks, scripts,  # noqa: E402
                      sd_hijack, sd_models, sd_unet, shared)
-from trt_core.backends.base import Engine  # noqa: E402
+from trt_core.backends.base import BuildRequest  # noqa: E402
+from trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from trt_core.manifest import CheckpointId, EngineEntry, engine_id  # noqa: E402
+from trt_core.pipeline import Workspace  # noqa: E402
 from trt_core.profiles import Profile  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "trt_unet.py"
@@ -34,12 +35,12 @@ def load_extension():
     return module, scripts.ScriptRunner([cls() for cls in script_classes])
 
 
-def webui_unet(family: ModelFamily = TINY, seed: int = 0, sgm: bool = False) -> torch.nn.Module:
-    """The WebUI's (patched) ldm/sgm UNetModel class holding seeded weights."""
-    ours = seeded_unet(family.unet_config(), seed)
+def webui_unet(source: torch.nn.Module, sgm: bool = False) -> torch.nn.Module:
+    """The WebUI's (patched) ldm/sgm UNetModel class holding the weights of `source` (one of
+    models.unet's UNets, e.g. the one an engine was exported from)."""
     cls = sd_hijack.SgmUNetModel if sgm else sd_hijack.LdmUNetModel
-    unet = cls(family.unet_config())
-    unet.load_state_dict(ours.state_dict())
+    unet = cls(source.config)
+    unet.load_state_dict(source.state_dict())
     return unet.eval().requires_grad_(False)
 
 
@@ -56,18 +57,24 @@ def load(unet, info, sgm: bool = False, **fields) -> processing.SdModel:
     return sd_models.load_model(model)
 
 
-def reset(models_path: Path) -> None:
-    paths_internal.models_path = str(models_path)
+def reset_options() -> None:
+    """What one generation may change for the next: options, flags, the error log."""
     errors.reported.clear()
     processing.ORDER.clear()
-    sd_models.checkpoints_list.clear()
-    sd_models.model_data.sd_model = None
-    shared.sd_model = None
     shared.opts.data["sd_unet"] = "Automatic"
     shared.opts.data["pad_cond_uncond"] = False
     shared.opts.data["batch_cond_uncond"] = True
     shared.cmd_opts.medvram = shared.cmd_opts.lowvram = False
     shared.state.interrupted = False
+
+
+def reset(models_path: Path) -> None:
+    """A WebUI just started: no checkpoint, no UNet options, models folder `models_path`."""
+    reset_options()
+    paths_internal.models_path = str(models_path)
+    sd_models.checkpoints_list.clear()
+    sd_models.model_data.sd_model = None
+    shared.sd_model = None
     lowvram.module_in_gpu = None
     sd_unet.unet_options.clear()
     sd_unet.current_unet_option = None
@@ -75,17 +82,41 @@ def reset(models_path: Path) -> None:
     devices.device = torch.device("cpu")
 
 
-class TorchEngine(Engine):
-    """A PyTorch UNet behind the Engine interface, for families with no tiny ONNX build."""
+def start(models_path: Path, unet: torch.nn.Module, info_name: str, sha256: str, sgm: bool = False):
+    """The WebUI's start-up order: scripts loaded, settings registered, UNets listed, then the
+    checkpoint loaded. Returns (script runner, loaded model)."""
+    reset(models_path)
+    _, runner = load_extension()
+    script_callbacks.ui_settings_callback()
+    info = checkpoint(info_name, sha256)
+    sd_unet.list_unets()
+    return runner, load(unet, info, sgm=sgm)
 
-    def __init__(self, name: str, family: ModelFamily, profile: Profile, unet: torch.nn.Module):
-        self.name, self.family, self.profile, self.unet = name, family, profile, unet
-        self.calls = 0
 
-    def __call__(self, x, timesteps, context, y=None):
-        self.calls += 1
-        return self.unet(x, timesteps.float(), context, y).to(x.dtype)
+def stop() -> None:
+    script_callbacks.script_unloaded_callback()
 
 
-def family_like_tiny(**changes) -> ModelFamily:
-    return replace(TINY, name="tiny-test", **changes)
+def register_ort_engines(workspace: Workspace, onnx_path: Path, family_name: str, checkpoint_id: CheckpointId,
+                         profiles: list[Profile]) -> list[EngineEntry]:
+    """Manifest entries for ONNX Runtime engines of an exported ONNX, one per profile, written as
+    the pipeline writes them but without its accuracy checks (tests/test_pipeline.py covers those).
+    ONNX Runtime's engine file does not depend on the profile, so it is built once and copied."""
+    backend, family = OnnxRuntimeBackend(), family_named(family_name)
+    manifest = workspace.manifest()
+    manifest.dir.mkdir(parents=True, exist_ok=True)
+    built = workspace.root / f"{family_name}.building{backend.file_suffix}"
+    outcome = backend.build(BuildRequest(onnx_path, family, profiles[0], "fp32", device="cpu"), built)
+    entries = []
+    for profile in profiles:
+        entry_id = engine_id(checkpoint_id, family.name, backend.name, outcome.precision, profile)
+        file_name = entry_id + backend.file_suffix
+        shutil.copyfile(built, manifest.dir / file_name)
+        entry = EngineEntry(id=entry_id, checkpoint=checkpoint_id, family=family.name, backend=backend.name,
+                            backend_version=backend.version(), gpu_arch=backend.device_arch("cpu"), profile=profile,
+                            precision=outcome.precision, file=file_name,
+                            file_size=(manifest.dir / file_name).stat().st_size)
+        manifest.add(entry)
+        entries.append(entry)
+    built.unlink()
+    return entries
