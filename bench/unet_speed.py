@@ -1,0 +1,561 @@
+"""UNet step benchmark: every way of running the UNet, on the same work, held to the same numbers.
+
+    python bench/unet_speed.py --models sd15,sdxl --out DIR            # on an NVIDIA GPU
+    python bench/unet_speed.py --models tiny --device cpu --out DIR    # smoke run of the same code
+
+One step = one UNet call of batch 2 (one image with CFG: cond + uncond rows). Random weights in the
+real architectures (models/unet.py; parameter counts match SD1.5 and SDXL). Each row is checked
+against an fp32 reference of the same weights on fresh inputs before it is timed (outputs poisoned
+with NaN first, so an element nobody wrote fails the check), then timed with CUDA events around
+each step, host launch included (the stream is idle when a step starts), median of many repeats,
+two blocks so the spread is visible. Results go to DIR/<model>.json as each row finishes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.families import FAMILIES, TINY, ModelFamily  # noqa: E402
+from models.unet import UNetModel  # noqa: E402
+from trt_core.backends.base import BuildRequest  # noqa: E402
+from trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
+from trt_core.profiles import Profile  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    family: ModelFamily
+    px: int
+    rows: int = 2  # one image with CFG
+    tokens: int = 75
+
+    @property
+    def latent(self) -> int:
+        return self.px // 8
+
+    @property
+    def context_len(self) -> int:
+        return self.tokens // 75 * 77
+
+
+WORKLOADS = {
+    "sd15": Workload("SD1.5 UNet, 512x512", FAMILIES["sd1"], 512),
+    "sdxl": Workload("SDXL UNet, 1024x1024", FAMILIES["sdxl"], 1024),
+    "tiny": Workload("tiny UNet, 64x64", TINY, 64),
+}
+
+# Backend builds to time: name -> (profile choice, inductor options over the backend's defaults).
+# "static" is the WebUI's "Static WxH, batch 1" preset.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("static", {}),
+    "autotune": ("static", {"max_autotune": True, "coordinate_descent_tuning": True}),
+    "channels_last": ("static", {"layout_optimization": True, "force_layout_optimization": True}),
+}
+
+Step = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def make_unet(family: ModelFamily, device: torch.device, seed: int = 0) -> UNetModel:
+    """fp32 random weights drawn on the device itself (seconds, where a CPU init of SDXL takes a minute).
+    Same scheme as models.unet.seeded_unet: every layer non-zero, so every input matters."""
+    with torch.device("meta"):
+        unet = UNetModel(family.unet_config())
+    unet = unet.to_empty(device=device)
+    generator = torch.Generator(device).manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 1 / math.sqrt(p[0].numel()), generator=generator)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.02, generator=generator)
+            else:
+                p.normal_(1.0, 0.05, generator=generator)
+    return unet.eval().requires_grad_(False)
+
+
+def make_inputs(work: Workload, device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> tuple:
+    """One sampler call: cond and uncond rows share the timestep, as in CFG."""
+    n, f = work.rows, work.family
+    x = torch.randn(n, f.in_channels, work.latent, work.latent, generator=generator, device=device).to(dtype)
+    t = torch.rand(1, generator=generator, device=device).mul(999).expand(n).contiguous()
+    ctx = torch.randn(n, work.context_len, f.context_dim, generator=generator, device=device).to(dtype)
+    if f.y_dim:
+        return x, t, ctx, torch.randn(n, f.y_dim, generator=generator, device=device).to(dtype)
+    return x, t, ctx
+
+
+def flop_count(work: Workload) -> int:
+    """FLOPs of one step, counted on the meta device (convolutions, GEMMs, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    gen = torch.Generator("cpu").manual_seed(0)
+    inputs = make_inputs(work, torch.device("cpu"), torch.float16, gen)
+    with torch.device("meta"):
+        unet = UNetModel(work.family.unet_config()).half()
+    meta_inputs = tuple(t.to("meta") for t in inputs)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        unet(*meta_inputs)
+    return counter.get_total_flops()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def poison_free_memory(device: torch.device) -> None:
+    """Fill the allocator's cached free blocks with NaN, so an output element no kernel wrote
+    reads as NaN instead of a plausible leftover value."""
+    if device.type != "cuda":
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    size = max(cached, 0) + min(free // 4, 2 << 30)
+    block = torch.empty(size, dtype=torch.uint8, device=device)
+    block.fill_(0xFF)  # all-ones bits: NaN in fp16, bf16 and fp32
+    del block
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double(), ref.double()
+    if not torch.isfinite(out).all():
+        return math.inf
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+@dataclass
+class Checks:
+    """Fresh input sets with their fp32 reference outputs (computed once, reference freed after)."""
+    inputs: list[tuple]
+    refs: list[torch.Tensor]
+
+    def worst(self, step: Step, device: torch.device) -> float:
+        worst = 0.0
+        for inputs, ref in zip(self.inputs, self.refs):
+            poison_free_memory(device)
+            out = step(inputs)
+            sync(device)
+            if out.shape != ref.shape:
+                raise AssertionError(f"output shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
+            worst = max(worst, rel_error(out, ref))
+        return worst
+
+
+def time_steps(step: Step, input_sets: list[tuple], device: torch.device, min_repeats: int,
+               seconds: float) -> dict[str, Any]:
+    """Median ms per step in two blocks; each step starts on an idle stream so host work counts."""
+    for inputs in input_sets * 2:  # warm-up
+        step(inputs)
+    sync(device)
+    t0 = time.perf_counter()
+    step(input_sets[0])
+    sync(device)
+    once = time.perf_counter() - t0
+    repeats = max(min_repeats, min(1000, int(seconds / 2 / max(once, 1e-6))))
+    blocks = []
+    for _ in range(2):
+        times = []
+        for i in range(repeats):
+            inputs = input_sets[i % len(input_sets)]
+            sync(device)
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                step(inputs)
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end))
+            else:
+                t0 = time.perf_counter()
+                step(inputs)
+                times.append((time.perf_counter() - t0) * 1e3)
+        blocks.append(times)
+    all_times = sorted(blocks[0] + blocks[1])
+    return {"median_ms": statistics.median(all_times), "block_medians_ms": [statistics.median(b) for b in blocks],
+            "p10_ms": all_times[len(all_times) // 10], "p90_ms": all_times[len(all_times) * 9 // 10],
+            "repeats": 2 * repeats}
+
+
+def used_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    free, total = torch.cuda.mem_get_info(device)
+    return total - free
+
+
+@dataclass
+class Footprint:
+    """Device memory a row owns: its weights plus the peak of what PyTorch's allocator reserves
+    while it runs (workspace, CUDA-graph pools), plus what it holds outside the allocator
+    (AOTInductor's weights)."""
+    device: torch.device
+    owned: int = 0  # bytes already allocated that belong to the row (eager weights)
+    outside: int = 0
+    base: int = 0
+
+    def start(self) -> None:
+        release(self.device)
+        self.base = torch.cuda.memory_reserved(self.device) - self.owned if self.device.type == "cuda" else 0
+
+    def reset_peak(self) -> None:
+        release(self.device)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def mib(self) -> float | None:
+        if self.device.type != "cuda":
+            return None
+        return (torch.cuda.max_memory_reserved(self.device) - self.base + self.outside) / 2**20
+
+
+def release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def eager_step(unet: torch.nn.Module) -> Step:
+    def step(inputs: tuple) -> torch.Tensor:
+        with torch.inference_mode():
+            return unet(*inputs)
+    return step
+
+
+def graph_step(unet: torch.nn.Module, example: tuple, device: torch.device) -> Step:
+    """The eager UNet captured once as a CUDA graph: static input buffers, replay, copy the output."""
+    static = tuple(t.clone() for t in example)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):
+            unet(*static)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        out = unet(*static)
+
+    def step(inputs: tuple) -> torch.Tensor:
+        for s, v in zip(static, inputs):
+            s.copy_(v)
+        out.fill_(math.nan)  # the replay must overwrite every element
+        graph.replay()
+        return out.clone()
+    return step
+
+
+def compiled_step(unet: torch.nn.Module) -> Step:
+    compiled = torch.compile(unet, mode="reduce-overhead", fullgraph=True)
+
+    def step(inputs: tuple) -> torch.Tensor:
+        with torch.inference_mode():
+            return compiled(*inputs).clone()  # cudagraph trees reuse the output buffer
+    return step
+
+
+def profile_for(work: Workload, kind: str) -> Profile:
+    if kind != "static":
+        raise ValueError(f"unknown profile kind {kind!r}")
+    return Profile.static(1, work.px, work.px)
+
+
+def kernel_breakdown(step: Step, inputs: tuple, device: torch.device, top: int = 25) -> dict[str, Any]:
+    """Where a step's device time goes, by kernel class (one profiled step without CUDA graphs)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step(inputs)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step(inputs)
+        sync(device)
+    kernels: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            kernels[event.key] = kernels.get(event.key, 0.0) + event.device_time_total / 1e3
+    classes: dict[str, float] = {}
+    for name, ms in kernels.items():
+        low = name.lower()
+        if any(k in low for k in ("flash", "fmha", "attention")):
+            cls = "attention"
+        elif any(k in low for k in ("conv", "implicit", "fprop", "dgrad", "wgrad")):
+            cls = "convolution"
+        elif any(k in low for k in ("gemm", "cutlass", "cublas", "xmma", "nvjet")) or low.startswith("triton_tem"):
+            cls = "gemm"
+        elif low.startswith("triton"):
+            cls = "fused pointwise/norm (triton)"
+        elif "memcpy" in low or "memset" in low:
+            cls = "copies"
+        else:
+            cls = "other"
+        classes[cls] = classes.get(cls, 0.0) + ms
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
+    return {"total_ms": sum(kernels.values()), "by_class_ms": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
+            "top_kernels_ms": ranked, "kernel_count": len(kernels)}
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
+                           "date": time.strftime("%Y-%m-%d")}
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(gpu=props.name, sms=props.multi_processor_count, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
+        try:
+            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    else:
+        env["cpu"] = platform.processor() or platform.machine()
+    return env
+
+
+def matmul_ceiling(device: torch.device) -> float | None:
+    """Measured dense fp16 GEMM rate (TFLOP/s), the ceiling the step's FLOPs are held to."""
+    if device.type != "cuda":
+        return None
+    n = 8192
+    a, b = (torch.randn(n, n, device=device, dtype=torch.float16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        a @ b
+    end.record()
+    end.synchronize()
+    return 2 * n**3 * 20 / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+class Bench:
+    def __init__(self, work_key: str, device: torch.device, out_dir: Path, artifacts: Path, deadline: float,
+                 seconds: float):
+        self.key, self.work, self.device = work_key, WORKLOADS[work_key], device
+        self.out_path = out_dir / f"{work_key}.json"
+        self.artifacts, self.deadline, self.seconds = artifacts, deadline, seconds
+        self.dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.precision = "fp16" if device.type == "cuda" else "fp32"
+        self.result: dict[str, Any] = {"workload": self.work.name, "model": work_key, "rows_per_step": self.work.rows,
+                                       "precision": self.precision, "env": environment(device), "rows": []}
+
+    def save(self) -> None:
+        self.out_path.write_text(json.dumps(self.result, indent=1))
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        eager = next((r for r in self.result["rows"] if r["name"] == "eager" and "median_ms" in r), None)
+        if "median_ms" in row:
+            row["tflops"] = self.result["flops"] / (row["median_ms"] / 1e3) / 1e12
+            if eager:
+                row["speedup"] = eager["median_ms"] / row["median_ms"]
+        self.result["rows"].append(row)
+        self.save()
+        shown = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
+                 if k not in ("breakdown", "build_details")}
+        log(f"row {shown}")
+
+    def out_of_time(self, name: str, needs: float) -> bool:
+        if time.monotonic() + needs > self.deadline:
+            self.add_row({"name": name, "skipped": f"not enough time left in this run (needs ~{needs:.0f} s)"})
+            return True
+        return False
+
+    def prepare(self, checks: int = 3, timing_sets: int = 3) -> None:
+        self.result["flops"] = flop_count(self.work)
+        self.result["matmul_ceiling_tflops"] = matmul_ceiling(self.device)
+        log(f"{self.work.name}: {self.result['flops'] / 1e12:.3f} TFLOP per step")
+        t0 = time.monotonic()
+        master = make_unet(self.work.family, self.device)
+        self.result["parameters"] = sum(p.numel() for p in master.parameters())
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        gen = torch.Generator(self.device).manual_seed(1234)
+        check_inputs = [make_inputs(self.work, self.device, torch.float32, gen) for _ in range(checks)]
+        with torch.inference_mode():
+            refs = [master(*inputs).double() for inputs in check_inputs]
+        self.checks = Checks([tuple(t.to(self.dtype) if t.is_floating_point() and i != 1 else t
+                                    for i, t in enumerate(inputs)) for inputs in check_inputs], refs)
+        self.timing_inputs = [make_inputs(self.work, self.device, self.dtype, gen) for _ in range(timing_sets)]
+        self.unet = master.to(self.dtype) if self.dtype != torch.float32 else master
+        del master
+        release(self.device)
+        log(f"weights and references ready in {time.monotonic() - t0:.1f} s")
+
+    def measure(self, name: str, step: Step, extra: dict[str, Any], memory: Footprint) -> dict[str, Any]:
+        err = self.checks.worst(step, self.device)
+        row = {"name": name, "rel_err": err, **extra}
+        if not err <= 1e-2:
+            row["failed"] = f"relative error {err:.3g} against fp32 is above 1e-2; not timed"
+            return row
+        memory.reset_peak()  # drop the poison blocks the checks left in the allocator's cache
+        row.update(time_steps(step, self.timing_inputs, self.device, min_repeats=20, seconds=self.seconds))
+        row["vram_mib"] = memory.mib()
+        return row
+
+    def eager_footprint(self) -> Footprint:
+        memory = Footprint(self.device, owned=sum(p.numel() * p.element_size() for p in self.unet.parameters()))
+        memory.start()
+        return memory
+
+    def run_eager(self) -> None:
+        base = self.eager_footprint()  # the row owns the fp16 weights
+        self.add_row(self.measure("eager", eager_step(self.unet), {"label": f"PyTorch eager {self.precision}, SDPA"}, base))
+
+    def run_eager_graph(self) -> None:
+        base = self.eager_footprint()
+        t0 = time.monotonic()
+        step = graph_step(self.unet, self.timing_inputs[0], self.device)
+        self.add_row(self.measure("eager_graph", step, {"label": "eager, replayed as one CUDA graph",
+                                                        "build_s": time.monotonic() - t0}, base))
+        del step
+        release(self.device)
+
+    def run_compile(self) -> None:
+        if self.out_of_time("compile_ro", 150):
+            return
+        base = self.eager_footprint()
+        torch._dynamo.reset()
+        t0 = time.monotonic()
+        step = compiled_step(self.unet)
+        for _ in range(3):  # compile, record, capture
+            step(self.timing_inputs[0])
+        sync(self.device)
+        build = time.monotonic() - t0
+        self.add_row(self.measure("compile_ro", step, {"label": "torch.compile mode=reduce-overhead",
+                                                       "build_s": build}, base))
+        del step
+        torch._dynamo.reset()
+        release(self.device)
+
+    def run_backend(self, variant: str, with_router: bool, breakdown: bool) -> None:
+        profile_kind, inductor = VARIANTS[variant]
+        budget = {"sd15": 150, "sdxl": 240, "tiny": 120}[self.key]
+        if self.out_of_time(f"torch[{variant}]", budget):
+            return
+        backend = TorchCompiledBackend()
+        profile = profile_for(self.work, profile_kind)
+        path = self.artifacts / f"{self.key}-{variant}{backend.file_suffix}"
+        request = BuildRequest(Path("unused.onnx"), self.work.family, profile, self.precision, module=self.unet,
+                               device=self.device.type, options={"inductor": inductor})
+        log(f"building torch[{variant}] for {profile.label()}")
+        t0 = time.monotonic()
+        outcome = backend.build(request, path, progress=lambda phase, f: log(f"  {phase}"))
+        build_s = time.monotonic() - t0
+        base = Footprint(self.device)
+        base.start()
+        used_before = used_bytes(self.device)
+        t0 = time.monotonic()
+        engine = backend.load(path, f"{self.key}-{variant}", self.work.family, profile, device=self.device.type)
+        load_s = time.monotonic() - t0
+        if self.device.type == "cuda":  # weights AOTInductor placed outside PyTorch's allocator
+            base.outside = max(0, used_bytes(self.device) - used_before
+                               - (torch.cuda.memory_reserved(self.device) - base.base))
+        extra = {"label": f"torch backend ({variant}: {profile.label()})", "build_s": build_s, "load_s": load_s,
+                 "file_mib": path.stat().st_size / 2**20, "build_details": outcome.details}
+        row = self.measure(f"torch[{variant}]", lambda inputs: engine(*inputs), extra, base)
+        if breakdown and "median_ms" in row and self.device.type == "cuda":
+            plain = backend.load(path, "plain", self.work.family, profile, device=self.device.type, cuda_graphs=False)
+            row["breakdown"] = kernel_breakdown(lambda inputs: plain(*inputs), self.timing_inputs[0], self.device)
+            plain.close()
+            del plain
+        self.add_row(row)
+        if with_router and "median_ms" in row:
+            self.run_router(engine, variant, base, row["median_ms"])
+        engine.close()
+        del engine
+        release(self.device)
+        path.unlink(missing_ok=True)
+
+    def run_router(self, engine, variant: str, base: Footprint, direct_ms: float) -> None:
+        try:
+            from trt_core.router import Router
+        except ImportError as e:
+            self.add_row({"name": f"router[{variant}]", "skipped": f"trt_core.router not importable: {e}"})
+            return
+        router = Router.from_engines([engine])
+
+        def step(inputs: tuple) -> torch.Tensor:
+            result = router.run(*inputs)
+            if result.output is None:
+                raise AssertionError(f"the router did not cover the call: {result.reason}")
+            return result.output
+
+        row = self.measure(f"router[{variant}]", step, {"label": f"torch backend ({variant}) through trt_core.router.Router"}, base)
+        if "median_ms" in row:
+            row["router_overhead"] = row["median_ms"] / direct_ms - 1
+        self.add_row(row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="sd15,sdxl")
+    parser.add_argument("--rows", default="eager,eager_graph,compile_ro,torch")
+    parser.add_argument("--variants", default="default", help=f"backend builds to time: {', '.join(VARIANTS)}")
+    parser.add_argument("--router-variant", default=None, help="variant also timed through the router (default: the first)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/latest"))
+    parser.add_argument("--artifacts", type=Path, default=None, help="where engines are built (default: OUT/engines)")
+    parser.add_argument("--budget-s", type=float, default=560, help="stop starting rows after this many seconds")
+    parser.add_argument("--seconds", type=float, default=3.0, help="timing seconds per row")
+    args = parser.parse_args()
+
+    started = time.monotonic()
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    artifacts = args.artifacts or args.out / "engines"
+    artifacts.mkdir(parents=True, exist_ok=True)
+    rows = args.rows.split(",")
+    variants = [v for v in args.variants.split(",") if v]
+    router_variant = args.router_variant or (variants[0] if variants else None)
+    for key in args.models.split(","):
+        bench = Bench(key, device, args.out, artifacts, started + args.budget_s, args.seconds)
+        bench.prepare()
+        if "eager" in rows:
+            bench.run_eager()
+        if "eager_graph" in rows and device.type == "cuda":
+            bench.run_eager_graph()
+        if "compile_ro" in rows and device.type == "cuda":
+            bench.run_compile()
+        if "torch" in rows:
+            for variant in variants:
+                try:
+                    bench.run_backend(variant, with_router=variant == router_variant,
+                                      breakdown=variant == router_variant)
+                except Exception as e:  # one failed build must not cost the rest of the run
+                    log(traceback.format_exc())
+                    bench.add_row({"name": f"torch[{variant}]", "failed": f"{type(e).__name__}: {str(e)[:2000]}"})
+                    release(device)
+        del bench
+        release(device)
+    log(f"done in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""The PyTorch-compiled backend (torch.export + Inductor standalone compile) on the CPU with the tiny UNet.
+
+One real build runs through the pipeline (export, ONNX check, Inductor compile, engine check,
+manifest) and every test below uses it; the CUDA-graph path is exercised by bench/unet_speed.py
+on a GPU, which checks it against fp32 on fresh inputs.
+"""
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.families import FAMILIES, TINY
+from models.unet import seeded_unet
+from trt_core.backends import get_backend
+from trt_core.backends.base import BuildRequest
+from trt_core.backends.torch_compiled import (ARTIFACT, RECORD, EngineFileError, TorchCompiledBackend,
+                                              TorchCompiledEngine, _module_for, read_metadata)
+from trt_core.manifest import CheckpointId
+from trt_core.pipeline import Workspace, build_engine
+from trt_core.profiles import Profile, Range
+from trt_core.router import Router
+
+PROFILE = Profile.static(1, 64, 64)  # rows 1-2: compiled for 2, one row is padded
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(workspace, manifest entry, source UNet): the tiny UNet compiled once for the CPU in fp32."""
+    root = tmp_path_factory.mktemp("torch-backend")
+    source = seeded_unet(TINY.unet_config(), seed=3)
+    checkpoint = CheckpointId.of("ab" * 32, "tiny-test")
+    entry = build_engine(source, checkpoint, TINY, PROFILE, TorchCompiledBackend(), Workspace(root),
+                         precision="fp32", device="cpu")
+    return Workspace(root), entry, source
+
+
+@pytest.fixture
+def engine(built):
+    workspace, entry, _ = built
+    engine = TorchCompiledBackend().load(workspace.engine_dir / entry.file, entry.id, TINY, PROFILE, device="cpu")
+    yield engine
+    engine.close()
+
+
+def _inputs(rows: int, seed: int, px: int = 64, ctx: int = 77):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, 4, px // 8, px // 8, generator=g), torch.rand(rows, generator=g) * 999,
+            torch.randn(rows, ctx, 768, generator=g))
+
+
+def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def test_registry_maps_the_backend():
+    backend = get_backend("torch")
+    assert isinstance(backend, TorchCompiledBackend)
+    assert backend.availability().available
+    assert backend.version().startswith(f"torch-{torch.__version__}")
+    assert backend.device_arch("cpu") == "cpu"
+
+
+def test_pipeline_registers_the_engine(built):
+    workspace, entry, _ = built
+    assert entry.backend == "torch" and entry.precision == "fp32" and entry.gpu_arch == "cpu"
+    assert entry.file.endswith(".torch.zip") and (workspace.engine_dir / entry.file).stat().st_size == entry.file_size
+    assert entry.accuracy["max_rel"] <= 1e-3
+    assert entry.details["compile_seconds"] > 0
+    assert [e.id for e in workspace.manifest().entries()] == [entry.id]
+
+
+def test_engine_matches_the_unet_on_fresh_inputs(engine, built):
+    source = built[2]
+    for rows, seed in [(2, 11), (1, 12), (2, 13)]:
+        x, t, c = _inputs(rows, seed)
+        with torch.no_grad():
+            ref = source(x, t, c)
+        out = engine(x, t, c)
+        assert out.shape == ref.shape and out.dtype == x.dtype
+        assert _rel(out, ref) < 1e-4
+
+
+def test_engine_returns_the_callers_dtype(engine, built):
+    x, t, c = _inputs(2, 21)
+    out = engine(x.half(), t.half(), c.half())
+    assert out.dtype == torch.float16
+    with torch.no_grad():
+        ref = built[2](x.half().float(), t.half().float(), c.half().float())
+    assert _rel(out, ref) < 1e-3
+
+
+def test_engine_refuses_calls_outside_its_profile(engine):
+    with pytest.raises(ValueError, match="128x128 px is outside 64x64"):
+        engine(*_inputs(2, 1, px=128))
+    with pytest.raises(ValueError, match="3 rows is above the engine's maximum of 2"):
+        engine(*_inputs(3, 1))
+    with pytest.raises(ValueError, match="150 prompt tokens"):
+        engine(*_inputs(2, 1, ctx=154))
+    x, t, c = _inputs(2, 1)
+    with pytest.raises(ValueError, match=r"timesteps must have shape \[2\]"):
+        engine(x, t[:1], c)
+
+
+def test_router_serves_calls_through_the_engine(engine, built):
+    router = Router.from_engines([engine])
+    x, t, c = _inputs(4, 31)  # above the engine's 2 rows: the router splits it
+    result = router.run(x, t, c)
+    assert result.covered and result.chunks == 2
+    with torch.no_grad():
+        ref = built[2](x, t, c)
+    assert _rel(result.output, ref) < 1e-4
+    assert not router.run(*_inputs(2, 1, px=128)).covered
+
+
+def test_metadata_is_readable_without_loading(built):
+    workspace, entry, _ = built
+    record = read_metadata(workspace.engine_dir / entry.file)
+    assert record["family"] == "tiny" and record["precision"] == "fp32" and record["device"] == "cpu"
+    assert Profile.from_dict(record["profile"]) == PROFILE and record["torch"] == torch.__version__
+
+
+def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
+    workspace, entry, _ = built
+    backend = TorchCompiledBackend()
+    good = workspace.engine_dir / entry.file
+
+    def load(path: Path):
+        return backend.load(path, "x", TINY, PROFILE, device="cpu")
+
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "missing.pt2")
+    foreign = tmp_path / "foreign.torch.zip"
+    foreign.write_bytes(b"\x00TRT engine bytes" * 100)
+    with pytest.raises(EngineFileError, match="not a torch backend engine"):
+        load(foreign)
+    other_zip = tmp_path / "other.torch.zip"
+    with zipfile.ZipFile(other_zip, "w") as z:
+        z.writestr("model/data.pkl", b"x")
+    with pytest.raises(EngineFileError, match="lacks compiled.bin, engine.json, weights.pt"):
+        load(other_zip)
+    truncated = tmp_path / "truncated.torch.zip"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(EngineFileError, match="not a zip file, or truncated"):
+        load(truncated)
+    newer = tmp_path / "newer.torch.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(newer, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data.replace(b"sd-unet-torch-inductor/1", b"sd-unet-torch-inductor/9")
+                         if item.filename == RECORD else data)
+    with pytest.raises(EngineFileError, match="engine format 'sd-unet-torch-inductor/9'"):
+        load(newer)
+    damaged = tmp_path / "damaged.torch.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(damaged, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, b"garbage" if item.filename == ARTIFACT else src.read(item))
+    with pytest.raises(EngineFileError, match="could not be loaded"):
+        load(damaged)
+
+
+def test_load_refuses_an_engine_for_another_profile_or_family(built, tmp_path):
+    workspace, entry, _ = built
+    path = tmp_path / "copy.torch.zip"
+    shutil.copy(workspace.engine_dir / entry.file, path)
+    backend = TorchCompiledBackend()
+    with pytest.raises(EngineFileError, match="not tiny for 128x128"):
+        backend.load(path, "x", TINY, Profile.static(1, 128, 128), device="cpu")
+    with pytest.raises(EngineFileError, match="not sd1"):
+        backend.load(path, "x", FAMILIES["sd1"], PROFILE, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineFileError, match="built for cpu"):
+            backend.load(path, "x", TINY, PROFILE, device="cuda")
+
+
+def test_build_rejects_bad_requests_before_compiling(tmp_path):
+    backend = TorchCompiledBackend()
+    out = tmp_path / "e.torch.zip"
+    unet = seeded_unet(TINY.unet_config())
+    with pytest.raises(ValueError, match="no module"):
+        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", device="cpu"), out)
+    with pytest.raises(ValueError, match="unknown precision"):
+        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "int8", module=unet, device="cpu"), out)
+    with pytest.raises(ValueError, match="unknown torch backend options: speed"):
+        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", module=unet, device="cpu",
+                                   options={"speed": 1}), out)
+    sizes = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))
+    with pytest.raises(ValueError, match="varies its height, width, tokens"):
+        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, sizes, "fp32", module=unet, device="cpu"), out)
+    assert not out.exists()
+
+
+def test_build_never_changes_the_callers_module():
+    unet = seeded_unet(TINY.unet_config())
+    assert _module_for(unet, torch.device("cpu"), torch.float32) is unet
+    copy = _module_for(unet, torch.device("cpu"), torch.bfloat16)
+    assert copy is not unet and next(copy.parameters()).dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in unet.parameters())
+
+
+def test_engine_is_a_torch_compiled_engine(engine):
+    assert isinstance(engine, TorchCompiledEngine) and not engine.cuda_graphs
+    assert engine.graph_shapes == []

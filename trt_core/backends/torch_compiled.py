@@ -1,0 +1,340 @@
+"""A backend compiled by PyTorch itself: torch.export + Inductor, replayed as CUDA graphs.
+
+`build` exports the UNet over the profile's shape ranges (torch.export.Dim per dynamic dimension)
+and compiles the exported graph ahead of time with Inductor's standalone compile, whose artifact
+holds the generated kernels already compiled. The engine file is one zip: the artifact, the
+weights in the requested precision (passed to the compiled graph as inputs) and a record of what
+was built. `load` reads it back in seconds without compiling. On a GPU the engine captures one
+CUDA graph per exact call shape, so a step costs one graph launch instead of hundreds of kernel
+launches from Python.
+
+Why not AOTInductor's `.pt2` packages: on the project's GPU machine (torch 2.11, CUDA 13) loading
+any AOTInductor package crashed the process (bench/aoti_probe.py, bench/NOTES.md).
+
+The file is tied to the torch version and GPU architecture it was built with (the manifest
+records both; `load` refuses a mismatch with a message that says to rebuild).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import threading
+import time
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.families import ModelFamily
+from trt_core.atomic import TEMP_MARK
+from trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
+                                    ProgressFn, no_progress)
+from trt_core.profiles import CallShape, Profile
+
+FORMAT = "sd-unet-torch-inductor/1"
+RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.pt"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Inductor settings over its defaults; BuildRequest.options["inductor"] adds to them. The engine
+# replays its own CUDA graphs, so Inductor's are off.
+INDUCTOR_DEFAULTS: dict[str, Any] = {"triton.cudagraphs": False}
+MAX_GRAPHS = 16  # CUDA graphs kept per engine (one per exact call shape), least recently used dropped
+
+
+class EngineFileError(ValueError):
+    """The file is not a torch backend engine this build of PyTorch can load."""
+
+
+def _static_shapes(profile: Profile, family: ModelFamily) -> dict[str, tuple[int, ...]]:
+    """The one shape per input the engine is compiled for: the profile's size and its most rows.
+    Graphs with symbolic sizes from torch.export fail in Inductor's standalone compile (torch
+    2.11-2.13: KeyError in tensorify_python_scalars), so sizes are static and fewer rows are padded."""
+    varying = [name for name, rng in (("height", profile.height), ("width", profile.width), ("tokens", profile.tokens))
+               if rng.min != rng.max]
+    if varying:
+        raise ValueError(f"the torch backend builds one size per engine; this profile varies its {', '.join(varying)} "
+                         "(pick a static preset, one engine per size)")
+    return {name: shapes[2] for name, shapes in profile.input_shapes(family).items()}
+
+
+class _UNetCall(torch.nn.Module):
+    """Fixes the call signature the export sees: (x, timesteps, context[, y]) -> eps / v."""
+
+    def __init__(self, unet: torch.nn.Module, has_y: bool):
+        super().__init__()
+        self.unet, self.has_y = unet, has_y
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.unet(x, timesteps, context, y) if self.has_y else self.unet(x, timesteps, context)
+
+
+def _module_for(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The module itself when it already lives on `device` in `dtype`; otherwise a converted copy
+    (the caller's module is its reference for verification and must stay untouched)."""
+    params = list(module.parameters())
+    if all(p.device == device and p.dtype == dtype for p in params):
+        return module
+    import copy
+
+    return copy.deepcopy(module).to(device=device, dtype=dtype)
+
+
+def _example_inputs(family: ModelFamily, shapes: dict[str, tuple[int, ...]], device: torch.device,
+                    dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shapes["x"], generator=generator).to(device, dtype)
+    timesteps = torch.rand(shapes["timesteps"], generator=generator).mul(999).to(device)
+    context = torch.randn(shapes["context"], generator=generator).to(device, dtype)
+    if family.y_dim:
+        return x, timesteps, context, torch.randn(shapes["y"], generator=generator).to(device, dtype)
+    return x, timesteps, context
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The engine's record, read without loading any code or weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"engine file {path} does not exist")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if not {RECORD, ARTIFACT, WEIGHTS} <= names:
+                raise EngineFileError(f"{path} is a zip file but not a torch backend engine "
+                                      f"(it lacks {', '.join(sorted({RECORD, ARTIFACT, WEIGHTS} - names))})")
+            record = json.loads(archive.read(RECORD))
+    except zipfile.BadZipFile:
+        raise EngineFileError(f"{path} is not a torch backend engine (not a zip file, or truncated)") from None
+    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise EngineFileError(f"{path} has a damaged engine record: {e}") from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        found = record.get("format") if isinstance(record, dict) else None
+        raise EngineFileError(f"{path} has engine format {found!r}; this extension reads {FORMAT!r}")
+    return record
+
+
+def _constants(exported: Any) -> tuple[list[str], list[torch.Tensor]]:
+    """The exported graph's leading inputs that are weights, in the graph's order."""
+    names, tensors = [], []
+    for spec in exported.graph_signature.input_specs:
+        kind = spec.kind.name
+        if kind in ("PARAMETER", "BUFFER"):
+            names.append(spec.target)
+            tensors.append(exported.state_dict[spec.target].detach())
+        elif kind == "CONSTANT_TENSOR":
+            names.append(spec.target)
+            tensors.append(exported.constants[spec.target].detach())
+        elif kind != "USER_INPUT":
+            raise ValueError(f"the exported UNet has an input of kind {kind}, which this backend cannot store")
+    return names, tensors
+
+
+class TorchCompiledBackend(Backend):
+    name = "torch"
+    file_suffix = ".torch.zip"
+
+    def availability(self) -> Availability:
+        if not hasattr(torch._inductor, "standalone_compile"):
+            return Availability(False, f"torch {torch.__version__} has no Inductor standalone compile; "
+                                       "install torch 2.8 or newer")
+        return Availability(True)
+
+    def version(self) -> str:
+        cuda = torch.version.cuda or "cpu"
+        return f"torch-{torch.__version__}+cuda-{cuda}"
+
+    def device_arch(self, device: str = "cuda") -> str:
+        if torch.device(device).type != "cuda":
+            return "cpu"
+        major, minor = torch.cuda.get_device_capability(torch.device(device))
+        return f"sm_{major}{minor}"
+
+    def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
+              cancel: CancelToken | None = None) -> BuildOutcome:
+        self.require()
+        cancel = cancel or CancelToken()
+        if request.module is None:
+            raise ValueError("the torch backend compiles the PyTorch UNet itself; the build request has no module")
+        if request.precision not in DTYPES:
+            raise ValueError(f"unknown precision {request.precision!r} (known: {', '.join(DTYPES)})")
+        device = torch.device(request.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("a CUDA build needs a CUDA GPU; none is visible to torch")
+        dtype = DTYPES[request.precision]
+        profile = request.profile.validate()
+        family = request.family
+        shapes = _static_shapes(profile, family)
+        unknown = set(request.options) - {"inductor"}
+        if unknown:
+            raise ValueError(f"unknown torch backend options: {', '.join(sorted(unknown))} (known: inductor)")
+
+        started = time.monotonic()
+        progress("export: tracing the UNet with torch.export", 0.0)
+        module = _UNetCall(_module_for(request.module, device, dtype), family.y_dim is not None).eval()
+        example = _example_inputs(family, shapes, device, dtype)
+        with torch.no_grad():
+            exported = torch.export.export(module, example, strict=False)
+        export_seconds = time.monotonic() - started
+        cancel.raise_if_cancelled()
+
+        progress("compile: Inductor (minutes for a full-size UNet)", 0.2)
+        weight_names, weights = _constants(exported)
+        record = {"format": FORMAT, "family": family.name, "profile": profile.to_dict(), "precision": request.precision,
+                  "device": device.type, "torch": torch.__version__, "weights": weight_names}
+        inductor = {**INDUCTOR_DEFAULTS, **request.options.get("inductor", {})}
+        compile_started = time.monotonic()
+        with torch.no_grad():
+            artifact = torch._inductor.standalone_compile(
+                exported.graph_module, [*weights, *example], dynamic_shapes="from_example_inputs",
+                options={"config_patches": inductor})
+        compile_seconds = time.monotonic() - compile_started
+        cancel.raise_if_cancelled()
+        progress("write: engine file", 0.95)
+        # named like the pipeline's temp files, so a killed build's leftovers are pruned
+        with tempfile.TemporaryDirectory(prefix=f"{TEMP_MARK}{os.getpid()}-", dir=Path(out_path).parent) as tmp:
+            artifact_path = Path(tmp) / ARTIFACT
+            artifact.save(path=str(artifact_path), format="binary")
+            # stored, not deflated: the weights don't compress and loading stays a plain read
+            with zipfile.ZipFile(out_path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+                archive.writestr(RECORD, json.dumps(record, indent=1))
+                archive.write(artifact_path, ARTIFACT)
+                with archive.open(WEIGHTS, "w", force_zip64=True) as f:
+                    torch.save({n: w.to("cpu") for n, w in zip(weight_names, weights)}, f)
+        progress("compile: done", 1.0)
+        return BuildOutcome(request.precision, {
+            "export_seconds": round(export_seconds, 2), "compile_seconds": round(compile_seconds, 2),
+            "inductor": inductor, "compiled_rows": shapes["x"][0],
+        })
+
+    def load(self, path: Path, name: str, family: ModelFamily, profile: Profile, device: str = "cuda",
+             cuda_graphs: bool = True) -> "TorchCompiledEngine":
+        record = read_metadata(path)
+        if record["torch"] != torch.__version__:
+            raise EngineFileError(f"{path} was built with torch {record['torch']}; this is torch {torch.__version__}. "
+                                  "Rebuild the engine")
+        if record["family"] != family.name or Profile.from_dict(record["profile"]) != profile:
+            raise EngineFileError(f"{path} holds a {record['family']} engine for {Profile.from_dict(record['profile']).label()}, "
+                                  f"not {family.name} for {profile.label()}")
+        target = torch.device(device)
+        if record["device"] != target.type:
+            raise EngineFileError(f"{path} was built for {record['device']}, cannot run on {target.type}")
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise EngineFileError(f"{path} is a CUDA engine and torch sees no CUDA GPU")
+        device = torch.device("cuda", target.index if target.index is not None else torch.cuda.current_device()) \
+            if target.type == "cuda" else target
+        before = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+        try:
+            with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as tmp:
+                archive.extract(ARTIFACT, tmp)
+                artifact = torch._inductor.CompiledArtifact.load(path=str(Path(tmp) / ARTIFACT), format="binary")
+                with archive.open(WEIGHTS) as f:
+                    stored = torch.load(f, map_location=device, weights_only=True)
+            weights = [stored[n] for n in record["weights"]]
+        except (OSError, RuntimeError, KeyError, AssertionError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+            raise EngineFileError(f"{path} could not be loaded by torch {torch.__version__}: {type(e).__name__}: {e}") from e
+        held = before - torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
+
+        def runner(*inputs: torch.Tensor) -> Any:
+            return artifact(*weights, *inputs)
+
+        return TorchCompiledEngine(name, family, profile, runner, device, DTYPES[record["precision"]],
+                                   cuda_graphs=cuda_graphs and device.type == "cuda", weights_bytes=max(held, 0))
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    output: torch.Tensor
+
+
+class TorchCompiledEngine(Engine):
+    """Runs calls inside its profile. The compiled graph takes the profile's most rows: a call with
+    fewer is padded (by repeating its last row) and the padding cut off the output; rows are
+    independent in the UNet, so the real rows are unaffected. On CUDA the graph is captured once
+    and replayed."""
+
+    def __init__(self, name: str, family: ModelFamily, profile: Profile, runner: Any, device: torch.device,
+                 dtype: torch.dtype, cuda_graphs: bool, weights_bytes: int = 0):
+        self.name, self.family, self.profile = name, family, profile
+        self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
+        self._runner = runner
+        self._weights_bytes = weights_bytes
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+        self._lock = threading.Lock()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._weights_bytes
+
+    @property
+    def graph_shapes(self) -> list[tuple]:
+        return list(self._graphs)
+
+    def _inputs(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        call = CallShape.of(x, context, y)
+        coverage = self.profile.covers(call, self.family)
+        if not coverage or coverage.needs_split:
+            reason = coverage.reason or f"{call.rows} rows is above the engine's maximum of {self.profile.rows.max}"
+            raise ValueError(f"engine {self.name} cannot run {call.describe()}: {reason}")
+        if timesteps.shape != (x.shape[0],):
+            raise ValueError(f"timesteps must have shape [{x.shape[0]}], got {list(timesteps.shape)}")
+        inputs = [x.to(self.device, self.dtype), timesteps.to(self.device, torch.float32), context.to(self.device, self.dtype)]
+        if self.family.y_dim:
+            inputs.append(y.to(self.device, self.dtype))
+        pad = self.profile.rows.max - x.shape[0]
+        if pad:
+            inputs = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs]
+        return tuple(t.contiguous() for t in inputs)
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = self._inputs(x, timesteps, context, y)
+        rows = x.shape[0]
+        if not self.cuda_graphs:
+            return self._run(inputs)[:rows].to(x.device, x.dtype)
+        with self._lock:
+            key = tuple(tuple(t.shape) for t in inputs)
+            entry = self._graphs.get(key)
+            if entry is None:
+                entry = self._capture(key, inputs)
+            else:
+                self._graphs.move_to_end(key)
+                for static, value in zip(entry.inputs, inputs):
+                    static.copy_(value)
+                entry.graph.replay()
+            # the graph's output buffer is overwritten by the next replay: hand out a copy
+            return entry.output[:rows].to(x.device, x.dtype, copy=True)
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        out = self._runner(*inputs)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def _capture(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> _Graph:
+        static = tuple(t.clone() for t in inputs)
+        # warm up off the capture: first runs load kernels and size workspaces, which capture forbids
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._run(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self._run(static)
+        graph.replay()  # capture records without computing: this replay computes the first call
+        entry = _Graph(graph, static, output)
+        self._graphs[key] = entry
+        while len(self._graphs) > MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return entry
+
+    def close(self) -> None:
+        with self._lock:
+            self._graphs.clear()
+            self._runner = None
