@@ -13,18 +13,16 @@ two blocks so the spread is visible. Results go to DIR/<model>.json as each row 
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import math
-import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 

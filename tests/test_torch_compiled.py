@@ -17,8 +17,15 @@ from models.families import FAMILIES, TINY
 from models.unet import seeded_unet
 from trt_core.backends import get_backend
 from trt_core.backends.base import BuildRequest
-from trt_core.backends.torch_compiled import (ARTIFACT, RECORD, EngineFileError, TorchCompiledBackend,
-                                              TorchCompiledEngine, _module_for, read_metadata)
+from trt_core.backends.torch_compiled import (
+    ARTIFACT,
+    RECORD,
+    EngineFileError,
+    TorchCompiledBackend,
+    TorchCompiledEngine,
+    _module_for,
+    read_metadata,
+)
 from trt_core.manifest import CheckpointId
 from trt_core.pipeline import Workspace, build_engine
 from trt_core.profiles import Profile, Range

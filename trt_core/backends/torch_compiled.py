@@ -32,8 +32,16 @@ import torch
 
 from models.families import ModelFamily
 from trt_core.atomic import TEMP_MARK
-from trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
-                                    ProgressFn, no_progress)
+from trt_core.backends.base import (
+    Availability,
+    Backend,
+    BuildOutcome,
+    BuildRequest,
+    CancelToken,
+    Engine,
+    ProgressFn,
+    no_progress,
+)
 from trt_core.profiles import CallShape, Profile
 
 FORMAT = "sd-unet-torch-inductor/1"
