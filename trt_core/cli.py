@@ -147,6 +147,7 @@ def cmd_verify(args) -> int:
     return 1 if failures else 0
 
 
+@torch.inference_mode()
 def _time_sampling(unet_fn, noise, cond, uncond, steps, sync) -> tuple[torch.Tensor, float]:
     sample_euler_cfg(unet_fn, noise, cond, uncond, 1)  # warm-up: first-call allocations, graph capture
     sync()
@@ -156,6 +157,28 @@ def _time_sampling(unet_fn, noise, cond, uncond, steps, sync) -> tuple[torch.Ten
     return latents, (time.perf_counter() - started) / steps * 1000
 
 
+# Inductor's C++ compile of even the tiny UNet takes minutes on a small CPU: the demo leaves the
+# torch backend out there unless asked for by name.
+SLOW_ON_CPU = {"torch"}
+
+
+def demo_backends(names: str | None, device: str) -> tuple[list, list[tuple[str, str]]]:
+    """The backends the demo builds, and (name, reason) for those it leaves out."""
+    chosen, skipped = [], []
+    wanted = None if names is None else {n.strip() for n in names.split(",") if n.strip()}
+    for backend in all_backends():
+        status = backend.availability()
+        if wanted is not None and backend.name not in wanted:
+            continue
+        if not status.available:
+            skipped.append((backend.name, status.reason))
+        elif wanted is None and device == "cpu" and backend.name in SLOW_ON_CPU:
+            skipped.append((backend.name, f"left out on the CPU (compiling takes minutes); --backends {backend.name} includes it"))
+        else:
+            chosen.append(backend)
+    return chosen, skipped
+
+
 def cmd_demo(args) -> int:
     """Export the tiny UNet, build it with every backend here, denoise through the router."""
     device = args.device
@@ -163,7 +186,6 @@ def cmd_demo(args) -> int:
     workspace = Workspace(root)
     unet, checkpoint, family = tiny_model()
     unet = unet.to(device)
-    profile = presets_for(family)[0].profile
     precision = "fp32" if device == "cpu" else "fp16"
     dtype = torch.float32 if precision == "fp32" else torch.float16
     generator = torch.Generator().manual_seed(args.seed)
@@ -173,11 +195,11 @@ def cmd_demo(args) -> int:
     reference_unet = unet.to(dtype)
     reference, ref_ms = _time_sampling(reference_unet, noise, cond, uncond, args.steps, sync)
     rows = [("pytorch (eager)", "-", f"{ref_ms:.2f}", "0 (reference)", "")]
-    for backend in all_backends():
-        status = backend.availability()
-        if not status.available:
-            rows.append((backend.name, "-", "-", "-", status.reason))
-            continue
+    backends, skipped = demo_backends(args.backends, device)
+    rows += [(name, "-", "-", "-", reason) for name, reason in skipped]
+    for backend in backends:
+        # the first preset (the default first) this backend can build
+        profile = next(p.profile for p in presets_for(family) if backend.profile_problem(p.profile) is None)
         update, bar = progress_bar(f"build {backend.name}")
         try:
             entry = build_engine(unet, checkpoint, family, profile, backend, workspace, precision=precision,
@@ -230,6 +252,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--dir", default=None, help="keep the artifacts here (default: a temp folder)")
     demo.add_argument("--steps", type=int, default=8)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--backends", help="comma-separated backends to build (default: every one available here)")
     for name, helptext in [("build", "export, verify and build an engine"), ("verify", cmd_verify.__doc__)]:
         cmd = common(sub.add_parser(name, help=helptext))
         cmd.add_argument("--checkpoint", help="a .safetensors or .ckpt file (default: the built-in tiny model)")

@@ -110,6 +110,10 @@ class Backend(ABC):
     def version(self) -> str:
         """The library version an engine is tied to (recorded in the manifest)."""
 
+    def profile_problem(self, profile: Profile) -> str | None:
+        """Why this backend cannot build an engine for `profile`, or None when it can."""
+        return None
+
     def device_arch(self, device: str = "cuda") -> str:
         """The hardware an engine is tied to, e.g. "sm_89" or "cpu"."""
         return "any"

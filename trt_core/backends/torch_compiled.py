@@ -57,15 +57,23 @@ class EngineFileError(ValueError):
     """The file is not a torch backend engine this build of PyTorch can load."""
 
 
-def _static_shapes(profile: Profile, family: ModelFamily) -> dict[str, tuple[int, ...]]:
-    """The one shape per input the engine is compiled for: the profile's size and its most rows.
-    Graphs with symbolic sizes from torch.export fail in Inductor's standalone compile (torch
-    2.11-2.13: KeyError in tensorify_python_scalars), so sizes are static and fewer rows are padded."""
+def varying_size_problem(profile: Profile) -> str | None:
+    """Graphs with symbolic sizes from torch.export fail in Inductor's standalone compile (torch
+    2.11-2.13: KeyError in tensorify_python_scalars), so an engine has one size; rows may vary."""
     varying = [name for name, rng in (("height", profile.height), ("width", profile.width), ("tokens", profile.tokens))
                if rng.min != rng.max]
     if varying:
-        raise ValueError(f"the torch backend builds one size per engine; this profile varies its {', '.join(varying)} "
-                         "(pick a static preset, one engine per size)")
+        return (f"the torch backend builds one size per engine; this profile varies its {', '.join(varying)} "
+                "(pick a static preset, one engine per size)")
+    return None
+
+
+def _static_shapes(profile: Profile, family: ModelFamily) -> dict[str, tuple[int, ...]]:
+    """The one shape per input the engine is compiled for: the profile's size and its most rows
+    (fewer rows are padded)."""
+    problem = varying_size_problem(profile)
+    if problem:
+        raise ValueError(problem)
     return {name: shapes[2] for name, shapes in profile.input_shapes(family).items()}
 
 
@@ -160,6 +168,9 @@ class TorchCompiledBackend(Backend):
             return "cpu"
         major, minor = torch.cuda.get_device_capability(torch.device(device))
         return f"sm_{major}{minor}"
+
+    def profile_problem(self, profile: Profile) -> str | None:
+        return varying_size_problem(profile)
 
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
               cancel: CancelToken | None = None) -> BuildOutcome:
