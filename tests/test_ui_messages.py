@@ -83,6 +83,13 @@ def test_missing_backend(tmp_path):
     assert "backend tensorrt is not available here" in steps[0][0] and "pip install" in steps[0][0]
 
 
+def test_a_profile_the_backend_cannot_build_is_refused_before_building(tmp_path):
+    tab = create_tab(tiny_source(tmp_path, "cpu"))
+    steps = run_export(tab, TINY_FIELDS, backend="torch")
+    assert len(steps) == 1 and "one size per engine" in steps[0][0]
+    assert jobs.current() is None and not (tmp_path / "Unet-onnx").exists()
+
+
 def test_disk_full_during_the_build(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "Unet-trt" / "x.ort.onnx"))

@@ -152,6 +152,10 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             return
         backend = get_backend(backend_name)
         profile = check.profile
+        problem = backend.profile_problem(profile)
+        if problem:
+            yield say(problem)
+            return
 
         def work(progress, cancel):
             return source.run_exclusive(lambda: build_engine(
