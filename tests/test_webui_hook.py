@@ -88,7 +88,8 @@ def fresh_webui(live, engines_dir, tiny_source):
 
 def generate(runner, unet_option: str, **fields):
     shared.opts.data["sd_unet"] = unet_option
-    p = processing.StableDiffusionProcessing(scripts=runner, **{"steps": 2, **fields})
+    test_size = {"prompt": "a cat", "width": 64, "height": 64, "steps": 2, "cfg_scale": 5.0, "seed": 1}
+    p = processing.StableDiffusionProcessingTxt2Img(scripts=runner, **{**test_size, **fields})
     out = processing.process_images(p)
     return p, out
 

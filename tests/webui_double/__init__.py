@@ -1,14 +1,16 @@
 """A strict test double of the AUTOMATIC1111 WebUI v1.10.1 modules the extension touches.
 
 CI cannot run the WebUI, so `modules/` here re-implements, from the v1.10.1 source, exactly what
-scripts/trt_unet_webui uses: sd_unet (copied), script_callbacks, options/shared.opts, devices,
-sd_hijack (the patched ldm/sgm UNet forwards), lowvram, paths_internal, call_queue (a
-non-reentrant lock like FIFOLock), sd_models, scripts and a processing loop that calls the UNet
-the way DESIGN.md's call table says, in the real order process -> apply_unet -> process_batch ->
-sample -> postprocess. Strictness: signatures match the real ones (signatures.json, checked
-against the real source by tests/test_webui_double_fidelity.py when it is present), unknown
-option names raise like the real Options, and every exception a callback or script raises is
-recorded (the real WebUI logs and carries on) so tests can require none.
+scripts/trt_unet_webui uses: sd_unet (copied), script_callbacks, options/shared.opts,
+shared_state, devices, sd_hijack (the patched ldm/sgm UNet forwards), lowvram, paths_internal,
+call_queue/fifo_lock (a non-reentrant lock like FIFOLock), hashes, sd_models, scripts and a
+processing loop that calls the UNet the way DESIGN.md's call table says, in the real order
+process -> apply_unet -> process_batch -> sample -> postprocess. Strictness: names, signatures
+and defaults are the real ones (tests/real_webui/check_double_against_webui.py compares them with
+a WebUI checkout; tests/test_webui_double_fidelity.py runs it when WEBUI_DIR is set), what a module
+adds on purpose is listed in its DOUBLE_ONLY, unknown option names raise like the real Options,
+and every exception a callback or script raises is recorded (the real WebUI logs and carries on)
+so tests can require none.
 """
 from __future__ import annotations
 

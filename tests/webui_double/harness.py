@@ -13,7 +13,7 @@ from tests.webui_double import ROOT, install
 install()
 
 from models.families import family_named  # noqa: E402
-from modules import (devices, errors, lowvram, paths_internal, processing, script_callbacks, scripts,  # noqa: E402
+from modules import (devices, errors, hashes, lowvram, paths_internal, processing, script_callbacks, scripts,  # noqa: E402
                      sd_hijack, sd_models, sd_unet, shared)
 from trt_core.backends.base import BuildRequest  # noqa: E402
 from trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
@@ -30,9 +30,16 @@ def load_extension():
     spec = importlib.util.spec_from_file_location(SCRIPT.name, SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    script_classes = [v for v in vars(module).values()
-                      if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script]
-    return module, scripts.ScriptRunner([cls() for cls in script_classes])
+    runner = scripts.ScriptRunner()
+    for cls in [v for v in vars(module).values()
+                if isinstance(v, type) and issubclass(v, scripts.Script) and v is not scripts.Script]:
+        script = cls()  # as ScriptRunner.initialize_scripts does for txt2img
+        script.filename, script.is_txt2img, script.is_img2img = str(SCRIPT), True, False
+        if script.show(script.is_img2img) == scripts.AlwaysVisible:
+            runner.scripts.append(script)
+            runner.alwayson_scripts.append(script)
+            script.alwayson = True
+    return module, runner
 
 
 def webui_unet(source: torch.nn.Module, sgm: bool = False) -> torch.nn.Module:
@@ -45,7 +52,9 @@ def webui_unet(source: torch.nn.Module, sgm: bool = False) -> torch.nn.Module:
 
 
 def checkpoint(name: str, sha256: str) -> sd_models.CheckpointInfo:
-    info = sd_models.CheckpointInfo(f"/models/Stable-diffusion/{name}.safetensors", sha256)
+    filename = f"/models/Stable-diffusion/{name}.safetensors"
+    hashes.file_sha256[filename] = sha256
+    info = sd_models.CheckpointInfo(filename)
     info.register()
     return info
 
@@ -54,7 +63,7 @@ def load(unet, info, sgm: bool = False, **fields) -> processing.SdModel:
     model = processing.SdModel(unet, info, sgm=sgm)
     for key, value in fields.items():
         setattr(model, key, value)
-    return sd_models.load_model(model)
+    return sd_models.activate_model(model)
 
 
 def reset_options() -> None:

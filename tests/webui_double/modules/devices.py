@@ -5,11 +5,8 @@ cpu: torch.device = torch.device("cpu")
 device: torch.device = torch.device("cpu")
 dtype: torch.dtype = torch.float32
 dtype_unet: torch.dtype = torch.float32
-gc_calls = 0
 
 
 def torch_gc():
-    global gc_calls
-    gc_calls += 1
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

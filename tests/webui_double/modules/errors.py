@@ -1,6 +1,8 @@
 """modules/errors.py: the real one prints the traceback and carries on; the double records it."""
 import traceback
 
+DOUBLE_ONLY = {"reported"}  # what report() printed, for tests to require none
+
 reported: list[str] = []
 
 

@@ -21,6 +21,12 @@ import torch
 
 from modules import devices, sd_hijack, sd_unet, shared
 
+# The sampler and ldm/sgm's model are stand-ins (the WebUI's come from k-diffusion, ldm and sgm);
+# ORDER records what happened, cond_only_steps and extra_kwargs stand in for settings and other
+# extensions that change the UNet's calls.
+DOUBLE_ONLY = {"ORDER", "CONTEXT_CHUNK", "DiffusionWrapper", "SdModel", "embed", "chunks_of", "unet_call", "denoise",
+               "sample_pass", "sample", "StableDiffusionProcessing.cond_only_steps",
+               "StableDiffusionProcessing.extra_kwargs"}
 ORDER: list[str] = []  # what happened, in order: process, apply_unet, process_batch, unet, postprocess
 CONTEXT_CHUNK = 77
 
@@ -65,29 +71,30 @@ def chunks_of(text: str) -> int:
     return max(1, -(-sd_hijack.token_count(text) // 75))
 
 
-@dataclass
+@dataclass(repr=False)
 class StableDiffusionProcessing:
-    prompt: str = "a cat"
+    prompt: str = ""
     negative_prompt: str = ""
-    width: int = 64
-    height: int = 64
+    seed: int = -1
     batch_size: int = 1
     n_iter: int = 1
-    steps: int = 4
-    cfg_scale: float = 5.0
-    seed: int = 1
-    enable_hr: bool = False
-    hr_scale: float = 2.0
-    hr_resize_x: int = 0
-    hr_resize_y: int = 0
-    cond_only_steps: tuple[int, ...] = ()  # steps that skip uncond (negative guidance min sigma / skip early cond)
-    extra_kwargs: dict = field(default_factory=dict)  # what another extension adds to UNet calls (ControlNet's control)
+    steps: int = 50
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    extra_generation_params: dict = None
+    comments: dict = None
     scripts: object = None
     script_args: tuple = ()
-    extra_generation_params: dict = field(default_factory=dict)
-    comments: dict = field(default_factory=dict)
-    all_prompts: list = field(default_factory=list)
-    all_negative_prompts: list = field(default_factory=list)
+    all_prompts: list = field(default=None, init=False)
+    all_negative_prompts: list = field(default=None, init=False)
+    cond_only_steps: tuple = ()  # steps that skip uncond (negative guidance min sigma / skip early cond)
+    extra_kwargs: dict = None  # what another extension adds to UNet calls (ControlNet's control)
+
+    def __post_init__(self):
+        self.extra_generation_params = self.extra_generation_params or {}
+        self.comments = {}
+        self.extra_kwargs = self.extra_kwargs or {}
 
     def comment(self, text):
         self.comments[text] = 1
@@ -97,15 +104,27 @@ class StableDiffusionProcessing:
         return shared.sd_model
 
 
-@dataclass
+@dataclass(repr=False)
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0
+    hr_resize_y: int = 0
+
+
 class Processed:
-    images: list
-    infotexts: list
-    comments: str
+    def __init__(self, p, images_list, seed=-1, info="", subseed=None, all_prompts=None, all_negative_prompts=None,
+                 all_seeds=None, all_subseeds=None, index_of_first_image=0, infotexts=None, comments=""):
+        self.images = images_list
+        self.infotexts = infotexts or [info] * len(images_list)
+        self.comments = "".join(f"{comment}\n" for comment in p.comments)
 
 
-def create_infotext(p, index=0):
-    generation_params = {"Steps": p.steps, "Seed": p.seed + index, "Size": f"{p.width}x{p.height}",
+def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
+                    use_main_prompt=False, index=None, all_negative_prompts=None):
+    if index is None:
+        index = position_in_batch + iteration * p.batch_size
+    generation_params = {"Steps": p.steps, "Seed": all_seeds[index], "Size": f"{p.width}x{p.height}",
                          **p.extra_generation_params}
     for key, value in generation_params.items():
         if callable(value):
@@ -188,7 +207,7 @@ def sample(p, seed):
         return torch.randn(p.batch_size, unet.config.in_channels - 4, height, width, generator=g).to(x)
 
     x = sample_pass(p, sd_model, x, p.steps, image_cond(h, w), seed)
-    if p.enable_hr:
+    if getattr(p, "enable_hr", False):
         hr_w, hr_h = (int(p.width * p.hr_scale), int(p.height * p.hr_scale)) if not (p.hr_resize_x or p.hr_resize_y) else (p.hr_resize_x, p.hr_resize_y)
         x = torch.nn.functional.interpolate(x.float(), size=(hr_h // 8, hr_w // 8), mode="nearest").to(x)
         x = sample_pass(p, sd_model, x, max(1, p.steps // 2), image_cond(hr_h // 8, hr_w // 8), seed)
@@ -205,6 +224,7 @@ def process_images_inner(p):
     if isinstance(p.prompt, str):
         p.all_prompts = [p.prompt] * (p.batch_size * p.n_iter)
         p.all_negative_prompts = [p.negative_prompt] * (p.batch_size * p.n_iter)
+    p.all_seeds = [p.seed + i for i in range(p.batch_size * p.n_iter)]
     if p.scripts is not None:
         ORDER.append("process")
         p.scripts.process(p)
@@ -220,8 +240,9 @@ def process_images_inner(p):
                 p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=[p.seed], subseeds=[p.seed])
             latents = sample(p, p.seed + n)
             images += list(latents.float().cpu())
-            infotexts += [create_infotext(p, i + n * p.batch_size) for i in range(p.batch_size)]
-    processed = Processed(images, infotexts, "\n".join(p.comments))
+            infotexts += [create_infotext(p, p.all_prompts, p.all_seeds, p.all_seeds, iteration=n, position_in_batch=i)
+                          for i in range(p.batch_size)]
+    processed = Processed(p, images, p.seed, infotexts=infotexts)
     if p.scripts is not None:
         ORDER.append("postprocess")
         p.scripts.postprocess(p, processed)

@@ -7,8 +7,8 @@ AlwaysVisible = object()
 
 class Script:
     filename = None
-    args_from = 0
-    args_to = 0
+    args_from = None
+    args_to = None
     alwayson = False
 
     def title(self):
@@ -34,8 +34,11 @@ class Script:
 
 
 class ScriptRunner:
-    def __init__(self, scripts):
-        self.alwayson_scripts = [s for s in scripts if s.show(False) is AlwaysVisible]
+    """Filled like ScriptRunner.initialize_scripts fills it (see harness.load_extension)."""
+
+    def __init__(self):
+        self.scripts = []
+        self.alwayson_scripts = []
 
     def _each(self, method, p, *args, **kwargs):
         for script in self.alwayson_scripts:

@@ -9,6 +9,9 @@ the ldm/sgm module names, which the extension uses to pick the original forward.
 from models.unet import UNetModel as _OurUNet
 from modules import sd_unet
 
+# stand-ins for ldm/sgm's UNetModel and the CLIP tokenizer (not modules of the WebUI)
+DOUBLE_ONLY = {"LdmUNetModel", "SgmUNetModel", "token_count"}
+
 
 def _forward(self, x, timesteps=None, context=None, y=None, **kwargs):
     return _OurUNet.forward(self, x, timesteps, context, y)
@@ -39,10 +42,10 @@ def token_count(text: str) -> int:
     return len(text.split())
 
 
-class ModelHijack:
+class StableDiffusionModelHijack:
     def get_prompt_lengths(self, text):
         count = token_count(text)
         return count, max(75, -(-count // 75) * 75)
 
 
-model_hijack = ModelHijack()
+model_hijack = StableDiffusionModelHijack()

@@ -1,7 +1,7 @@
 """modules/shared.py: opts (with the built-in options the extension reads), cmd_opts, sd_model, state."""
 from argparse import Namespace
 
-from modules import options
+from modules import options, shared_state
 
 OptionInfo = options.OptionInfo
 cmd_opts = Namespace(lowvram=False, medvram=False, medvram_sdxl=False, nowebui=False)
@@ -12,13 +12,4 @@ opts = options.Options({
     "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
 }, set())
 sd_model = None
-
-
-class State:
-    interrupted = False
-
-    def interrupt(self):
-        self.interrupted = True
-
-
-state = State()
+state = shared_state.State()
