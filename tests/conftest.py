@@ -10,6 +10,8 @@ from trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from trt_core.export import export_onnx
 
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+# Two OpenMP threads on two shared cores can slow a tiny UNet call 40x when anything else runs.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -113,6 +113,8 @@ class OnnxRuntimeBackend(Backend):
         self.require()
         options = onnxruntime.SessionOptions()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle ORT threads would otherwise spin between calls and slow the PyTorch work around them.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = onnxruntime.InferenceSession(str(path), options, providers=self.providers(device))
         except Exception as e:  # ORT raises its own exception types for unreadable models
