@@ -60,12 +60,30 @@ WORKLOADS = {
     "tiny": Workload("tiny UNet, 64x64", TINY, 64),
 }
 
-# Backend builds to time: name -> (profile choice, inductor options over the backend's defaults).
-# "static" is the WebUI's "Static WxH, batch 1" preset.
-VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "default": ("static", {}),
-    "autotune": ("static", {"max_autotune": True, "coordinate_descent_tuning": True}),
-    "channels_last": ("static", {"layout_optimization": True, "force_layout_optimization": True}),
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of building the torch backend: build options (BuildRequest.options) over the
+    backend's defaults."""
+    build: dict[str, Any]
+    build_budget_s: dict[str, float]  # per model: time a build + check + timing may take
+
+    def build_key(self) -> str:
+        return json.dumps(self.build, sort_keys=True)
+
+
+PLAIN = {"sd15": 100, "sdxl": 170, "tiny": 150}
+SLOWER = {"sd15": 160, "sdxl": 260, "tiny": 300}
+# Measured: an SD1.5 build with GEMM/conv autotuning ran past 7 minutes (bench/NOTES.md)
+AUTOTUNE = {"sd15": 540, "sdxl": 1200, "tiny": 600}
+VARIANTS: dict[str, Variant] = {
+    "default": Variant({}, PLAIN),
+    "nchw": Variant({"channels_last": False}, PLAIN),
+    "conv1x1_mm": Variant({"inductor": {"conv_1x1_as_mm": True}}, PLAIN),
+    # Triton configs of the pointwise/reduction kernels tuned by coordinate descent
+    "coord_descent": Variant({"inductor": {"coordinate_descent_tuning": True}}, SLOWER),
+    # Triton GEMM and convolution templates next to cuBLAS/cuDNN, with fused epilogues
+    "autotune": Variant({"inductor": {"max_autotune_gemm": True}}, AUTOTUNE),
 }
 
 Step = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
@@ -362,6 +380,7 @@ class Bench:
         self.precision = "fp16" if device.type == "cuda" else "fp32"
         self.result: dict[str, Any] = {"workload": self.work.name, "model": work_key, "rows_per_step": self.work.rows,
                                        "precision": self.precision, "env": environment(device), "rows": []}
+        self.builds: dict[str, tuple[Path, float, dict[str, Any]]] = {}  # build key -> (file, seconds, details)
 
     def save(self) -> None:
         self.out_path.write_text(json.dumps(self.result, indent=1))
@@ -452,32 +471,45 @@ class Bench:
         torch._dynamo.reset()
         release(self.device)
 
-    def run_backend(self, variant: str, with_router: bool, breakdown: bool) -> None:
-        profile_kind, inductor = VARIANTS[variant]
-        budget = {"sd15": 150, "sdxl": 240, "tiny": 120}[self.key]
-        if self.out_of_time(f"torch[{variant}]", budget):
+    def build(self, variant: Variant, name: str) -> tuple[Path, float, dict[str, Any]]:
+        """The variant's engine file, built once per distinct set of build options."""
+        key = variant.build_key()
+        if key not in self.builds:
+            backend = TorchCompiledBackend()
+            path = self.artifacts / f"{self.key}-{name}{backend.file_suffix}"
+            request = BuildRequest(Path("unused.onnx"), self.work.family, profile_for(self.work, "static"),
+                                   self.precision, module=self.unet, device=self.device.type, options=variant.build)
+            log(f"building torch[{name}] ({variant.build or 'defaults'})")
+            t0 = time.monotonic()
+            outcome = backend.build(request, path, progress=lambda phase, f: log(f"  {phase}"))
+            self.builds[key] = (path, time.monotonic() - t0, outcome.details)
+            release(self.device)
+        return self.builds[key]
+
+    def drop_build(self, variant: Variant) -> None:
+        path = self.builds.pop(variant.build_key(), (None,))[0]
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    def run_backend(self, name: str, with_router: bool, breakdown: bool) -> None:
+        variant = VARIANTS[name]
+        built = variant.build_key() in self.builds
+        needs = 40 if built else variant.build_budget_s[self.key]
+        if self.out_of_time(f"torch[{name}]", needs):
             return
+        path, build_s, details = self.build(variant, name)
         backend = TorchCompiledBackend()
-        profile = profile_for(self.work, profile_kind)
-        path = self.artifacts / f"{self.key}-{variant}{backend.file_suffix}"
-        request = BuildRequest(Path("unused.onnx"), self.work.family, profile, self.precision, module=self.unet,
-                               device=self.device.type, options={"inductor": inductor})
-        log(f"building torch[{variant}] for {profile.label()}")
-        t0 = time.monotonic()
-        outcome = backend.build(request, path, progress=lambda phase, f: log(f"  {phase}"))
-        build_s = time.monotonic() - t0
+        profile = profile_for(self.work, "static")
         base = Footprint(self.device)
         base.start()
-        used_before = used_bytes(self.device)
         t0 = time.monotonic()
-        engine = backend.load(path, f"{self.key}-{variant}", self.work.family, profile, device=self.device.type)
+        engine = backend.load(path, f"{self.key}-{name}", self.work.family, profile, device=self.device.type)
         load_s = time.monotonic() - t0
-        if self.device.type == "cuda":  # weights AOTInductor placed outside PyTorch's allocator
-            base.outside = max(0, used_bytes(self.device) - used_before
-                               - (torch.cuda.memory_reserved(self.device) - base.base))
-        extra = {"label": f"torch backend ({variant}: {profile.label()})", "build_s": build_s, "load_s": load_s,
-                 "file_mib": path.stat().st_size / 2**20, "build_details": outcome.details}
-        row = self.measure(f"torch[{variant}]", lambda inputs: engine(*inputs), extra, base)
+        settings = variant.build or "backend defaults"
+        extra = {"label": f"torch backend ({name}: {settings})", "build_s": build_s, "build_reused": built,
+                 "load_s": load_s, "file_mib": path.stat().st_size / 2**20, "build_details": details,
+                 "build_options": variant.build}
+        row = self.measure(f"torch[{name}]", lambda inputs: engine(*inputs), extra, base)
         if breakdown and "median_ms" in row and self.device.type == "cuda":
             plain = backend.load(path, "plain", self.work.family, profile, device=self.device.type, cuda_graphs=False)
             row["breakdown"] = kernel_breakdown(lambda inputs: plain(*inputs), self.timing_inputs[0], self.device)
@@ -485,11 +517,20 @@ class Bench:
             del plain
         self.add_row(row)
         if with_router and "median_ms" in row:
-            self.run_router(engine, variant, base, row["median_ms"])
+            self.run_router(engine, name, base, row["median_ms"])
         engine.close()
         del engine
         release(self.device)
-        path.unlink(missing_ok=True)
+
+    def summary(self) -> list[str]:
+        lines = []
+        for row in self.result["rows"]:
+            if "median_ms" in row:
+                lines.append(f"{self.key:5} {row['name']:28} {row['median_ms']:7.2f} ms  err {row['rel_err']:.1e}  "
+                             f"build {fmt_s(row.get('build_s'))}  load {fmt_s(row.get('load_s'))}")
+            else:
+                lines.append(f"{self.key:5} {row['name']:28} {(row.get('failed') or row.get('skipped', ''))[:150]}")
+        return lines
 
     def run_router(self, engine, variant: str, base: Footprint, direct_ms: float) -> None:
         try:
@@ -511,12 +552,18 @@ class Bench:
         self.add_row(row)
 
 
+def fmt_s(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="sd15,sdxl")
     parser.add_argument("--rows", default="eager,eager_graph,compile_ro,torch")
     parser.add_argument("--variants", default="default", help=f"backend builds to time: {', '.join(VARIANTS)}")
-    parser.add_argument("--router-variant", default=None, help="variant also timed through the router (default: the first)")
+    parser.add_argument("--router-variants", default=None,
+                        help="variants also timed through the router, comma-separated (default: the first); "
+                             "the first of them is also profiled kernel by kernel")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest"))
     parser.add_argument("--artifacts", type=Path, default=None, help="where engines are built (default: OUT/engines)")
@@ -531,7 +578,11 @@ def main() -> None:
     artifacts.mkdir(parents=True, exist_ok=True)
     rows = args.rows.split(",")
     variants = [v for v in args.variants.split(",") if v]
-    router_variant = args.router_variant or (variants[0] if variants else None)
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {', '.join(sorted(unknown))} (known: {', '.join(VARIANTS)})")
+    router_variants = args.router_variants.split(",") if args.router_variants else variants[:1]
+    summary: list[str] = []
     for key in args.models.split(","):
         bench = Bench(key, device, args.out, artifacts, started + args.budget_s, args.seconds)
         bench.prepare()
@@ -542,17 +593,21 @@ def main() -> None:
         if "compile_ro" in rows and device.type == "cuda":
             bench.run_compile()
         if "torch" in rows:
-            for variant in variants:
+            for i, variant in enumerate(variants):
                 try:
-                    bench.run_backend(variant, with_router=variant == router_variant,
-                                      breakdown=variant == router_variant)
+                    bench.run_backend(variant, with_router=variant in router_variants,
+                                      breakdown=variant == router_variants[0])
                 except Exception as e:  # one failed build must not cost the rest of the run
                     log(traceback.format_exc())
                     bench.add_row({"name": f"torch[{variant}]", "failed": f"{type(e).__name__}: {str(e)[:2000]}"})
                     release(device)
+                if all(VARIANTS[v].build_key() != VARIANTS[variant].build_key() for v in variants[i + 1:]):
+                    bench.drop_build(VARIANTS[variant])
+        summary += bench.summary()
         del bench
         release(device)
     log(f"done in {time.monotonic() - started:.0f} s")
+    print("\n".join(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,14 @@ from trt_core.backends import get_backend
 from trt_core.backends.base import BuildRequest
 from trt_core.backends.torch_compiled import (
     ARTIFACT,
+    FORMAT,
     RECORD,
+    WEIGHTS,
     EngineFileError,
     TorchCompiledBackend,
     TorchCompiledEngine,
     _module_for,
+    _read_weights,
     read_metadata,
 )
 from trt_core.manifest import CheckpointId
@@ -87,7 +90,7 @@ def test_engine_matches_the_unet_on_fresh_inputs(engine, built):
         with torch.no_grad():
             ref = source(x, t, c)
         out = engine(x, t, c)
-        assert out.shape == ref.shape and out.dtype == x.dtype
+        assert out.shape == ref.shape and out.dtype == x.dtype and out.is_contiguous()
         assert _rel(out, ref) < 1e-4
 
 
@@ -130,6 +133,34 @@ def test_metadata_is_readable_without_loading(built):
     assert Profile.from_dict(record["profile"]) == PROFILE and record["torch"] == torch.__version__
 
 
+def test_convolution_weights_are_stored_channels_last(built):
+    """Every convolution weight comes back as an NCHW-shaped, channels-last tensor equal to the
+    source UNet's weight; those with kernels above 1x1 are stored as NHWC bytes (for 1x1 kernels
+    both layouts are the same bytes)."""
+    workspace, entry, source = built
+    path = workspace.engine_dir / entry.file
+    index = read_metadata(path)["weights"]
+    state = {f"unet.{n}": p for n, p in source.state_dict().items()}
+    spatial = {n for n, p in state.items() if p.dim() == 4 and p.shape[2:] != (1, 1)}
+    assert spatial and {e["name"] for e in index if e["nhwc"]} == spatial
+    stored = _read_weights(path, index, torch.device("cpu"))
+    assert len(stored) == len(index) and {e["name"] for e in index} <= set(state)
+    for e, weight in zip(index, stored):
+        assert weight.dtype == torch.float32 and torch.equal(weight, state[e["name"]])
+        if weight.dim() == 4:
+            assert weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_weights_are_aligned_for_inductor(built):
+    """Inductor copies any input not 16-byte aligned on every call; every stored weight starts on
+    a 256-byte boundary, so views of the loaded buffer are aligned."""
+    workspace, entry, _ = built
+    path = workspace.engine_dir / entry.file
+    index = read_metadata(path)["weights"]
+    assert all(e["offset"] % 256 == 0 for e in index)
+    assert all(w.data_ptr() % 16 == 0 for w in _read_weights(path, index, torch.device("cpu")))
+
+
 def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
     workspace, entry, _ = built
     backend = TorchCompiledBackend()
@@ -147,7 +178,7 @@ def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
     other_zip = tmp_path / "other.torch.zip"
     with zipfile.ZipFile(other_zip, "w") as z:
         z.writestr("model/data.pkl", b"x")
-    with pytest.raises(EngineFileError, match="lacks compiled.bin, engine.json, weights.pt"):
+    with pytest.raises(EngineFileError, match="lacks compiled.bin, engine.json, weights.bin"):
         load(other_zip)
     truncated = tmp_path / "truncated.torch.zip"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
@@ -157,7 +188,7 @@ def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
     with zipfile.ZipFile(good) as src, zipfile.ZipFile(newer, "w") as dst:
         for item in src.infolist():
             data = src.read(item)
-            dst.writestr(item, data.replace(b"sd-unet-torch-inductor/1", b"sd-unet-torch-inductor/9")
+            dst.writestr(item, data.replace(FORMAT.encode(), b"sd-unet-torch-inductor/9")
                          if item.filename == RECORD else data)
     with pytest.raises(EngineFileError, match="engine format 'sd-unet-torch-inductor/9'"):
         load(newer)
@@ -167,6 +198,20 @@ def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
             dst.writestr(item, b"garbage" if item.filename == ARTIFACT else src.read(item))
     with pytest.raises(EngineFileError, match="could not be loaded"):
         load(damaged)
+    short_weights = tmp_path / "short-weights.torch.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(short_weights, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, data[: len(data) - 1000] if item.filename == WEIGHTS else data)
+    with pytest.raises(EngineFileError, match="could not be loaded.*truncated"):
+        load(short_weights)
+    deflated = tmp_path / "deflated.torch.zip"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(deflated, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item),
+                         zipfile.ZIP_DEFLATED if item.filename == WEIGHTS else zipfile.ZIP_STORED)
+    with pytest.raises(EngineFileError, match="weights.bin is compressed"):
+        load(deflated)
 
 
 def test_load_refuses_an_engine_for_another_profile_or_family(built, tmp_path):
@@ -191,7 +236,7 @@ def test_build_rejects_bad_requests_before_compiling(tmp_path):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", device="cpu"), out)
     with pytest.raises(ValueError, match="unknown precision"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "int8", module=unet, device="cpu"), out)
-    with pytest.raises(ValueError, match="unknown torch backend options: speed"):
+    with pytest.raises(ValueError, match="unknown torch backend options: speed .known: inductor, channels_last"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", module=unet, device="cpu",
                                    options={"speed": 1}), out)
     sizes = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))

@@ -1,12 +1,21 @@
 """A backend compiled by PyTorch itself: torch.export + Inductor, replayed as CUDA graphs.
 
-`build` exports the UNet over the profile's shape ranges (torch.export.Dim per dynamic dimension)
-and compiles the exported graph ahead of time with Inductor's standalone compile, whose artifact
-holds the generated kernels already compiled. The engine file is one zip: the artifact, the
-weights in the requested precision (passed to the compiled graph as inputs) and a record of what
-was built. `load` reads it back in seconds without compiling. On a GPU the engine captures one
-CUDA graph per exact call shape, so a step costs one graph launch instead of hundreds of kernel
-launches from Python.
+`build` exports the UNet at the profile's one size and compiles the exported graph ahead of time
+with Inductor's standalone compile, whose artifact holds the generated kernels already compiled.
+The engine file is one zip: the artifact, the weights in the requested precision (passed to the
+compiled graph as inputs; one raw blob, stored uncompressed so `load` reads it straight from the
+file onto the device in large chunks) and a record of what was built. `load` reads it
+back in seconds without compiling. On a GPU the engine captures one CUDA graph per exact call
+shape, so a step costs one graph launch instead of hundreds of kernel launches from Python.
+
+Convolution weights are compiled and stored channels-last (NHWC). Inductor runs the convolutions
+channels-last anyway; given NCHW weights as graph inputs it would copy every one of them into
+NHWC on every step (SD1.5: 1.2 GB of weights, ~2.4 GB of memory traffic per step). Inputs and
+outputs stay ordinary contiguous tensors.
+
+Each weight starts on a 256-byte boundary of the blob. Inductor clones every input whose address
+is not 16-byte aligned on every call; tightly packed weights (safetensors' layout) cost SDXL 3 ms
+of device-to-device copies per step and 3 GB of memory (bench/NOTES.md).
 
 Why not AOTInductor's `.pt2` packages: on the project's GPU machine (torch 2.11, CUDA 13) loading
 any AOTInductor package crashed the process (bench/aoti_probe.py, bench/NOTES.md).
@@ -19,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import tempfile
 import threading
 import time
@@ -44,9 +54,15 @@ from trt_core.backends.base import (
 )
 from trt_core.profiles import CallShape, Profile
 
-FORMAT = "sd-unet-torch-inductor/1"
-RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.pt"
+FORMAT = "sd-unet-torch-inductor/2"
+RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.bin"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# dtypes a stored weight may have (the UNet's parameters and buffers), by name in the record
+WEIGHT_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16,
+                                                             torch.float64, torch.int64, torch.int32, torch.bool)}
+ALIGN = 256  # bytes; Inductor copies inputs that are not 16-byte aligned on every call
+BUILD_OPTIONS = ("inductor", "channels_last")
+READ_CHUNK = 64 << 20  # bytes per read from the engine file into pinned memory
 # Inductor settings over its defaults; BuildRequest.options["inductor"] adds to them. The engine
 # replays its own CUDA graphs, so Inductor's are off.
 INDUCTOR_DEFAULTS: dict[str, Any] = {"triton.cudagraphs": False}
@@ -133,6 +149,101 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return record
 
 
+def _channels_last(weight: torch.Tensor) -> torch.Tensor:
+    """NHWC layout built the way `_read_weights` rebuilds it (a contiguous NHWC tensor, viewed as
+    NCHW), so the compiled graph's stride checks see the same strides at build and at load."""
+    return weight.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+def _weights_for_compile(weights: list[torch.Tensor], channels_last: bool) -> list[torch.Tensor]:
+    if not channels_last:
+        return [w.contiguous() for w in weights]
+    return [_channels_last(w) if w.dim() == 4 else w.contiguous() for w in weights]
+
+
+def _write_weights(f: Any, names: list[str], weights: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """Writes the weights back to back, each at a multiple of ALIGN bytes; 4-d channels-last weights
+    as their NHWC bytes. Returns the index the record keeps (graph order)."""
+    index, offset = [], 0
+    for name, w in zip(names, weights):
+        w = w.detach().to("cpu")
+        nhwc = w.dim() == 4 and not w.is_contiguous()
+        data = (w.permute(0, 2, 3, 1) if nhwc else w).contiguous()
+        pad = -offset % ALIGN
+        f.write(bytes(pad))
+        offset += pad
+        raw = data.reshape(-1).view(torch.uint8)
+        f.write(memoryview(raw.numpy()))
+        index.append({"name": name, "dtype": str(w.dtype).removeprefix("torch."), "shape": list(data.shape),
+                      "offset": offset, "nhwc": nhwc})
+        offset += raw.numel()
+    return index
+
+
+def _member_data_offset(f: Any, info: zipfile.ZipInfo) -> int:
+    """Where a stored (uncompressed) zip member's bytes start in the zip file."""
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise EngineFileError(f"{info.filename} is compressed; the engine stores it uncompressed")
+    f.seek(info.header_offset)
+    local = f.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise EngineFileError(f"damaged zip entry for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name_len + extra_len
+
+
+def _read_into(f: Any, view: memoryview) -> None:
+    done = 0
+    while done < len(view):
+        n = f.readinto(view[done:])
+        if not n:
+            raise EngineFileError("the engine file ends inside its weights (truncated)")
+        done += n
+
+
+def _read_blob(f: Any, size: int, device: torch.device) -> torch.Tensor:
+    """`size` bytes from the file's position into one uint8 tensor on `device`. On CUDA through two
+    pinned buffers, so reading the next chunk overlaps copying the last one to the GPU."""
+    blob = torch.empty(size, dtype=torch.uint8, device=device)
+    if device.type != "cuda":
+        _read_into(f, memoryview(blob.numpy()))
+        return blob
+    staging = [torch.empty(min(READ_CHUNK, size), dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    copied: list[torch.cuda.Event | None] = [None, None]
+    stream = torch.cuda.current_stream(device)
+    for i, start in enumerate(range(0, size, READ_CHUNK)):
+        n = min(READ_CHUNK, size - start)
+        buf, done = staging[i % 2], copied[i % 2]
+        if done is not None:
+            done.synchronize()  # the copy out of this buffer has finished
+        _read_into(f, memoryview(buf.numpy())[:n])
+        blob[start:start + n].copy_(buf[:n], non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(stream)
+        copied[i % 2] = event
+    stream.synchronize()
+    return blob
+
+
+def _read_weights(path: Path, index: list[dict[str, Any]], device: torch.device) -> list[torch.Tensor]:
+    """The engine's weights in graph order, read straight from the zip onto `device` as views of one
+    buffer (so each keeps the alignment of its offset)."""
+    with zipfile.ZipFile(path) as archive:
+        info = archive.getinfo(WEIGHTS)
+    dtypes = [WEIGHT_DTYPES[entry["dtype"]] for entry in index]
+    sizes = [torch.Size(entry["shape"]).numel() * dtype.itemsize for entry, dtype in zip(index, dtypes)]
+    if max((entry["offset"] + size for entry, size in zip(index, sizes)), default=0) > info.file_size:
+        raise EngineFileError("the engine file ends inside its weights (truncated)")
+    with open(path, "rb") as f:
+        f.seek(_member_data_offset(f, info))
+        blob = _read_blob(f, info.file_size, device)
+    weights = []
+    for entry, dtype, size in zip(index, dtypes, sizes):
+        tensor = blob[entry["offset"]:entry["offset"] + size].view(dtype).view(entry["shape"])
+        weights.append(tensor.permute(0, 3, 1, 2) if entry["nhwc"] else tensor)
+    return weights
+
+
 def _constants(exported: Any) -> tuple[list[str], list[torch.Tensor]]:
     """The exported graph's leading inputs that are weights, in the graph's order."""
     names, tensors = [], []
@@ -187,9 +298,11 @@ class TorchCompiledBackend(Backend):
         profile = request.profile.validate()
         family = request.family
         shapes = _static_shapes(profile, family)
-        unknown = set(request.options) - {"inductor"}
+        unknown = set(request.options) - set(BUILD_OPTIONS)
         if unknown:
-            raise ValueError(f"unknown torch backend options: {', '.join(sorted(unknown))} (known: inductor)")
+            raise ValueError(f"unknown torch backend options: {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(BUILD_OPTIONS)})")
+        channels_last = bool(request.options.get("channels_last", True))
 
         started = time.monotonic()
         progress("export: tracing the UNet with torch.export", 0.0)
@@ -197,18 +310,21 @@ class TorchCompiledBackend(Backend):
         example = _example_inputs(family, shapes, device, dtype)
         with torch.no_grad():
             exported = torch.export.export(module, example, strict=False)
+        graph_module = exported.graph_module
         export_seconds = time.monotonic() - started
         cancel.raise_if_cancelled()
 
         progress("compile: Inductor (minutes for a full-size UNet)", 0.2)
         weight_names, weights = _constants(exported)
+        del exported
+        weights = _weights_for_compile(weights, channels_last)
         record = {"format": FORMAT, "family": family.name, "profile": profile.to_dict(), "precision": request.precision,
-                  "device": device.type, "torch": torch.__version__, "weights": weight_names}
+                  "device": device.type, "torch": torch.__version__}
         inductor = {**INDUCTOR_DEFAULTS, **request.options.get("inductor", {})}
         compile_started = time.monotonic()
         with torch.no_grad():
             artifact = torch._inductor.standalone_compile(
-                exported.graph_module, [*weights, *example], dynamic_shapes="from_example_inputs",
+                graph_module, [*weights, *example], dynamic_shapes="from_example_inputs",
                 options={"config_patches": inductor})
         compile_seconds = time.monotonic() - compile_started
         cancel.raise_if_cancelled()
@@ -219,14 +335,14 @@ class TorchCompiledBackend(Backend):
             artifact.save(path=str(artifact_path), format="binary")
             # stored, not deflated: the weights don't compress and loading stays a plain read
             with zipfile.ZipFile(out_path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-                archive.writestr(RECORD, json.dumps(record, indent=1))
-                archive.write(artifact_path, ARTIFACT)
                 with archive.open(WEIGHTS, "w", force_zip64=True) as f:
-                    torch.save({n: w.to("cpu") for n, w in zip(weight_names, weights)}, f)
+                    record["weights"] = _write_weights(f, weight_names, weights)
+                archive.write(artifact_path, ARTIFACT)
+                archive.writestr(RECORD, json.dumps(record, indent=1))
         progress("compile: done", 1.0)
         return BuildOutcome(request.precision, {
             "export_seconds": round(export_seconds, 2), "compile_seconds": round(compile_seconds, 2),
-            "inductor": inductor, "compiled_rows": shapes["x"][0],
+            "inductor": inductor, "channels_last": channels_last, "compiled_rows": shapes["x"][0],
         })
 
     def load(self, path: Path, name: str, family: ModelFamily, profile: Profile, device: str = "cuda",
@@ -250,10 +366,11 @@ class TorchCompiledBackend(Backend):
             with zipfile.ZipFile(path) as archive, tempfile.TemporaryDirectory() as tmp:
                 archive.extract(ARTIFACT, tmp)
                 artifact = torch._inductor.CompiledArtifact.load(path=str(Path(tmp) / ARTIFACT), format="binary")
-                with archive.open(WEIGHTS) as f:
-                    stored = torch.load(f, map_location=device, weights_only=True)
-            weights = [stored[n] for n in record["weights"]]
-        except (OSError, RuntimeError, KeyError, AssertionError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+            weights = _read_weights(path, record["weights"], device)
+        except EngineFileError as e:
+            raise EngineFileError(f"{path} could not be loaded: {e}") from e
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, AssertionError, struct.error,
+                zipfile.BadZipFile, pickle.UnpicklingError) as e:
             raise EngineFileError(f"{path} could not be loaded by torch {torch.__version__}: {type(e).__name__}: {e}") from e
         held = before - torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 0
 
@@ -275,7 +392,7 @@ class TorchCompiledEngine(Engine):
     """Runs calls inside its profile. The compiled graph takes the profile's most rows: a call with
     fewer is padded (by repeating its last row) and the padding cut off the output; rows are
     independent in the UNet, so the real rows are unaffected. On CUDA the graph is captured once
-    and replayed."""
+    and replayed. Outputs are contiguous in the caller's dtype and device."""
 
     def __init__(self, name: str, family: ModelFamily, profile: Profile, runner: Any, device: torch.device,
                  dtype: torch.dtype, cuda_graphs: bool, weights_bytes: int = 0):
@@ -317,7 +434,7 @@ class TorchCompiledEngine(Engine):
         inputs = self._inputs(x, timesteps, context, y)
         rows = x.shape[0]
         if not self.cuda_graphs:
-            return self._run(inputs)[:rows].to(x.device, x.dtype)
+            return self._run(inputs)[:rows].to(x.device, x.dtype, memory_format=torch.contiguous_format)
         with self._lock:
             key = tuple(tuple(t.shape) for t in inputs)
             entry = self._graphs.get(key)
@@ -328,8 +445,9 @@ class TorchCompiledEngine(Engine):
                 for static, value in zip(entry.inputs, inputs):
                     static.copy_(value)
                 entry.graph.replay()
-            # the graph's output buffer is overwritten by the next replay: hand out a copy
-            return entry.output[:rows].to(x.device, x.dtype, copy=True)
+            # the graph's output buffer is overwritten by the next replay: hand out a copy (the
+            # compiled graph may leave its output channels-last)
+            return entry.output[:rows].to(x.device, x.dtype, copy=True, memory_format=torch.contiguous_format)
 
     def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         out = self._runner(*inputs)
