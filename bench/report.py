@@ -18,6 +18,10 @@ def fmt(value: Any, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
+def speedup(row: dict[str, Any]) -> str:
+    return "—" if row.get("speedup") is None else f"{row['speedup']:.2f}×"
+
+
 def table(result: dict[str, Any]) -> str:
     env = result["env"]
     lines = [f"### {result['workload']}, batch {result['rows_per_step']} (one image with CFG), {result['precision']}",
@@ -38,7 +42,7 @@ def table(result: dict[str, Any]) -> str:
             continue
         lines.append(
             f"| {label} | {row['median_ms']:.2f} | {row['p10_ms']:.2f}–{row['p90_ms']:.2f} | {row['tflops']:.0f} | "
-            f"{fmt(row.get('speedup'), '.2f')}× | {fmt(row.get('build_s'), '.0f')} | {fmt(row.get('load_s'), '.1f')} | "
+            f"{speedup(row)} | {fmt(row.get('build_s'), '.0f')} | {fmt(row.get('load_s'), '.1f')} | "
             f"{fmt(row.get('vram_mib'), '.0f')} | {row['rel_err']:.1e} |")
     return "\n".join(lines)
 
