@@ -71,6 +71,7 @@ def test_registry_maps_the_backend():
     assert isinstance(backend, TorchCompiledBackend)
     assert backend.availability().available
     assert backend.version().startswith(f"torch-{torch.__version__}")
+    assert backend.version().endswith(f"+format-{FORMAT.rsplit('/', 1)[1]}")  # older files show as stale
     assert backend.device_arch("cpu") == "cpu"
 
 

@@ -271,8 +271,9 @@ class TorchCompiledBackend(Backend):
         return Availability(True)
 
     def version(self) -> str:
+        # the file format is part of it, so engines of an older format show as stale in the manifest
         cuda = torch.version.cuda or "cpu"
-        return f"torch-{torch.__version__}+cuda-{cuda}"
+        return f"torch-{torch.__version__}+cuda-{cuda}+format-{FORMAT.rsplit('/', 1)[1]}"
 
     def device_arch(self, device: str = "cuda") -> str:
         if torch.device(device).type != "cuda":
