@@ -82,6 +82,11 @@ VARIANTS: dict[str, Variant] = {
     "conv1x1_mm": Variant({"inductor": {"conv_1x1_as_mm": True}}, PLAIN),
     # Triton configs of the pointwise/reduction kernels tuned by coordinate descent
     "coord_descent": Variant({"inductor": {"coordinate_descent_tuning": True}}, SLOWER),
+    # SDPA kernel fixed at compile time, cuDNN's first / FlashAttention-2's first
+    "cudnn_attn": Variant({"attention": ["cudnn", "flash", "efficient"]}, PLAIN),
+    "flash_attn": Variant({"attention": ["flash", "efficient"]}, PLAIN),
+    # q/k/v projections as three GEMMs (the default fuses them into one; k/v one in cross-attention)
+    "unfused": Variant({"fuse_projections": False}, PLAIN),
     # Triton GEMM and convolution templates next to cuBLAS/cuDNN, with fused epilogues
     "autotune": Variant({"inductor": {"max_autotune_gemm": True}}, AUTOTUNE),
 }
@@ -483,6 +488,7 @@ class Bench:
             t0 = time.monotonic()
             outcome = backend.build(request, path, progress=lambda phase, f: log(f"  {phase}"))
             self.builds[key] = (path, time.monotonic() - t0, outcome.details)
+            log(f"  SDPA kernels compiled: {outcome.details.get('attention')}")
             release(self.device)
         return self.builds[key]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from models.families import FAMILIES, TINY
-from models.unet import seeded_unet
+from models.unet import CrossAttention, seeded_unet
 from trt_core.backends import get_backend
 from trt_core.backends.base import BuildRequest
 from trt_core.backends.torch_compiled import (
@@ -27,6 +27,11 @@ from trt_core.backends.torch_compiled import (
     TorchCompiledEngine,
     _module_for,
     _read_weights,
+    _sdpa_choices,
+    _sdpa_preference,
+    _sdpa_scope,
+    _UNetCall,
+    fused_projections,
     read_metadata,
 )
 from trt_core.manifest import CheckpointId
@@ -145,8 +150,11 @@ def test_convolution_weights_are_stored_channels_last(built):
     spatial = {n for n, p in state.items() if p.dim() == 4 and p.shape[2:] != (1, 1)}
     assert spatial and {e["name"] for e in index if e["nhwc"]} == spatial
     stored = _read_weights(path, index, torch.device("cpu"))
-    assert len(stored) == len(index) and {e["name"] for e in index} <= set(state)
-    for e, weight in zip(index, stored):
+    # the attention projections are stored fused (test_fused_projections_...); every other weight as is
+    kept = [(e, w) for e, w in zip(index, stored) if e["name"] in state]
+    assert {e["name"] for e in index} - {e["name"] for e, _ in kept} == {
+        e["name"] for e in index if e["name"].endswith((".qkv", ".kv", ".q"))}
+    for e, weight in kept:
         assert weight.dtype == torch.float32 and torch.equal(weight, state[e["name"]])
         if weight.dim() == 4:
             assert weight.is_contiguous(memory_format=torch.channels_last)
@@ -237,9 +245,12 @@ def test_build_rejects_bad_requests_before_compiling(tmp_path):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", device="cpu"), out)
     with pytest.raises(ValueError, match="unknown precision"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "int8", module=unet, device="cpu"), out)
-    with pytest.raises(ValueError, match="unknown torch backend options: speed .known: inductor, channels_last"):
+    with pytest.raises(ValueError, match="unknown torch backend options: speed .known: inductor, channels_last, attention"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", module=unet, device="cpu",
                                    options={"speed": 1}), out)
+    with pytest.raises(ValueError, match=r"attention: unknown SDPA kernels \['fastest'\]"):
+        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", module=unet, device="cpu",
+                                   options={"attention": ["cudnn", "fastest"]}), out)
     sizes = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))
     with pytest.raises(ValueError, match="varies its height, width, tokens"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, sizes, "fp32", module=unet, device="cpu"), out)
@@ -257,3 +268,43 @@ def test_build_never_changes_the_callers_module():
 def test_engine_is_a_torch_compiled_engine(engine):
     assert isinstance(engine, TorchCompiledEngine) and not engine.cuda_graphs
     assert engine.graph_shapes == []
+
+
+def test_fused_projections_compute_the_same_function_and_leave_the_source_alone():
+    """One [q;k;v] GEMM per self-attention, q plus one [k;v] GEMM per cross-attention: the same
+    outputs on fresh inputs; the caller's UNet keeps its layers, and weights outside the attention
+    projections are shared, not copied."""
+    unet = seeded_unet(TINY.unet_config(), seed=5).eval()
+    before = {n: p.clone() for n, p in unet.state_dict().items()}
+    fused = fused_projections(unet)
+    assert sum(isinstance(m, CrossAttention) for m in unet.modules()) == 32
+    assert not any(isinstance(m, CrossAttention) for m in fused.modules())
+    shared = dict(unet.named_parameters())
+    for name, p in fused.named_parameters():
+        if name in shared:
+            assert p is shared[name]
+        else:
+            assert name.endswith((".qkv", ".kv", ".q")), name
+    for rows, seed in [(2, 41), (1, 42)]:
+        x, t, c = _inputs(rows, seed)
+        with torch.no_grad():
+            assert _rel(fused(x, t, c), unet(x, t, c)) < 1e-6
+    assert all(torch.equal(p, before[n]) for n, p in unet.state_dict().items())
+
+
+def test_attention_kernels_are_recorded_and_can_be_forced():
+    """The build records which SDPA kernel each attention call compiles to; the `attention` option
+    changes that choice (here on the CPU: flash by default, math when forced)."""
+    unet = seeded_unet(TINY.unet_config(), seed=5).eval()
+    exported = torch.export.export(_UNetCall(unet, False), _inputs(2, 1), strict=False)
+    assert _sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
+    with _sdpa_scope(_sdpa_preference(["math"])):
+        assert _sdpa_choices(exported, torch.device("cpu")) == {"math": 32}
+    assert _sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
+    assert _sdpa_preference(None) is None and _sdpa_preference("cudnn") == [_sdpa_preference(["cudnn"])[0]]
+
+
+def test_engine_records_the_attention_kernels(built):
+    workspace, entry, _ = built
+    record = read_metadata(workspace.engine_dir / entry.file)
+    assert record["attention"] == {"flash_attention": 32} and record["fuse_projections"] is True
