@@ -1,75 +1,61 @@
-"""modules/sd_unet.py of WebUI v1.10.1, verbatim (the double runs the real option logic)."""
+"""Double of modules/sd_unet.py (WebUI v1.10.1), written from its behaviour: the option list
+filled by on_list_unets callbacks; "Automatic" picks the option whose model_name equals the
+checkpoint's; applying an option deactivates the previous UNet (compared by identity), moves the
+built-in UNet to the CPU and activates the new one; "None" puts the built-in UNet back on the
+device unless lowvram manages it. tests/real_webui/check_double_against_webui.py checks the names
+and signatures against the real file."""
 import torch.nn
 
-from modules import script_callbacks, shared, devices
+from modules import devices, script_callbacks, shared
 
 unet_options = []
 current_unet_option = None
 current_unet = None
-original_forward = None  # not used, only left temporarily for compatibility
+original_forward = None  # kept by the real module for compatibility; unused
+
 
 def list_unets():
-    new_unets = script_callbacks.list_unets_callback()
-
-    unet_options.clear()
-    unet_options.extend(new_unets)
+    unet_options[:] = script_callbacks.list_unets_callback()
 
 
 def get_unet_option(option=None):
-    option = option or shared.opts.sd_unet
-
-    if option == "None":
+    wanted = option or shared.opts.sd_unet
+    if wanted == "None":
         return None
-
-    if option == "Automatic":
-        name = shared.sd_model.sd_checkpoint_info.model_name
-
-        options = [x for x in unet_options if x.model_name == name]
-
-        option = options[0].label if options else "None"
-
-    return next(iter([x for x in unet_options if x.label == option]), None)
+    if wanted == "Automatic":
+        checkpoint_name = shared.sd_model.sd_checkpoint_info.model_name
+        paired = [candidate for candidate in unet_options if candidate.model_name == checkpoint_name]
+        wanted = paired[0].label if paired else "None"
+    return next((candidate for candidate in unet_options if candidate.label == wanted), None)
 
 
 def apply_unet(option=None):
-    global current_unet_option
-    global current_unet
+    global current_unet_option, current_unet
 
-    new_option = get_unet_option(option)
-    if new_option == current_unet_option:
+    chosen = get_unet_option(option)
+    if chosen == current_unet_option:
         return
-
     if current_unet is not None:
-        print(f"Dectivating unet: {current_unet.option.label}")
         current_unet.deactivate()
-
-    current_unet_option = new_option
-    if current_unet_option is None:
+    current_unet_option = chosen
+    builtin = shared.sd_model.model.diffusion_model
+    if chosen is None:
         current_unet = None
-
         if not shared.sd_model.lowvram:
-            shared.sd_model.model.diffusion_model.to(devices.device)
-
+            builtin.to(devices.device)
         return
-
-    shared.sd_model.model.diffusion_model.to(devices.cpu)
+    builtin.to(devices.cpu)
     devices.torch_gc()
-
-    current_unet = current_unet_option.create_unet()
-    current_unet.option = current_unet_option
-    print(f"Activating unet: {current_unet.option.label}")
+    current_unet = chosen.create_unet()
+    current_unet.option = chosen
     current_unet.activate()
 
 
 class SdUnetOption:
-    model_name = None
-    """name of related checkpoint - this option will be selected automatically for unet if the name of checkpoint matches this"""
-
-    label = None
-    """name of the unet in UI"""
+    model_name = None  # the checkpoint's model_name this option pairs with under "Automatic"
+    label = None  # shown in the SD Unet setting
 
     def create_unet(self):
-        """returns SdUnet object to be used as a Unet instead of built-in unet when making pictures"""
         raise NotImplementedError()
 
 
@@ -85,11 +71,10 @@ class SdUnet(torch.nn.Module):
 
 
 def create_unet_forward(original_forward):
+    """The forward sd_hijack installs on UNetModel: the active SdUnet, else the original."""
     def UNetModel_forward(self, x, timesteps=None, context=None, *args, **kwargs):
-        if current_unet is not None:
-            return current_unet.forward(x, timesteps, context, *args, **kwargs)
-
-        return original_forward(self, x, timesteps, context, *args, **kwargs)
+        if current_unet is None:
+            return original_forward(self, x, timesteps, context, *args, **kwargs)
+        return current_unet.forward(x, timesteps, context, *args, **kwargs)
 
     return UNetModel_forward
-
