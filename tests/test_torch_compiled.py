@@ -71,6 +71,15 @@ def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
+
+def with_member_changed(source, target, member, change):
+    """A copy of the engine zip `source` at `target` with one member's bytes passed through `change`."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            dst.writestr(item, change(data) if item.filename == member else data)
+    return target
+
 def test_registry_maps_the_backend():
     backend = get_backend("torch")
     assert isinstance(backend, TorchCompiledBackend)
@@ -193,25 +202,15 @@ def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(EngineFileError, match="not a zip file, or truncated"):
         load(truncated)
-    newer = tmp_path / "newer.torch.zip"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(newer, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            dst.writestr(item, data.replace(FORMAT.encode(), b"sd-unet-torch-inductor/9")
-                         if item.filename == RECORD else data)
+    newer = with_member_changed(good, tmp_path / "newer.torch.zip", RECORD,
+                                lambda data: data.replace(FORMAT.encode(), b"sd-unet-torch-inductor/9"))
     with pytest.raises(EngineFileError, match="engine format 'sd-unet-torch-inductor/9'"):
         load(newer)
-    damaged = tmp_path / "damaged.torch.zip"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(damaged, "w") as dst:
-        for item in src.infolist():
-            dst.writestr(item, b"garbage" if item.filename == ARTIFACT else src.read(item))
+    damaged = with_member_changed(good, tmp_path / "damaged.torch.zip", ARTIFACT, lambda data: b"garbage")
     with pytest.raises(EngineFileError, match="could not be loaded"):
         load(damaged)
-    short_weights = tmp_path / "short-weights.torch.zip"
-    with zipfile.ZipFile(good) as src, zipfile.ZipFile(short_weights, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            dst.writestr(item, data[: len(data) - 1000] if item.filename == WEIGHTS else data)
+    short_weights = with_member_changed(good, tmp_path / "short-weights.torch.zip", WEIGHTS,
+                                        lambda data: data[: len(data) - 1000])
     with pytest.raises(EngineFileError, match="could not be loaded.*truncated"):
         load(short_weights)
     deflated = tmp_path / "deflated.torch.zip"

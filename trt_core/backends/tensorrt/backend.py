@@ -8,7 +8,6 @@ from typing import Callable
 import torch
 
 from models.families import ModelFamily
-from trt_core.atomic import atomic_output
 from trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
                                     no_progress)
 from trt_core.backends.tensorrt import plan_file
@@ -84,7 +83,7 @@ class TensorRTBackend(Backend):
         header = PlanHeader(version, arch, settings.precision, settings.refittable,
                             {name: [list(s) for s in triple] for name, triple in shapes.items()})
         progress("tensorrt: writing the engine", 0.98)
-        with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
+        with open(out_path, "wb") as f:  # out_path is the pipeline's temp file: it makes the write atomic
             for piece in plan_file.pack(header, plan):
                 f.write(piece)
         progress("tensorrt: done", 1.0)
