@@ -8,10 +8,10 @@ import time
 
 import torch
 
-from models.families import family_named
-from trt_core.backends.base import Engine
-from trt_core.profiles import CallShape, Profile, Range
-from trt_core.router import Router
+from sd_unet_trt.models.families import family_named
+from sd_unet_trt.trt_core.backends.base import Engine
+from sd_unet_trt.trt_core.profiles import CallShape, Profile, Range
+from sd_unet_trt.trt_core.router import Router
 
 
 class Passthrough(Engine):

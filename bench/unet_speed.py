@@ -28,13 +28,13 @@ from typing import Any, Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import checkout  # noqa: E402,F401  (sd_unet_trt from this checkout)
 
-from models.families import FAMILIES, TINY, ModelFamily  # noqa: E402
-from models.unet import UNetModel  # noqa: E402
-from trt_core.backends.base import BuildRequest  # noqa: E402
-from trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
-from trt_core.profiles import Profile  # noqa: E402
+from sd_unet_trt.models.families import FAMILIES, TINY, ModelFamily  # noqa: E402
+from sd_unet_trt.models.unet import UNetModel  # noqa: E402
+from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
+from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
+from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -540,7 +540,7 @@ class Bench:
 
     def run_router(self, engine, variant: str, base: Footprint, direct_ms: float) -> None:
         try:
-            from trt_core.router import Router
+            from sd_unet_trt.trt_core.router import Router
         except ImportError as e:
             self.add_row({"name": f"router[{variant}]", "skipped": f"trt_core.router not importable: {e}"})
             return

@@ -6,7 +6,7 @@ from typing import Mapping
 
 import torch
 
-from models import unet as arch
+from sd_unet_trt.models import unet as arch
 
 UNET_PREFIX = "model.diffusion_model."
 

@@ -1,22 +1,28 @@
 """WebUI entry point: registers the callbacks and the always-visible script; the work is done in
 trt_unet_webui/ (WebUI glue) and trt_core/ (everything that does not need the WebUI)."""
+import importlib.util
+import logging
 import sys
 from pathlib import Path
 
-# The WebUI puts the extension's folder on sys.path only while it loads this file and restores the
-# old list afterwards, so the extension's top-level packages are imported now: their submodules
-# (imported lazily later) are then found through the packages themselves.
-_scripts_dir = str(Path(__file__).resolve().parent)
-if _scripts_dir not in sys.path:
-    sys.path.append(_scripts_dir)
+# The extension is imported under one package name, `sd_unet_trt`, loaded from its folder by path:
+# nothing is added to sys.path, so its `models`, `ui`, `scripts` and `trt_core` folders can never hide
+# another package's modules (BLIP's `models`, say).
+PACKAGE = "sd_unet_trt"
+_root = Path(__file__).resolve().parents[1]
+_loaded = sys.modules.get(PACKAGE)
+if _loaded is None:
+    _spec = importlib.util.spec_from_file_location(PACKAGE, _root / "__init__.py", submodule_search_locations=[str(_root)])
+    _loaded = importlib.util.module_from_spec(_spec)
+    sys.modules[PACKAGE] = _loaded
+    _spec.loader.exec_module(_loaded)
+elif Path(_loaded.__path__[0]).resolve() != _root:
+    logging.getLogger("sd_unet_trt").warning(
+        "TensorRT UNet: another copy of this extension is loaded from %s; %s is not used", _loaded.__path__[0], _root)
 
-import models  # noqa: E402,F401
-import trt_core  # noqa: E402,F401
-import trt_unet_webui  # noqa: E402,F401
-import ui  # noqa: E402,F401
 from modules import script_callbacks, scripts  # noqa: E402
 
-from trt_unet_webui import callbacks  # noqa: E402
+from sd_unet_trt.scripts.trt_unet_webui import callbacks  # noqa: E402
 
 
 class TrtUnetScript(scripts.Script):

@@ -4,10 +4,10 @@ import warnings
 import pytest
 import torch
 
-from models import unet as arch
-from models.families import family_named
-from trt_core.backends.onnxruntime import OnnxRuntimeBackend
-from trt_core.export import export_onnx
+from sd_unet_trt.models import unet as arch
+from sd_unet_trt.models.families import family_named
+from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from sd_unet_trt.trt_core.export import export_onnx
 
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
 # Two OpenMP threads on two shared cores can slow a tiny UNet call 40x when anything else runs.

@@ -7,7 +7,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "trt_core", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "sd_unet_trt", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -4,11 +4,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models import unet as arch
-from models.families import family_named
-from trt_core import export as export_mod
-from trt_core.backends.base import BuildCancelled, CancelToken
-from trt_core.export import DATA_NAME, ONNX_NAME, ExportError, export_onnx
+from sd_unet_trt.models import unet as arch
+from sd_unet_trt.models.families import family_named
+from sd_unet_trt.trt_core import export as export_mod
+from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
+from sd_unet_trt.trt_core.export import DATA_NAME, ONNX_NAME, ExportError, export_onnx
 
 TINY = family_named("tiny")
 

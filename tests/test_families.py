@@ -3,8 +3,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from models import unet as arch
-from models.families import (UNET_PREFIX, UnsupportedModelError, config_from_state_dict, detect_family,
+from sd_unet_trt.models import unet as arch
+from sd_unet_trt.models.families import (UNET_PREFIX, UnsupportedModelError, config_from_state_dict, detect_family,
                              detect_family_of_module, family_named)
 
 

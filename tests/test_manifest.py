@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trt_core.atomic import atomic_output, remove_stale_temps
-from trt_core.manifest import (INDEX_NAME, CheckpointId, EngineEntry, Manifest, ManifestError, engine_status)
-from trt_core.profiles import Profile
+from sd_unet_trt.trt_core.atomic import atomic_output, remove_stale_temps
+from sd_unet_trt.trt_core.manifest import (INDEX_NAME, CheckpointId, EngineEntry, Manifest, ManifestError, engine_status)
+from sd_unet_trt.trt_core.profiles import Profile
 
 PROFILE = Profile.static(1, 64, 64)
 CKPT = CheckpointId.of("ab" * 32, "tiny")
@@ -51,7 +51,7 @@ def test_corrupt_or_foreign_manifest_gives_a_clear_message_and_changes_nothing(t
     (tmp_path / INDEX_NAME).write_bytes(raw)
     with pytest.raises(ManifestError, match=words) as err:
         m.entries()
-    assert "python -m trt_core recover" in str(err.value)
+    assert "python -m sd_unet_trt recover" in str(err.value)
     with pytest.raises(ManifestError):
         m.add(make_entry(m, "b"))
     assert (tmp_path / INDEX_NAME).read_bytes() == raw
@@ -118,8 +118,7 @@ def test_two_writers_at_once_lose_nothing(tmp_path):
 def test_a_writer_killed_midway_leaves_no_entry_and_no_file(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
-        from trt_core.atomic import atomic_output
+        from sd_unet_trt.trt_core.atomic import atomic_output
         with atomic_output({str(tmp_path / 'engine.plan')!r}) as tmp:
             tmp.write_bytes(b"half an engine")
             os.kill(os.getpid(), signal.SIGKILL)

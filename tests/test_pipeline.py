@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.families import family_named
-from trt_core.atomic import DiskFullError
-from trt_core.backends.base import BuildCancelled, CancelToken
-from trt_core.backends.onnxruntime import OnnxRuntimeBackend
-from trt_core.catalog import catalog, router_for_checkpoint
-from trt_core.identity import checkpoint_of_module
-from trt_core.pipeline import BuildBusy, Workspace, build_engine
-from trt_core.profiles import Profile, Range
-from trt_core.verify import VerificationError
+from sd_unet_trt.models.families import family_named
+from sd_unet_trt.trt_core.atomic import DiskFullError
+from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
+from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
+from sd_unet_trt.trt_core.identity import checkpoint_of_module
+from sd_unet_trt.trt_core.pipeline import BuildBusy, Workspace, build_engine
+from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.verify import VerificationError
 
 TINY = family_named("tiny")
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 96), Range(64, 64, 96), Range(75, 75, 150))
@@ -114,14 +114,13 @@ def test_a_build_killed_midway_leaves_no_entry(built):
     before = [e.id for e in workspace.manifest().entries()]
     script = textwrap.dedent(f"""
         import os, signal, sys
-        sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
-        from models.families import family_named
-        from models.unet import seeded_unet, TINY
-        from trt_core.backends.onnxruntime import OnnxRuntimeBackend
-        from trt_core.identity import checkpoint_of_module
-        from trt_core.pipeline import Workspace, build_engine
-        from trt_core.profiles import Profile
+        from sd_unet_trt.models.families import family_named
+        from sd_unet_trt.models.unet import seeded_unet, TINY
+        from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+        from sd_unet_trt.trt_core.identity import checkpoint_of_module
+        from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+        from sd_unet_trt.trt_core.profiles import Profile
         unet = seeded_unet(TINY, seed=1)
         def die(phase, fraction):
             if phase.startswith("onnxruntime"):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from models.families import FAMILIES, family_named
-from trt_core.profiles import CallShape, Profile, ProfileError, Range, presets_for
+from sd_unet_trt.models.families import FAMILIES, family_named
+from sd_unet_trt.trt_core.profiles import CallShape, Profile, ProfileError, Range, presets_for
 
 TINY = family_named("tiny")
 SDXL = family_named("sdxl")

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from trt_core.profiles import Profile, Range
-from trt_core.router import EngineRecord, Router, split_rows
+from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.router import EngineRecord, Router, split_rows
 
 BASE = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))  # rows 1..4
 HIRES = Profile(Range(1, 1, 2), Range(136, 256, 256), Range(136, 256, 256), Range(75, 75, 150))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.families import TINY
+from sd_unet_trt.models.families import TINY
 from tests.trt_double import fake_tensorrt
 from tests.trt_double.bindings_names import WheelNames, attribute_names, bindings_wheel, double_surface, trt_chains
 from tests.trt_double.fixtures import backend, fake_trt, tiny_onnx, tiny_request, tiny_unet  # noqa: F401

@@ -8,16 +8,16 @@ import pytest
 
 from tests.trt_double.fixtures import (ADA_12GB, TINY_PROFILE, backend, backend_on, fake_trt, tiny_onnx,  # noqa: F401
                                        tiny_request, tiny_unet)
-from trt_core.backends.base import BuildCancelled, CancelToken
-from trt_core.backends.tensorrt import TensorRTBackend
-from trt_core.backends.tensorrt.builder import EngineBuildError
-from trt_core.backends.tensorrt.hardware import (GIB, MIB, GpuInfo, arch_tag, choose_precision, has_fast_fp16,
+from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
+from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
+from sd_unet_trt.trt_core.backends.tensorrt.builder import EngineBuildError
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import (GIB, MIB, GpuInfo, arch_tag, choose_precision, has_fast_fp16,
                                                  workspace_limit)
-from trt_core.backends.tensorrt.library import pip_requirement
-from trt_core.backends.tensorrt.plan_file import read_header
-from trt_core.backends.tensorrt.progress import PhaseTracker
-from trt_core.backends.tensorrt.timing_cache import cache_path
-from trt_core.profiles import Profile, ProfileError, Range
+from sd_unet_trt.trt_core.backends.tensorrt.library import pip_requirement
+from sd_unet_trt.trt_core.backends.tensorrt.plan_file import read_header
+from sd_unet_trt.trt_core.backends.tensorrt.progress import PhaseTracker
+from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import cache_path
+from sd_unet_trt.trt_core.profiles import Profile, ProfileError, Range
 
 
 def plan_of(path):
@@ -124,7 +124,7 @@ def test_timing_cache_is_reused_across_builds_and_kept_per_gpu_and_version(backe
 def test_timing_cache_lock_held_elsewhere_does_not_block_the_build(backend, tiny_onnx, tmp_path, monkeypatch):
     from filelock import FileLock
 
-    from trt_core.backends.tensorrt import timing_cache
+    from sd_unet_trt.trt_core.backends.tensorrt import timing_cache
 
     monkeypatch.setattr(timing_cache, "LOCK_TIMEOUT_S", 0.2)
     cache = cache_path(tmp_path / "timing-cache", "sm_89", "10.16.1.11")
@@ -167,7 +167,7 @@ def test_progress_reports_phases_and_cancel_stops_the_build(backend, tiny_onnx, 
 
 
 def test_bad_profiles_and_mismatched_onnx_fail_before_tensorrt_builds(backend, fake_trt, tiny_onnx):
-    from models.families import FAMILIES
+    from sd_unet_trt.models.families import FAMILIES
 
     inverted = Profile(Range(1, 1, 2), Range(128, 64, 64), Range(64, 64, 64), Range(75, 75, 75))
     with pytest.raises(ProfileError, match="min <= opt <= max"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trt_core.backends.tensorrt.library import pip_requirement
+from sd_unet_trt.trt_core.backends.tensorrt.library import pip_requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,14 +8,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models.families import TINY
+from sd_unet_trt.models.families import TINY
 from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, tiny_onnx,  # noqa: F401
                                        tiny_request, tiny_unet)
-from trt_core.backends.tensorrt.hardware import GpuInfo
-from trt_core.backends.tensorrt.plan_file import EngineFileError, StaleEngineError, read_header
-from trt_core.backends.tensorrt.runtime import EngineRunError, RefitError, TensorRTEngine
-from trt_core.export import sample_inputs
-from trt_core.profiles import Profile
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo
+from sd_unet_trt.trt_core.backends.tensorrt.plan_file import EngineFileError, StaleEngineError, read_header
+from sd_unet_trt.trt_core.backends.tensorrt.runtime import EngineRunError, RefitError, TensorRTEngine
+from sd_unet_trt.trt_core.export import sample_inputs
+from sd_unet_trt.trt_core.profiles import Profile
 
 
 @functools.lru_cache(maxsize=4)
@@ -180,6 +180,6 @@ def test_refit_of_an_engine_built_without_refit_is_refused(backend, tiny_onnx, t
 
 
 def test_engine_checks_its_io_against_the_family(backend, engine_file):
-    from models.families import FAMILIES
+    from sd_unet_trt.models.families import FAMILIES
     with pytest.raises(EngineFileError, match="other shapes"):
         backend.load(engine_file, "x", FAMILIES["sdxl"], TINY_PROFILE, device="cpu")

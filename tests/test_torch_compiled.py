@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.families import FAMILIES, TINY
-from models.unet import CrossAttention, seeded_unet
-from trt_core.backends import get_backend
-from trt_core.backends.base import BuildRequest
-from trt_core.backends.torch_compiled import (
+from sd_unet_trt.models.families import FAMILIES, TINY
+from sd_unet_trt.models.unet import CrossAttention, seeded_unet
+from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.backends.base import BuildRequest
+from sd_unet_trt.trt_core.backends.torch_compiled import (
     ARTIFACT,
     FORMAT,
     RECORD,
@@ -34,10 +34,10 @@ from trt_core.backends.torch_compiled import (
     fused_projections,
     read_metadata,
 )
-from trt_core.manifest import CheckpointId
-from trt_core.pipeline import Workspace, build_engine
-from trt_core.profiles import Profile, Range
-from trt_core.router import Router
+from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.router import Router
 
 PROFILE = Profile.static(1, 64, 64)  # rows 1-2: compiled for 2, one row is padded
 

@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from models.families import FAMILIES, TINY
-from trt_core.backends.base import Availability
-from trt_core.backends.onnxruntime import OnnxRuntimeBackend
-from trt_core.catalog import CatalogItem
-from trt_core.manifest import CheckpointId, EngineEntry, EngineStatus
-from trt_core.pipeline import Workspace
-from trt_core.profiles import Profile, Range, presets_for
-from ui.engines import engine_rows, which_engine
-from ui.estimate import estimate
-from ui.form import backend_choices, check_fields, preset_named, presets, profile_fields
+from sd_unet_trt.models.families import FAMILIES, TINY
+from sd_unet_trt.trt_core.backends.base import Availability
+from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from sd_unet_trt.trt_core.catalog import CatalogItem
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, EngineStatus
+from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.profiles import Profile, Range, presets_for
+from sd_unet_trt.ui.engines import engine_rows, which_engine
+from sd_unet_trt.ui.estimate import estimate
+from sd_unet_trt.ui.form import backend_choices, check_fields, preset_named, presets, profile_fields
 
 GOOD = [1, 1, 4, 512, 512, 768, 512, 512, 768, 75, 75, 150]
 

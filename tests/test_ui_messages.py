@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-import ui.tab
-from models.families import UnsupportedModelError
-from trt_core import jobs
-from ui.form import profile_fields
-from ui.source import ModelSource, NoModelLoaded, run_directly
-from ui.standalone import tiny_model, tiny_source
-from ui.tab import create_tab
+import sd_unet_trt.ui.tab as ui_tab
+from sd_unet_trt.models.families import UnsupportedModelError
+from sd_unet_trt.trt_core import jobs
+from sd_unet_trt.ui.form import profile_fields
+from sd_unet_trt.ui.source import ModelSource, NoModelLoaded, run_directly
+from sd_unet_trt.ui.standalone import tiny_model, tiny_source
+from sd_unet_trt.ui.tab import create_tab
 
 TINY_FIELDS = [1, 1, 2, 64, 64, 128, 64, 64, 128, 75, 75, 150]
 
@@ -76,7 +76,7 @@ def test_validation_messages_next_to_the_fields_and_on_export(tmp_path):
 
 def test_missing_backend(tmp_path):
     tab = create_tab(tiny_source(tmp_path, "cpu"))
-    installed = {b.name for b in ui.tab.backend_choices() if b.available}
+    installed = {b.name for b in ui_tab.backend_choices() if b.available}
     if "tensorrt" in installed:
         pytest.skip("TensorRT is installed on this machine")
     steps = run_export(tab, TINY_FIELDS, backend="tensorrt")
@@ -93,8 +93,8 @@ def test_a_profile_the_backend_cannot_build_is_refused_before_building(tmp_path)
 def test_disk_full_during_the_build(tmp_path, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "Unet-trt" / "x.ort.onnx"))
-    monkeypatch.setattr(ui.tab, "build_engine", full_disk)
-    monkeypatch.setattr(ui.tab, "POLL_S", 0.01)
+    monkeypatch.setattr(ui_tab, "build_engine", full_disk)
+    monkeypatch.setattr(ui_tab, "POLL_S", 0.01)
     tab = create_tab(tiny_source(tmp_path, "cpu"))
     steps = run_export(tab, TINY_FIELDS)
     progress, result = steps[-1][1], steps[-1][2]
@@ -115,6 +115,6 @@ def test_delete_needs_a_choice_and_confirmation(tmp_path):
 
 def test_preset_fills_the_fields(tmp_path):
     tab = create_tab(tiny_source(tmp_path, "cpu"))
-    presets = ui.tab.presets(tiny_model().family)
+    presets = ui_tab.presets(tiny_model().family)
     out = handler(tab, "trt_preset", "select")(presets[1].name, "onnxruntime", "fp32")
     assert out[:12] == profile_fields(presets[1].profile) and "Estimate" in out[16]

@@ -18,13 +18,13 @@ import torch
 from tests.webui_double import harness
 from tests.webui_double.harness import checkpoint, load, register_ort_engines, webui_unet
 from modules import errors, lowvram, processing, sd_unet, shared
-from models import unet as arch
-from models.families import TINY
-from trt_core.backends import get_backend
-from trt_core.catalog import engine_label
-from trt_core.manifest import CheckpointId
-from trt_core.pipeline import Workspace, build_engine
-from trt_core.profiles import Profile, Range
+from sd_unet_trt.models import unet as arch
+from sd_unet_trt.models.families import TINY
+from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.catalog import engine_label
+from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.profiles import Profile, Range
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32
@@ -207,7 +207,7 @@ def test_extra_unet_inputs_fall_back(webui):
     x, t, ctx = torch.randn(2, 4, 8, 8), torch.full((2,), 500.0), torch.randn(2, 77, 768)
     out = unet.forward(x, t, ctx, control=control)
     assert out.shape == x.shape
-    from trt_unet_webui import generation
+    from sd_unet_trt.scripts.trt_unet_webui import generation
     assert any("control" in reason for reason in generation.current().fallbacks)
 
 

@@ -5,12 +5,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Callable
 
-from models.families import UnsupportedModelError, family_named
-from trt_core.backends import REGISTRY, get_backend
-from trt_core.backends.base import Backend, BackendUnavailable, Engine
-from trt_core.manifest import EngineEntry, EngineStatus, engine_status
-from trt_core.pipeline import Workspace
-from trt_core.router import EngineRecord, Router
+from sd_unet_trt.models.families import UnsupportedModelError, family_named
+from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
+from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, Engine
+from sd_unet_trt.trt_core.manifest import EngineEntry, EngineStatus, engine_status
+from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.router import EngineRecord, Router
 
 
 @dataclass

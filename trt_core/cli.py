@@ -1,4 +1,4 @@
-"""Command line: `python -m trt_core demo | build | list | verify | remove | recover | ui`."""
+"""Command line: `python -m sd_unet_trt demo | build | list | verify | remove | recover | ui`."""
 from __future__ import annotations
 
 import argparse
@@ -12,18 +12,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from models.families import TINY, UnsupportedModelError, detect_family
-from models.unet import UNetModel, seeded_unet
-from trt_core.backends import all_backends, get_backend
-from trt_core.backends.base import BackendUnavailable, ProgressFn
-from trt_core.catalog import catalog, router_for_checkpoint
-from trt_core.export import sample_inputs
-from trt_core.identity import checkpoint_of_file, checkpoint_of_module
-from trt_core.manifest import ManifestError
-from trt_core.pipeline import Workspace, build_engine
-from trt_core.profiles import Profile, ProfileError, Range, presets_for
-from trt_core.sampling import sample_euler_cfg
-from trt_core.verify import VerificationError, compare
+from sd_unet_trt.models.families import TINY, UnsupportedModelError, detect_family
+from sd_unet_trt.models.unet import UNetModel, seeded_unet
+from sd_unet_trt.trt_core.backends import all_backends, get_backend
+from sd_unet_trt.trt_core.backends.base import BackendUnavailable, ProgressFn
+from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
+from sd_unet_trt.trt_core.export import sample_inputs
+from sd_unet_trt.trt_core.identity import checkpoint_of_file, checkpoint_of_module
+from sd_unet_trt.trt_core.manifest import ManifestError
+from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.profiles import Profile, ProfileError, Range, presets_for
+from sd_unet_trt.trt_core.sampling import sample_euler_cfg
+from sd_unet_trt.trt_core.verify import VerificationError, compare
 
 TINY_NAME = "tiny-builtin"
 
@@ -232,12 +232,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from ui.standalone import main as ui_main
+    from sd_unet_trt.ui.standalone import main as ui_main
     return ui_main(["--dir", args.dir, "--port", str(args.port)])
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trt_core", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m sd_unet_trt", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     default_device = "cuda" if torch.cuda.is_available() else "cpu"

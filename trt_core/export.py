@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from models.families import ModelFamily, config_from_state_dict, family_of_config
-from models.unet import UNetModel
-from trt_core.atomic import TEMP_MARK
-from trt_core.backends.base import CancelToken, ProgressFn, no_progress
+from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, family_of_config
+from sd_unet_trt.models.unet import UNetModel
+from sd_unet_trt.trt_core.atomic import TEMP_MARK
+from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
 
 OPSET = 17
 ONNX_NAME = "unet.onnx"

@@ -14,13 +14,13 @@ import math
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
-from models.families import ModelFamily
-from trt_core.backends import get_backend
-from trt_core.catalog import CatalogItem, router_for_checkpoint
-from trt_core.manifest import INDEX_NAME
-from trt_core.pipeline import Workspace
-from trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape
-from trt_core.router import Router
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.catalog import CatalogItem, router_for_checkpoint
+from sd_unet_trt.trt_core.manifest import INDEX_NAME
+from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape
+from sd_unet_trt.trt_core.router import Router
 
 INFOTEXT_KEY = "TensorRT"
 AUTOMATIC = "Automatic"

@@ -22,14 +22,14 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from models.families import UnsupportedModelError
-from trt_core.atomic import DiskFullError
-from trt_core.backends.base import BackendUnavailable, BuildCancelled, CancelToken, ProgressFn
-from trt_core.export import ExportError
-from trt_core.manifest import ManifestError
-from trt_core.pipeline import BuildBusy
-from trt_core.profiles import ProfileError
-from trt_core.verify import VerificationError
+from sd_unet_trt.models.families import UnsupportedModelError
+from sd_unet_trt.trt_core.atomic import DiskFullError
+from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled, CancelToken, ProgressFn
+from sd_unet_trt.trt_core.export import ExportError
+from sd_unet_trt.trt_core.manifest import ManifestError
+from sd_unet_trt.trt_core.pipeline import BuildBusy
+from sd_unet_trt.trt_core.profiles import ProfileError
+from sd_unet_trt.trt_core.verify import VerificationError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, Iterable
 
 from filelock import FileLock, Timeout
 
-from trt_core.atomic import atomic_write_text, remove_stale_temps
-from trt_core.profiles import Profile, ProfileError
+from sd_unet_trt.trt_core.atomic import atomic_write_text, remove_stale_temps
+from sd_unet_trt.trt_core.profiles import Profile, ProfileError
 
 SCHEMA = "sd-unet-engines"
 SCHEMA_VERSION = 1
@@ -116,7 +116,7 @@ class Manifest:
     def _read_index(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        recover = f"run `python -m trt_core recover --dir {self.dir}` to rebuild it from the engines' sidecar files"
+        recover = f"run `python -m sd_unet_trt recover --dir {self.dir}` to rebuild it from the engines' sidecar files"
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
-from models.families import ModelFamily
-from trt_core.atomic import atomic_output
-from trt_core.backends.base import Backend, BuildRequest, CancelToken, ProgressFn, no_progress
-from trt_core.backends.onnxruntime import OnnxRuntimeBackend
-from trt_core.export import ONNX_NAME, ExportResult, export_onnx, shadow_unet
-from trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
-from trt_core.profiles import Profile
-from trt_core.verify import Accuracy, compare, require
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.atomic import atomic_output
+from sd_unet_trt.trt_core.backends.base import Backend, BuildRequest, CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from sd_unet_trt.trt_core.export import ONNX_NAME, ExportResult, export_onnx, shadow_unet
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
+from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.verify import Accuracy, compare, require
 
 ONNX_DIR, ENGINE_DIR = "Unet-onnx", "Unet-trt"
 

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
-from models.families import ModelFamily
+from sd_unet_trt.models.families import ModelFamily
 
 TOKENS_PER_CHUNK = 75
 CONTEXT_PER_CHUNK = 77

@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from models.families import ModelFamily
-from trt_core.backends.base import Engine
-from trt_core.profiles import CallShape, Profile
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends.base import Engine
+from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ from typing import Callable
 
 import torch
 
-from models.families import ModelFamily
-from trt_core.export import sample_inputs
-from trt_core.profiles import Profile
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.export import sample_inputs
+from sd_unet_trt.trt_core.profiles import Profile
 
 # Norm-wise relative error ||out - ref|| / ||ref|| allowed per precision (METHOD.md's bands).
 TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2}

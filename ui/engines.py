@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from models.families import UnsupportedModelError, family_named
-from trt_core.catalog import CatalogItem
-from trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape, Range
-from trt_core.router import EngineRecord, Router
-from ui.estimate import human_bytes
+from sd_unet_trt.models.families import UnsupportedModelError, family_named
+from sd_unet_trt.trt_core.catalog import CatalogItem
+from sd_unet_trt.trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape, Range
+from sd_unet_trt.trt_core.router import EngineRecord, Router
+from sd_unet_trt.ui.estimate import human_bytes
 
 COLUMNS = ["Engine", "Checkpoint", "Width (px)", "Height (px)", "Batch", "Prompt tokens", "Backend",
            "Precision", "GPU", "Size", "Status"]

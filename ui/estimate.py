@@ -10,10 +10,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from models.families import ModelFamily
-from trt_core.manifest import CheckpointId, EngineEntry
-from trt_core.pipeline import Workspace, onnx_weights
-from trt_core.profiles import Profile
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry
+from sd_unet_trt.trt_core.pipeline import Workspace, onnx_weights
+from sd_unet_trt.trt_core.profiles import Profile
 
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 # Peak activation bytes per latent pixel per row, in units of model_channels x element size:

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from models.families import ModelFamily
-from trt_core.backends import all_backends
-from trt_core.backends.base import Backend
-from trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends import all_backends
+from sd_unet_trt.trt_core.backends.base import Backend
+from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for
 
 # (field, label, unit) in the order the editor shows them; each has min / opt / max.
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),

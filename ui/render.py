@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from html import escape
 
-from trt_core.jobs import CANCELLED, DONE, FAILED, JobStatus
-from trt_core.pipeline import Workspace
-from ui.estimate import Estimate, human_bytes, human_seconds
+from sd_unet_trt.trt_core.jobs import CANCELLED, DONE, FAILED, JobStatus
+from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.ui.estimate import Estimate, human_bytes, human_seconds
 
 COLORS = {"running": "#2563eb", DONE: "#16a34a", FAILED: "#dc2626", CANCELLED: "#6b7280"}
 

@@ -6,9 +6,9 @@ from typing import Callable, TypeVar
 
 import torch
 
-from models.families import ModelFamily
-from trt_core.manifest import CheckpointId
-from trt_core.pipeline import Workspace
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.pipeline import Workspace
 
 T = TypeVar("T")
 

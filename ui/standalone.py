@@ -1,6 +1,6 @@
 """The tab on its own, without the WebUI: the built-in tiny model, a folder of your choice, 127.0.0.1.
 
-    python -m ui.standalone --dir ./artifacts --port 7861      (or: python -m trt_core ui ...)
+    python -m sd_unet_trt.ui.standalone --dir ./artifacts --port 7861      (or: python -m sd_unet_trt ui ...)
 """
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from models.families import TINY
-from models.unet import seeded_unet
-from trt_core.identity import checkpoint_of_module
-from trt_core.pipeline import Workspace
-from ui.source import LoadedModel, ModelSource
+from sd_unet_trt.models.families import TINY
+from sd_unet_trt.models.unet import seeded_unet
+from sd_unet_trt.trt_core.identity import checkpoint_of_module
+from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.ui.source import LoadedModel, ModelSource
 
 TINY_NAME = "tiny-builtin"
 
@@ -37,7 +37,7 @@ def tiny_source(root: Path, device: str) -> ModelSource:
 
 
 def launch(root: Path, port: int, device: str, block: bool = True):
-    from ui.tab import create_tab
+    from sd_unet_trt.ui.tab import create_tab
 
     root.mkdir(parents=True, exist_ok=True)
     demo = create_tab(tiny_source(root, device))
@@ -49,7 +49,7 @@ def launch(root: Path, port: int, device: str, block: bool = True):
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ui.standalone", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m sd_unet_trt.ui.standalone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dir", default="./artifacts", help="folder holding Unet-onnx/ and Unet-trt/")
     p.add_argument("--port", type=int, default=7861)

@@ -14,17 +14,17 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from trt_core import jobs
-from trt_core.backends import get_backend
-from trt_core.catalog import CatalogItem, catalog
-from trt_core.jobs import user_message
-from trt_core.pipeline import build_engine
-from ui.engines import engine_rows, which_engine, COLUMNS
-from ui.estimate import estimate, human_bytes
-from ui.form import (DIMENSIONS, PRECISIONS, FormCheck, backend_choices, check_fields, default_precision,
+from sd_unet_trt.trt_core import jobs
+from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.catalog import CatalogItem, catalog
+from sd_unet_trt.trt_core.jobs import user_message
+from sd_unet_trt.trt_core.pipeline import build_engine
+from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
+from sd_unet_trt.ui.estimate import estimate, human_bytes
+from sd_unet_trt.ui.form import (DIMENSIONS, PRECISIONS, FormCheck, backend_choices, check_fields, default_precision,
                      preset_named, presets, profile_fields)
-from ui.render import estimate_panel, field_message, message, progress_bar, result_panel
-from ui.source import LoadedModel, ModelSource, NoModelLoaded
+from sd_unet_trt.ui.render import estimate_panel, field_message, message, progress_bar, result_panel
+from sd_unet_trt.ui.source import LoadedModel, ModelSource, NoModelLoaded
 
 log = logging.getLogger(__name__)
 POLL_S = 0.3  # how often the progress bar is redrawn while a build runs

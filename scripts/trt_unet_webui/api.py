@@ -8,17 +8,17 @@ from fastapi import Body, FastAPI, HTTPException
 
 from modules import sd_unet
 
-from models.families import UnsupportedModelError
-from trt_core import jobs
-from trt_core.backends import get_backend
-from trt_core.backends.base import BackendUnavailable
-from trt_core.catalog import catalog
-from trt_core.catalog import engine_label
-from trt_core.manifest import ManifestError
-from trt_core.pipeline import build_engine
-from trt_core.profiles import Profile, ProfileError, presets_for
-from trt_unet_webui.source import current_model, model_source, run_exclusive
-from ui.source import NoModelLoaded
+from sd_unet_trt.models.families import UnsupportedModelError
+from sd_unet_trt.trt_core import jobs
+from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.backends.base import BackendUnavailable
+from sd_unet_trt.trt_core.catalog import catalog
+from sd_unet_trt.trt_core.catalog import engine_label
+from sd_unet_trt.trt_core.manifest import ManifestError
+from sd_unet_trt.trt_core.pipeline import build_engine
+from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for
+from sd_unet_trt.scripts.trt_unet_webui.source import current_model, model_source, run_exclusive
+from sd_unet_trt.ui.source import NoModelLoaded
 
 log = logging.getLogger("sd_unet_trt")
 PREFIX = "/trt-unet/v1"

@@ -7,9 +7,9 @@ import logging
 
 from modules import sd_unet
 
-from trt_core.hook_policy import INFOTEXT_KEY
-from trt_unet_webui import generation, precheck, settings, unets
-from trt_unet_webui.hook import TrtUnet
+from sd_unet_trt.trt_core.hook_policy import INFOTEXT_KEY
+from sd_unet_trt.scripts.trt_unet_webui import generation, precheck, settings, unets
+from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnet
 
 log = logging.getLogger("sd_unet_trt")
 
@@ -34,8 +34,8 @@ def list_unets(options: list) -> None:
 
 @guarded("creating the TensorRT tab")
 def ui_tabs():
-    from trt_unet_webui.source import model_source
-    from ui.tab import create_tab
+    from sd_unet_trt.scripts.trt_unet_webui.source import model_source
+    from sd_unet_trt.ui.tab import create_tab
     return [(create_tab(model_source()), "TensorRT", "sd_unet_trt")]
 
 
@@ -46,7 +46,7 @@ def ui_settings() -> None:
 
 @guarded("registering API routes")
 def app_started(demo, app) -> None:
-    from trt_unet_webui import api
+    from sd_unet_trt.scripts.trt_unet_webui import api
     api.register(app)
 
 

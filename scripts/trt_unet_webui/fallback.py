@@ -16,8 +16,8 @@ import torch
 
 from modules import devices, sd_hijack, shared
 
-from trt_core.hook_policy import EVICT_THEN_KEEP, PER_CALL, fallback_residency
-from trt_core.router import Router
+from sd_unet_trt.trt_core.hook_policy import EVICT_THEN_KEEP, PER_CALL, fallback_residency
+from sd_unet_trt.trt_core.router import Router
 
 log = logging.getLogger("sd_unet_trt")
 LOWVRAM_HOOKED = ("input_blocks", "middle_block", "output_blocks", "time_embed")

@@ -2,7 +2,7 @@
 process() (before the WebUI applies the UNet option), ended by its postprocess()."""
 from __future__ import annotations
 
-from trt_core.hook_policy import GenerationReport
+from sd_unet_trt.trt_core.hook_policy import GenerationReport
 
 _report = GenerationReport()
 _end_hooks: list = []  # called when a generation ends (release fallback weights)

@@ -13,11 +13,11 @@ import torch
 
 from modules import devices, sd_unet, shared
 
-from trt_core.hook_policy import engines_router, manifest_signature, short_reason, suggestion
-from trt_core.profiles import CallShape
-from trt_unet_webui import generation, settings
-from trt_unet_webui.fallback import FallbackPlacement, restore_builtin
-from trt_unet_webui.workspace import workspace
+from sd_unet_trt.trt_core.hook_policy import engines_router, manifest_signature, short_reason, suggestion
+from sd_unet_trt.trt_core.profiles import CallShape
+from sd_unet_trt.scripts.trt_unet_webui import generation, settings
+from sd_unet_trt.scripts.trt_unet_webui.fallback import FallbackPlacement, restore_builtin
+from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
 
 log = logging.getLogger("sd_unet_trt")
 

@@ -5,9 +5,9 @@ import logging
 
 from modules import devices, prompt_parser, sd_hijack, sd_unet, shared
 
-from trt_core.hook_policy import GenerationPlan, engines_router, expected_calls, precheck_message, uncovered_calls
-from trt_unet_webui.hook import TrtUnetOption
-from trt_unet_webui.workspace import workspace
+from sd_unet_trt.trt_core.hook_policy import GenerationPlan, engines_router, expected_calls, precheck_message, uncovered_calls
+from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnetOption
+from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
 
 log = logging.getLogger("sd_unet_trt")
 

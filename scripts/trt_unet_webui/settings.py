@@ -6,8 +6,8 @@ import gradio as gr
 
 from modules import shared
 
-from trt_core.backends import REGISTRY
-from trt_core.hook_policy import AUTOMATIC
+from sd_unet_trt.trt_core.backends import REGISTRY
+from sd_unet_trt.trt_core.hook_policy import AUTOMATIC
 
 SECTION = ("sd_unet_trt", "TensorRT UNet")
 BACKEND, VRAM_BUDGET_MB, CUDA_GRAPHS, FALLBACK = ("trt_unet_backend", "trt_unet_vram_budget_mb",

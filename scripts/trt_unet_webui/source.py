@@ -5,10 +5,10 @@ from typing import Callable, TypeVar
 
 from modules import call_queue, devices, sd_models
 
-from models.families import UnsupportedModelError, detect_family_of_module
-from trt_core.manifest import CheckpointId
-from trt_unet_webui.workspace import workspace
-from ui.source import LoadedModel, ModelSource, NoModelLoaded
+from sd_unet_trt.models.families import UnsupportedModelError, detect_family_of_module
+from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
+from sd_unet_trt.ui.source import LoadedModel, ModelSource, NoModelLoaded
 
 T = TypeVar("T")
 

@@ -9,10 +9,10 @@ import logging
 
 from modules import devices, sd_models, sd_unet
 
-from trt_core.catalog import catalog
-from trt_core.hook_policy import manifest_signature
-from trt_unet_webui.hook import TrtUnetOption
-from trt_unet_webui.workspace import workspace
+from sd_unet_trt.trt_core.catalog import catalog
+from sd_unet_trt.trt_core.hook_policy import manifest_signature
+from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnetOption
+from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
 
 log = logging.getLogger("sd_unet_trt")
 LABEL = "[TRT] {}"

@@ -36,7 +36,7 @@ def server(tmp_path):
     """The standalone tab in its own process, on 127.0.0.1, over a fresh folder."""
     port, root = free_port(), tmp_path / "models"
     log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ui.standalone", "--dir", str(root), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "sd_unet_trt.ui.standalone", "--dir", str(root), "--port", str(port),
                              "--device", "cpu"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
 

@@ -19,8 +19,8 @@ sys.path[:0] = [str(webui / "repositories" / "stable-diffusion-stability-ai"),
 from ldm.modules.diffusionmodules import openaimodel as ldm_openaimodel  # noqa: E402
 from sgm.modules.diffusionmodules import openaimodel as sgm_openaimodel  # noqa: E402
 
-from models.families import detect_family  # noqa: E402
-from models.unet import UNetModel, randomize_  # noqa: E402
+from sd_unet_trt.models.families import detect_family  # noqa: E402
+from sd_unet_trt.models.unet import UNetModel, randomize_  # noqa: E402
 
 
 class CatLikeTheWebUI:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from models.families import TINY
-from models.unet import seeded_unet
+from sd_unet_trt.models.families import TINY
+from sd_unet_trt.models.unet import seeded_unet
 from tests.trt_double import fake_tensorrt
-from trt_core.backends.base import BuildRequest
-from trt_core.backends.tensorrt import TensorRTBackend
-from trt_core.backends.tensorrt.hardware import GIB, GpuInfo
-from trt_core.export import export_onnx
-from trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.backends.base import BuildRequest
+from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import GIB, GpuInfo
+from sd_unet_trt.trt_core.export import export_onnx
+from sd_unet_trt.trt_core.profiles import Profile, Range
 
 ADA_12GB = GpuInfo(True, (8, 9), 10 * GIB, 12 * GIB)
 TINY_PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))

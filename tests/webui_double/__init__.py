@@ -22,10 +22,10 @@ ROOT = HERE.parents[1]
 
 
 def install() -> None:
-    """Make `import modules.*` find this double, and the extension importable like the WebUI does."""
-    for path in (str(HERE), str(ROOT), str(ROOT / "scripts")):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    """Make `import modules.*` find this double (the extension itself is imported as `sd_unet_trt`,
+    like scripts/trt_unet.py loads it in the WebUI)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
     loaded = sys.modules.get("modules")
     if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(str(HERE)):
         raise RuntimeError(f"another `modules` package is imported: {loaded!r}")

@@ -12,14 +12,14 @@ from tests.webui_double import ROOT, install
 
 install()
 
-from models.families import family_named  # noqa: E402
+from sd_unet_trt.models.families import family_named  # noqa: E402
 from modules import (devices, errors, hashes, lowvram, paths_internal, processing, script_callbacks, scripts,  # noqa: E402
                      sd_hijack, sd_models, sd_unet, shared)
-from trt_core.backends.base import BuildRequest  # noqa: E402
-from trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
-from trt_core.manifest import CheckpointId, EngineEntry, engine_id  # noqa: E402
-from trt_core.pipeline import Workspace  # noqa: E402
-from trt_core.profiles import Profile  # noqa: E402
+from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
+from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, engine_id  # noqa: E402
+from sd_unet_trt.trt_core.pipeline import Workspace  # noqa: E402
+from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "trt_unet.py"
 

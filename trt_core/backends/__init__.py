@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import importlib
 
-from trt_core.backends.base import Backend, BackendUnavailable
+from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable
 
 # name -> "module:class"; TensorRT first, it is the product's primary backend.
 REGISTRY = {
-    "tensorrt": "trt_core.backends.tensorrt:TensorRTBackend",
-    "torch": "trt_core.backends.torch_compiled:TorchCompiledBackend",
-    "onnxruntime": "trt_core.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "sd_unet_trt.trt_core.backends.tensorrt:TensorRTBackend",
+    "torch": "sd_unet_trt.trt_core.backends.torch_compiled:TorchCompiledBackend",
+    "onnxruntime": "sd_unet_trt.trt_core.backends.onnxruntime:OnnxRuntimeBackend",
 }
 
 

@@ -14,8 +14,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from models.families import ModelFamily
-from trt_core.profiles import Profile
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.profiles import Profile
 
 # progress(phase, fraction of the whole job in [0, 1])
 ProgressFn = Callable[[str, float], None]

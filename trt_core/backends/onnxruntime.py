@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.families import ModelFamily
-from trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
                                     ProgressFn, no_progress)
-from trt_core.profiles import Profile
+from sd_unet_trt.trt_core.profiles import Profile
 
 ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16}

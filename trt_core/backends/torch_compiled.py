@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from models.families import ModelFamily
-from models.unet import CrossAttention
-from trt_core.atomic import TEMP_MARK
-from trt_core.backends.base import (
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.models.unet import CrossAttention
+from sd_unet_trt.trt_core.atomic import TEMP_MARK
+from sd_unet_trt.trt_core.backends.base import (
     Availability,
     Backend,
     BuildOutcome,
@@ -60,7 +60,7 @@ from trt_core.backends.base import (
     ProgressFn,
     no_progress,
 )
-from trt_core.profiles import CallShape, Profile
+from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 FORMAT = "sd-unet-torch-inductor/2"
 RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.bin"

@@ -6,7 +6,7 @@ The ldm/sgm classes are stand-ins built on models.unet.UNetModel (same state-dic
 ldm/sgm forward signature `forward(self, x, timesteps=None, context=None, y=None, **kwargs)` and
 the ldm/sgm module names, which the extension uses to pick the original forward.
 """
-from models.unet import UNetModel as _OurUNet
+from sd_unet_trt.models.unet import UNetModel as _OurUNet
 from modules import sd_unet
 
 # stand-ins for ldm/sgm's UNetModel and the CLIP tokenizer (not modules of the WebUI)

@@ -7,18 +7,18 @@ from typing import Callable
 
 import torch
 
-from models.families import ModelFamily
-from trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
                                     no_progress)
-from trt_core.backends.tensorrt import plan_file
-from trt_core.backends.tensorrt.builder import DEFAULT_OPTIMIZATION_LEVEL, BuildSettings, build_plan, onnx_weight_bytes
-from trt_core.backends.tensorrt.hardware import GpuInfo, arch_tag, choose_precision, probe_gpu, workspace_limit
-from trt_core.backends.tensorrt.library import import_tensorrt, unavailable_reason
-from trt_core.backends.tensorrt.logger import make_logger
-from trt_core.backends.tensorrt.plan_file import EngineFileError, PlanHeader, StaleEngineError
-from trt_core.backends.tensorrt.runtime import ActivationMemory, TensorRTEngine
-from trt_core.backends.tensorrt.timing_cache import TimingCache
-from trt_core.profiles import Profile
+from sd_unet_trt.trt_core.backends.tensorrt import plan_file
+from sd_unet_trt.trt_core.backends.tensorrt.builder import DEFAULT_OPTIMIZATION_LEVEL, BuildSettings, build_plan, onnx_weight_bytes
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo, arch_tag, choose_precision, probe_gpu, workspace_limit
+from sd_unet_trt.trt_core.backends.tensorrt.library import import_tensorrt, unavailable_reason
+from sd_unet_trt.trt_core.backends.tensorrt.logger import make_logger
+from sd_unet_trt.trt_core.backends.tensorrt.plan_file import EngineFileError, PlanHeader, StaleEngineError
+from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, TensorRTEngine
+from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
+from sd_unet_trt.trt_core.profiles import Profile
 
 HEADER_PEEK = 64 * 1024
 

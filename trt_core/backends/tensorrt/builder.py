@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from trt_core.backends.base import BuildCancelled, BuildRequest, CancelToken, ProgressFn
-from trt_core.backends.tensorrt.progress import make_progress_monitor
-from trt_core.backends.tensorrt.timing_cache import TimingCache
+from sd_unet_trt.trt_core.backends.base import BuildCancelled, BuildRequest, CancelToken, ProgressFn
+from sd_unet_trt.trt_core.backends.tensorrt.progress import make_progress_monitor
+from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's default; 4-5 search longer for a few percent
 

@@ -18,9 +18,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from models.families import ModelFamily
-from trt_core.backends.base import Engine
-from trt_core.profiles import Profile
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends.base import Engine
+from sd_unet_trt.trt_core.profiles import Profile
 
 MAX_SHAPES = 8  # bound buffers kept per engine; older shapes are dropped first
 TORCH_DTYPES = {"FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16,

@@ -12,7 +12,7 @@ from types import ModuleType
 
 from filelock import FileLock, Timeout
 
-from trt_core.atomic import atomic_write_bytes
+from sd_unet_trt.trt_core.atomic import atomic_write_bytes
 
 LOCK_TIMEOUT_S = 30
 log = logging.getLogger(__name__)

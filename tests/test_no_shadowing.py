@@ -1,0 +1,88 @@
+"""Nothing the extension adds may hide another package's module: its folders are imported only as
+subpackages of `sd_unet_trt`, and loading it into the WebUI leaves sys.path as it was."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUR_FOLDERS = ("models", "trt_core", "ui", "scripts", "trt_unet_webui")
+
+
+def imported_names(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.append(node.module)
+    return names
+
+
+def test_no_module_imports_our_folders_as_top_level_packages():
+    offenders = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if ".git" in path.parts or "webui_double" in path.parts:
+            continue
+        for name in imported_names(path):
+            if name.split(".")[0] in OUR_FOLDERS:
+                offenders.append(f"{path.relative_to(ROOT)}: import {name}")
+    assert not offenders, "imports that would shadow or be shadowed:\n" + "\n".join(offenders)
+
+
+def test_loading_the_extension_keeps_blips_models_package_and_sys_path(tmp_path):
+    """As in the WebUI: BLIP's repository (with its top-level `models` package) is on sys.path and
+    scripts/trt_unet.py is executed by file path; afterwards `models.blip` is still BLIP's, sys.path has
+    none of our folders and no folder of ours is a top-level module."""
+    blip = tmp_path / "BLIP"
+    (blip / "models").mkdir(parents=True)
+    (blip / "models" / "__init__.py").write_text("")
+    (blip / "models" / "blip.py").write_text("WHO = 'BLIP'\n")
+    double = ROOT / "tests" / "webui_double"
+    script = textwrap.dedent(f"""
+        import importlib.util, sys
+        sys.path[:0] = [{str(double)!r}, {str(blip)!r}]
+        before = list(sys.path)
+        spec = importlib.util.spec_from_file_location("trt_unet.py", {str(ROOT / 'scripts' / 'trt_unet.py')!r})
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        import models.blip
+        assert models.blip.WHO == "BLIP", models.blip.__file__
+        added = [p for p in sys.path if p not in before]  # libraries may add their own (setuptools' _vendor)
+        assert not [p for p in added if p.startswith({str(ROOT)!r})], added
+        assert all(p in sys.path for p in before)
+        ours = [name for name in {OUR_FOLDERS!r} if name in sys.modules and name != "models"]
+        assert not ours, ours
+        import sd_unet_trt
+        assert list(sd_unet_trt.__path__) == [{str(ROOT)!r}], sd_unet_trt.__path__
+        assert "sd_unet_trt.scripts.trt_unet_webui.callbacks" in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_the_command_line_runs_from_a_copy_that_is_not_installed(tmp_path):
+    """The WebUI's copy of the extension is not pip-installed: `python <folder>/__main__.py` loads the
+    package by path, and the folder itself does not become an import root."""
+    script = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = [{str(ROOT / '__main__.py')!r}, "--help"]
+        sys.path.insert(0, {str(ROOT)!r})  # what Python does for a script: its own folder first
+        sys.meta_path = [f for f in sys.meta_path if "editable" not in type(f).__module__.lower()]
+        try:
+            runpy.run_path(sys.argv[0], run_name="__main__")
+        except SystemExit as e:
+            assert e.code in (0, None), e.code
+        assert {str(ROOT)!r} not in sys.path
+        assert "trt_core" not in sys.modules and "models" not in sys.modules
+        import sd_unet_trt
+        assert list(sd_unet_trt.__path__) == [{str(ROOT)!r}]
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
