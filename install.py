@@ -1,24 +1,42 @@
 """WebUI installer hook (also runs standalone: `python install.py`).
 
-Installs what the extension needs into the running Python (`sys.executable -m pip`, never a bare
-`python`), skipping whatever is present: the ONNX tools, and the TensorRT 10 wheel that matches the
-CUDA major version of the installed torch. When the GPU, the driver or torch cannot run TensorRT it
-prints one line saying so and installs nothing for it. Every child process has a timeout and every
-failure is one printed line: the WebUI's start-up never crashes or hangs here.
+It never changes a package the WebUI's Python already has. pip is run through this Python
+(`sys.executable -m pip`) with a constraints file that pins every installed distribution at its
+installed version, wheels only; what pip plans is read from its dry-run report first, and a plan
+that would change an installed package, or that no version can satisfy, installs nothing and
+prints one line saying what the extension does without that part. Running it again changes
+nothing. Every child process has a timeout: the WebUI's start-up never crashes or hangs here.
+
+What goes where:
+- ONNX Runtime and TensorRT run inside the WebUI, so they go into its environment, in versions
+  that work with its pins (numpy 1.26, protobuf 3.20 in WebUI v1.10).
+- The export tools (onnx, onnx-graphsurgeon) need a newer protobuf than the WebUI pins. They are
+  only used by the export, which runs in a child process (the checkpoint file's UNet -> ONNX), so
+  they go into a folder of their own, `.export-tools/<python>-<platform>/`, that only that child
+  process puts on its path. The WebUI process never imports them.
 """
 from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+EXPORT_TOOLS_DIR = HERE / ".export-tools"
+EXPORT_TOOLS_RECORD = "installed.json"
 TENSORRT_MAJOR = 10
 PIP_TIMEOUT_S = 1800  # the TensorRT libraries are a large download
 PROBE_TIMEOUT_S = 180
-BASE_REQUIREMENTS = [("onnx", "onnx>=1.14"), ("onnx_graphsurgeon", "onnx-graphsurgeon>=0.5"),
-                     ("onnxruntime", "onnxruntime>=1.16")]
+MIN_CAPABILITY = (7, 5)
 # Runs in a child process: a broken driver can hang CUDA initialisation, and that must not hang us.
 TORCH_PROBE = """
 import json, torch
@@ -28,19 +46,40 @@ if ok:
     cap = list(torch.cuda.get_device_capability(0))
 print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": ok, "capability": cap}))
 """
-MIN_CAPABILITY = (7, 5)
 
 
 def say(message: str) -> None:
     print(f"[sd-unet-trt] {message}", flush=True)
 
 
-def tensorrt_requirement(cuda_version: str | None) -> str | None:
-    """tensorrt-cu12 for a CUDA 12 torch, tensorrt-cu13 for CUDA 13; None for anything else."""
-    major = (cuda_version or "").split(".")[0]
-    if major not in ("12", "13"):
-        return None
-    return f"tensorrt-cu{major}>={TENSORRT_MAJOR}.0,<{TENSORRT_MAJOR + 1}"
+@dataclass
+class Part:
+    """Packages installed together or not at all."""
+    title: str
+    requirements: list[str]
+    modules: list[str]  # what must import afterwards
+    without: str  # what the extension does when this part is missing
+    free: list[str] = field(default_factory=list)  # installed packages this part may shadow in its own folder
+
+
+ONNX_RUNTIME = Part("ONNX Runtime", ["onnxruntime>=1.16"], ["onnxruntime"],
+                    "engine builds cannot be checked and the onnxruntime backend is unavailable")
+EXPORT_TOOLS = Part("export tools (onnx, onnx-graphsurgeon)", ["onnx>=1.14", "onnx-graphsurgeon>=0.5"],
+                    ["onnx", "onnx_graphsurgeon"], "checkpoints cannot be exported to ONNX (engines already built still work)",
+                    free=["protobuf"])
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_versions() -> dict[str, str]:
+    out = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out.setdefault(canonical(name), dist.version)
+    return out
 
 
 def install_skipped() -> bool:
@@ -51,11 +90,158 @@ def install_skipped() -> bool:
     return bool(getattr(getattr(launch, "args", None), "skip_install", False))
 
 
-def module_present(name: str) -> bool:
+def run(command: list[str], timeout: float, env: dict | None = None) -> tuple[bool, str]:
     try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {int(timeout)} s"
+    except OSError as e:
+        return False, str(e)
+    output = (result.stdout if result.returncode == 0 else result.stderr or result.stdout).strip()
+    return result.returncode == 0, output
+
+
+def last_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.strip() and not line.startswith("WARNING: Location")]
+    errors = [line for line in lines if line.startswith("ERROR:")]
+    return (errors or lines or ["no output"])[-1].strip()
+
+
+def modules_import(modules: list[str], extra_path: Path | None = None) -> tuple[bool, str]:
+    """Whether the modules import in a fresh child process (with `extra_path` first on its path)."""
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), *filter(None, [env.get("PYTHONPATH")])])
+    code = "; ".join(f"import {m}" for m in modules)
+    return run([sys.executable, "-c", code], PROBE_TIMEOUT_S, env)
+
+
+def write_constraints(installed: dict[str, str], free: list[str]) -> Path:
+    """Every installed distribution pinned at its version, but the ones a part may shadow."""
+    free = {canonical(n) for n in free}
+    handle, path = tempfile.mkstemp(prefix="sd-unet-trt-constraints-", suffix=".txt")
+    with os.fdopen(handle, "w") as f:
+        f.writelines(f"{name}=={version}\n" for name, version in sorted(installed.items()) if name not in free)
+    return Path(path)
+
+
+@dataclass
+class Plan:
+    packages: list[tuple[str, str]]  # (canonical name, version) pip would install
+    problem: str = ""  # why nothing may be installed
+
+
+def plan(requirements: list[str], installed: dict[str, str], free: list[str], ignore_installed: bool) -> Plan:
+    """What pip would install for `requirements` under the constraints, from its dry-run report."""
+    constraints = write_constraints(installed, free)
+    try:
+        command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
+                   "--only-binary=:all:", "--constraint", str(constraints), *requirements]
+        if ignore_installed:
+            command.insert(5, "--ignore-installed")
+        ok, output = run(command, PIP_TIMEOUT_S)
+    finally:
+        constraints.unlink(missing_ok=True)
+    if not ok:
+        if "no such option" in output:
+            return Plan([], "this pip is too old to plan an install (22.2 or newer needed: python -m pip install -U pip)")
+        return Plan([], f"no versions fit the installed packages ({last_line(output)})")
+    try:
+        report = json.loads(output[output.index("{"):])
+        packages = [(canonical(item["metadata"]["name"]), item["metadata"]["version"]) for item in report["install"]]
+    except (ValueError, KeyError, TypeError) as e:
+        return Plan([], f"could not read pip's plan ({type(e).__name__}: {e})")
+    free_names = {canonical(n) for n in free}
+    changes = [f"{name} {installed[name]} -> {version}" for name, version in packages
+               if name in installed and installed[name] != version and name not in free_names]
+    if changes:
+        return Plan([], "it would change installed packages: " + ", ".join(changes))
+    return Plan(packages)
+
+
+def pip_install(packages: list[tuple[str, str]], target: Path | None = None) -> tuple[bool, str]:
+    """Exactly the planned versions, nothing resolved again."""
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:",
+               *[f"{name}=={version}" for name, version in packages]]
+    if target is not None:
+        command += ["--target", str(target)]
+    ok, output = run(command, PIP_TIMEOUT_S)
+    return ok, "" if ok else last_line(output)
+
+
+def install_into_environment(part: Part) -> None:
+    """A part the WebUI process imports: into this environment, changing nothing installed."""
+    if all(importlib.util.find_spec(m) is not None for m in part.modules):
+        return
+    installed = installed_versions()
+    planned = plan(part.requirements, installed, [], ignore_installed=False)
+    if planned.problem:
+        say(f"{part.title} not installed: {planned.problem}; {part.without}")
+        return
+    say(f"installing {part.title}: " + ", ".join(f"{n}=={v}" for n, v in planned.packages))
+    ok, error = pip_install(planned.packages)
+    after = installed_versions()
+    changed = [f"{n} {v} -> {after.get(n)}" for n, v in installed.items() if after.get(n) != v]
+    if changed:
+        say(f"warning: installing {part.title} changed " + ", ".join(changed))
+    if not ok:
+        say(f"{part.title} not installed: {error}; {part.without}")
+
+
+def export_tools_folder() -> Path:
+    return EXPORT_TOOLS_DIR / f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
+
+
+def export_tools_current(folder: Path, installed: dict[str, str]) -> bool:
+    """Whether the folder was installed against the environment as it is now."""
+    try:
+        record = json.loads((folder / EXPORT_TOOLS_RECORD).read_text())
+        return record["python"] == sys.version and all(installed.get(n) == v for n, v in record["environment"].items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def install_export_tools(part: Part = EXPORT_TOOLS) -> None:
+    """The export tools in a folder of their own, next to (never over) this environment's packages:
+    only what the environment lacks or pins too old for them goes there."""
+    if modules_import(part.modules)[0]:
+        return  # this environment has them already (a standalone install)
+    folder = export_tools_folder()
+    installed = installed_versions()
+    if export_tools_current(folder, installed):
+        return
+    planned = plan(part.requirements, installed, part.free, ignore_installed=True)
+    if planned.problem:
+        say(f"{part.title} not installed: {planned.problem}; {part.without}")
+        return
+    own = [(n, v) for n, v in planned.packages if installed.get(n) != v]
+    shared = {n: v for n, v in planned.packages if installed.get(n) == v}
+    say(f"installing {part.title} into {folder.relative_to(HERE)}: " + ", ".join(f"{n}=={v}" for n, v in own))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".partial-{folder.name}-", dir=folder.parent))
+    try:
+        ok, error = pip_install(own, staging)
+        if ok:
+            ok, error = modules_import(part.modules, staging)
+            error = last_line(error) if not ok else ""
+        if not ok:
+            say(f"{part.title} not installed: {error}; {part.without}")
+            return
+        (staging / EXPORT_TOOLS_RECORD).write_text(json.dumps(
+            {"python": sys.version, "packages": dict(own), "environment": shared}, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def tensorrt_requirement(cuda_version: str | None) -> str | None:
+    """tensorrt-cu12 for a CUDA 12 torch, tensorrt-cu13 for CUDA 13; None for anything else."""
+    major = (cuda_version or "").split(".")[0]
+    if major not in ("12", "13"):
+        return None
+    return f"tensorrt-cu{major}>={TENSORRT_MAJOR}.0,<{TENSORRT_MAJOR + 1}"
 
 
 def installed_tensorrt() -> str | None:
@@ -65,26 +251,6 @@ def installed_tensorrt() -> str | None:
         except importlib.metadata.PackageNotFoundError:
             continue
     return None
-
-
-def run(command: list[str], timeout: float) -> tuple[bool, str]:
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False, f"timed out after {int(timeout)} s"
-    except OSError as e:
-        return False, str(e)
-    output = (result.stdout if result.returncode == 0 else result.stderr or result.stdout).strip()
-    return result.returncode == 0, output
-
-
-def pip_install(requirement: str) -> bool:
-    say(f"installing {requirement}")
-    ok, output = run([sys.executable, "-m", "pip", "install", "--prefer-binary", requirement], PIP_TIMEOUT_S)
-    if not ok:
-        last = output.splitlines()[-1] if output else "no output"
-        say(f"could not install {requirement}: {last}")
-    return ok
 
 
 def probe_torch() -> dict | None:
@@ -126,17 +292,15 @@ def install_tensorrt() -> None:
     if present and int(present.split(".")[0]) > TENSORRT_MAJOR:
         say(f"TensorRT {present} is installed; this extension uses TensorRT {TENSORRT_MAJOR}.x and leaves it alone")
         return
-    if pip_install(tensorrt_requirement(probe["cuda"])):
-        ok, output = run([sys.executable, "-c", "import tensorrt; print(tensorrt.__version__)"], PROBE_TIMEOUT_S)
-        say(f"TensorRT {output} installed" if ok else f"TensorRT installed but does not import: {output[-300:]}")
+    install_into_environment(Part("TensorRT", [tensorrt_requirement(probe["cuda"])], ["tensorrt"],
+                                  "engines are built with the other backends"))
 
 
 def main() -> None:
     if install_skipped():
         return
-    for module, requirement in BASE_REQUIREMENTS:
-        if not module_present(module):
-            pip_install(requirement)
+    install_into_environment(ONNX_RUNTIME)
+    install_export_tools()
     install_tensorrt()
 
 

@@ -38,6 +38,12 @@ class TrtUnetScript(scripts.Script):
     def process(self, p, *args):
         callbacks.before_generation(p)
 
+    def process_batch(self, p, *args, **kwargs):
+        callbacks.before_pass(p, hires=False)
+
+    def before_hr(self, p, *args):
+        callbacks.before_pass(p, hires=True)
+
     def postprocess(self, p, processed, *args):
         callbacks.after_generation(p)
 
@@ -47,4 +53,5 @@ script_callbacks.on_ui_tabs(callbacks.ui_tabs)
 script_callbacks.on_ui_settings(callbacks.ui_settings)
 script_callbacks.on_app_started(callbacks.app_started)
 script_callbacks.on_model_loaded(callbacks.model_loaded)
+script_callbacks.on_cfg_denoiser(callbacks.sampler_step)
 script_callbacks.on_script_unloaded(callbacks.release)

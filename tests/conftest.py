@@ -1,6 +1,7 @@
 """Shared fixtures: tiny UNets with the real block structure, exported once per test session."""
 import warnings
 
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import export_onnx
 
 warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+ort.set_default_logger_severity(3)  # its optimizer's notes about our graphs are not test output
 # Two OpenMP threads on two shared cores can slow a tiny UNet call 40x when anything else runs.
 torch.set_num_threads(1)
 

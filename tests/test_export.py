@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -8,7 +10,8 @@ from sd_unet_trt.models import unet as arch
 from sd_unet_trt.models.families import family_named
 from sd_unet_trt.trt_core import export as export_mod
 from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
-from sd_unet_trt.trt_core.export import DATA_NAME, ONNX_NAME, ExportError, export_onnx
+from sd_unet_trt.trt_core.export import DATA_NAME, ONNX_NAME, WEIGHTS_METADATA, ExportError, ExportResult, export_onnx
+from sd_unet_trt.trt_core.weights import RECORD_NAME, fingerprints
 
 TINY = family_named("tiny")
 
@@ -66,7 +69,7 @@ def test_large_models_go_to_one_external_data_file(tmp_path, monkeypatch):
     monkeypatch.setattr(export_mod, "PROTOBUF_LIMIT", 1024**2 * 64 + 1)  # treat the tiny model as "over 2 GB"
     unet = arch.seeded_unet(arch.TINY)
     path = export_onnx(unet, TINY, tmp_path / "big", weights="fp32").onnx_path
-    assert sorted(p.name for p in path.parent.iterdir()) == [ONNX_NAME, DATA_NAME]
+    assert sorted(p.name for p in path.parent.iterdir()) == [ONNX_NAME, DATA_NAME, RECORD_NAME]
     assert path.stat().st_size < 2 * 1024**2 < (path.parent / DATA_NAME).stat().st_size
     args = (torch.randn(1, 4, 8, 8), torch.tensor([10.0]), torch.randn(1, 77, 768))
     with torch.no_grad():
@@ -93,3 +96,30 @@ def test_meta_weights_are_refused(tmp_path):
         unet = arch.UNetModel(arch.TINY)
     with pytest.raises(ExportError, match="not loaded"):
         export_onnx(unet, TINY, tmp_path / "out")
+
+
+def test_every_weight_keeps_its_state_dict_name_and_is_recorded(exported):
+    """Each UNet weight is an initializer of its own under its state-dict name (never folded into an
+    anonymous constant, never shared through the exporter's Identity nodes), and the metadata and
+    the weights record list exactly those."""
+    unet, path = exported("tiny")
+    model = onnx.load(str(path))
+    state = unet.state_dict()
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert set(state) <= set(initializers)
+    for name, tensor in state.items():
+        assert np.array_equal(initializers[name], tensor.numpy()), name
+    identities = [n for n in model.graph.node if n.op_type == "Identity" and n.output[0] in state]
+    assert not identities
+    meta = json.loads(next(p.value for p in model.metadata_props if p.key == WEIGHTS_METADATA))
+    assert meta["shapes"] == {name: list(t.shape) for name, t in state.items()}
+    result = ExportResult.read(path.parent, TINY, "fp32")
+    assert result.record.fingerprints == meta["fingerprints"] == fingerprints(state)
+
+
+def test_weights_the_exporter_would_merge_stay_separate(tmp_path):
+    """Two norm layers with identical values (a fresh model's ones and zeros) each keep an initializer."""
+    unet = arch.UNetModel(arch.TINY).eval()  # default init: every GroupNorm weight is 1, every bias 0
+    path = export_onnx(unet, TINY, tmp_path / "plain", weights="fp32").onnx_path
+    names = {t.name for t in onnx.load(str(path)).graph.initializer}
+    assert set(unet.state_dict()) <= names

@@ -3,6 +3,7 @@ import multiprocessing
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sd_unet_trt.trt_core.manifest import (INDEX_NAME, CheckpointId, EngineEntry
 from sd_unet_trt.trt_core.profiles import Profile
 
 PROFILE = Profile.static(1, 64, 64)
-CKPT = CheckpointId.of("ab" * 32, "tiny")
+CKPT = replace(CheckpointId.of("ab" * 32, "tiny"), weights="d" * 64)
 
 
 def make_entry(manifest, name, content=b"engine", file=None):

@@ -14,6 +14,7 @@ from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
+from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.pipeline import BuildBusy, Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.verify import VerificationError
@@ -28,7 +29,7 @@ def built(tiny_unet, tmp_path_factory):
     workspace = Workspace(tmp_path_factory.mktemp("ws"))
     checkpoint = checkpoint_of_module(tiny_unet, "tiny")
     phases = []
-    entry = build_engine(tiny_unet, checkpoint, TINY, PROFILE, OnnxRuntimeBackend(), workspace, precision="fp32",
+    entry = build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), PROFILE, OnnxRuntimeBackend(), workspace, precision="fp32",
                          device="cpu", progress=lambda phase, f: phases.append((phase, f)))
     return workspace, checkpoint, entry, phases
 
@@ -85,7 +86,7 @@ def test_a_wrong_engine_is_refused_and_leaves_nothing(built, tiny_unet):
     workspace, checkpoint, _, _ = built
     before = (engine_files(workspace), [e.id for e in workspace.manifest().entries()])
     with pytest.raises(VerificationError, match="differs from the PyTorch UNet by .* it was not registered"):
-        build_engine(tiny_unet, checkpoint, TINY, PROFILE, NoisyBackend(), workspace, precision="fp32", device="cpu")
+        build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), PROFILE, NoisyBackend(), workspace, precision="fp32", device="cpu")
     assert (engine_files(workspace), [e.id for e in workspace.manifest().entries()]) == before
 
 
@@ -93,10 +94,10 @@ def test_full_disk_and_cancel_leave_nothing(built, tiny_unet):
     workspace, checkpoint, _, _ = built
     before = sorted(p.name for p in workspace.engine_dir.iterdir())
     with pytest.raises(DiskFullError, match="disk full"):
-        build_engine(tiny_unet, checkpoint, TINY, PROFILE, FullDiskBackend(), workspace, precision="fp32", device="cpu")
+        build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), PROFILE, FullDiskBackend(), workspace, precision="fp32", device="cpu")
     token = CancelToken()
     with pytest.raises(BuildCancelled):
-        build_engine(tiny_unet, checkpoint, TINY, PROFILE, SlowBackend(), workspace, precision="fp32", device="cpu",
+        build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), PROFILE, SlowBackend(), workspace, precision="fp32", device="cpu",
                      progress=lambda phase, f: token.cancel() if phase == "building" else None, cancel=token)
     assert sorted(p.name for p in workspace.engine_dir.iterdir()) == before
 
@@ -106,7 +107,7 @@ def test_one_build_at_a_time(built, tiny_unet):
     workspace, checkpoint, _, _ = built
     with FileLock(str(workspace.engine_dir / ".build.lock")):
         with pytest.raises(BuildBusy, match="another engine build is running"):
-            build_engine(tiny_unet, checkpoint, TINY, PROFILE, OnnxRuntimeBackend(), workspace, device="cpu")
+            build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), PROFILE, OnnxRuntimeBackend(), workspace, device="cpu")
 
 
 def test_a_build_killed_midway_leaves_no_entry(built):
@@ -121,11 +122,12 @@ def test_a_build_killed_midway_leaves_no_entry(built):
         from sd_unet_trt.trt_core.identity import checkpoint_of_module
         from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
         from sd_unet_trt.trt_core.profiles import Profile
+        from sd_unet_trt.trt_core.unet_source import ModuleUNet
         unet = seeded_unet(TINY, seed=1)
         def die(phase, fraction):
             if phase.startswith("onnxruntime"):
                 os.kill(os.getpid(), signal.SIGKILL)
-        build_engine(unet, checkpoint_of_module(unet, "tiny"), family_named("tiny"), Profile.static(1, 64, 64),
+        build_engine(ModuleUNet(unet, checkpoint_of_module(unet, "tiny"), family_named("tiny")), Profile.static(1, 64, 64),
                      OnnxRuntimeBackend(), Workspace(Path({str(workspace.root)!r})), precision="fp32",
                      device="cpu", progress=die)
     """)

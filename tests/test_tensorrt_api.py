@@ -70,7 +70,7 @@ def test_names_touched_during_a_real_build_and_run_exist_in_tensorrt(wheel, back
     backend.build(tiny_request(tiny_onnx), path)
     engine = backend.load(path, "tiny", TINY, tiny_request(tiny_onnx).profile, device="cpu")
     engine(torch.randn(1, 4, 8, 8), torch.tensor([10.0]), torch.randn(1, 77, 768))
-    engine.refit({"out.2.bias": torch.zeros(4)})
+    engine.set_weights({"out.2.bias": torch.zeros(4)})
     used = set(fake_tensorrt._used_names)
     assert {"set_input_shape", "set_tensor_address", "execute_async_v3", "device_memory",
             "set_named_weights", "build_serialized_network"} <= used

@@ -162,11 +162,11 @@ def test_refit_changes_the_output_and_rejects_bad_weights(backend, engine_file, 
     before = engine(x, t, c)
     bias = np.full(4, 0.25, dtype=np.float32)
     with pytest.raises(RefitError, match="no weights named nonexistent.weight"):
-        engine.refit({"nonexistent.weight": torch.zeros(3)})
+        engine.set_weights({"nonexistent.weight": torch.zeros(3)})
     with pytest.raises(RefitError, match="out.2.bias has 5 values"):
-        engine.refit({"out.2.bias": torch.zeros(5)})
+        engine.set_weights({"out.2.bias": torch.zeros(5)})
     torch.testing.assert_close(engine(x, t, c), before, rtol=0, atol=0)
-    engine.refit({"out.2.bias": torch.from_numpy(bias)})
+    engine.set_weights({"out.2.bias": torch.from_numpy(bias)})
     after = engine(x, t, c)
     torch.testing.assert_close(after, ort_reference(tiny_onnx, x, t, c, bias_override=0.25), rtol=0, atol=0)
     assert not torch.equal(after, before)
@@ -176,7 +176,7 @@ def test_refit_of_an_engine_built_without_refit_is_refused(backend, tiny_onnx, t
     path = tmp_path / "fixed.trt"
     backend.build(tiny_request(tiny_onnx, options={"refittable": False}), path)
     with pytest.raises(RefitError, match="without refit support"):
-        load(backend, path).refit({"out.2.bias": torch.zeros(4)})
+        load(backend, path).set_weights({"out.2.bias": torch.zeros(4)})
 
 
 def test_engine_checks_its_io_against_the_family(backend, engine_file):

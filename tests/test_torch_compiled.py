@@ -17,24 +17,15 @@ from sd_unet_trt.models.families import FAMILIES, TINY
 from sd_unet_trt.models.unet import CrossAttention, seeded_unet
 from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.backends.base import BuildRequest
-from sd_unet_trt.trt_core.backends.torch_compiled import (
-    ARTIFACT,
-    FORMAT,
-    RECORD,
-    WEIGHTS,
-    EngineFileError,
-    TorchCompiledBackend,
-    TorchCompiledEngine,
-    _module_for,
-    _read_weights,
-    _sdpa_choices,
-    _sdpa_preference,
-    _sdpa_scope,
-    _UNetCall,
-    fused_projections,
-    read_metadata,
-)
+from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
+from sd_unet_trt.trt_core.backends.torch_compiled.attention import (fused_projections, sdpa_choices, sdpa_preference,
+                                                                    sdpa_scope)
+from sd_unet_trt.trt_core.backends.torch_compiled.backend import _module_for, _UNetCall
+from sd_unet_trt.trt_core.backends.torch_compiled.engine import TorchCompiledEngine
+from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (ARTIFACT, FORMAT, RECORD, WEIGHTS, EngineFileError,
+                                                                      read_metadata, read_weights)
 from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.router import Router
@@ -48,7 +39,7 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("torch-backend")
     source = seeded_unet(TINY.unet_config(), seed=3)
     checkpoint = CheckpointId.of("ab" * 32, "tiny-test")
-    entry = build_engine(source, checkpoint, TINY, PROFILE, TorchCompiledBackend(), Workspace(root),
+    entry = build_engine(ModuleUNet(source, checkpoint, TINY), PROFILE, TorchCompiledBackend(), Workspace(root),
                          precision="fp32", device="cpu")
     return Workspace(root), entry, source
 
@@ -158,7 +149,7 @@ def test_convolution_weights_are_stored_channels_last(built):
     state = {f"unet.{n}": p for n, p in source.state_dict().items()}
     spatial = {n for n, p in state.items() if p.dim() == 4 and p.shape[2:] != (1, 1)}
     assert spatial and {e["name"] for e in index if e["nhwc"]} == spatial
-    stored = _read_weights(path, index, torch.device("cpu"))
+    stored = read_weights(path, index, torch.device("cpu"))
     # the attention projections are stored fused (test_fused_projections_...); every other weight as is
     kept = [(e, w) for e, w in zip(index, stored) if e["name"] in state]
     assert {e["name"] for e in index} - {e["name"] for e, _ in kept} == {
@@ -176,7 +167,7 @@ def test_weights_are_aligned_for_inductor(built):
     path = workspace.engine_dir / entry.file
     index = read_metadata(path)["weights"]
     assert all(e["offset"] % 256 == 0 for e in index)
-    assert all(w.data_ptr() % 16 == 0 for w in _read_weights(path, index, torch.device("cpu")))
+    assert all(w.data_ptr() % 16 == 0 for w in read_weights(path, index, torch.device("cpu")))
 
 
 def test_load_refuses_foreign_and_damaged_files(built, tmp_path):
@@ -296,11 +287,11 @@ def test_attention_kernels_are_recorded_and_can_be_forced():
     changes that choice (here on the CPU: flash by default, math when forced)."""
     unet = seeded_unet(TINY.unet_config(), seed=5).eval()
     exported = torch.export.export(_UNetCall(unet, False), _inputs(2, 1), strict=False)
-    assert _sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
-    with _sdpa_scope(_sdpa_preference(["math"])):
-        assert _sdpa_choices(exported, torch.device("cpu")) == {"math": 32}
-    assert _sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
-    assert _sdpa_preference(None) is None and _sdpa_preference("cudnn") == [_sdpa_preference(["cudnn"])[0]]
+    assert sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
+    with sdpa_scope(sdpa_preference(["math"])):
+        assert sdpa_choices(exported, torch.device("cpu")) == {"math": 32}
+    assert sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
+    assert sdpa_preference(None) is None and sdpa_preference("cudnn") == [sdpa_preference(["cudnn"])[0]]
 
 
 def test_engine_records_the_attention_kernels(built):

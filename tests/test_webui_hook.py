@@ -23,6 +23,7 @@ from sd_unet_trt.models.families import TINY
 from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.catalog import engine_label
 from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 
@@ -299,7 +300,7 @@ def test_engines_built_by_the_pipeline_serve_generations(fresh_webui, tiny_sourc
     unet, onnx_path = tiny_source
     workspace, ckpt = Workspace(tmp_path), CheckpointId.of(SHA, "tiny")
     shutil.copytree(onnx_path.parent, workspace.onnx_folder(ckpt, TINY, "fp32"))
-    entry = build_engine(unet, ckpt, TINY, SMALL, get_backend("onnxruntime"), workspace, precision="fp32",
+    entry = build_engine(ModuleUNet(unet, ckpt, TINY), SMALL, get_backend("onnxruntime"), workspace, precision="fp32",
                          device="cpu")
     runner, _ = fresh_webui(tmp_path)
     _, fast, _, diff = compare(runner, batch_size=2)

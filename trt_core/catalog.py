@@ -68,5 +68,5 @@ def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda
         return lambda: make_backend(entry.backend).load(manifest.file_path(entry), entry.id, family_named(entry.family),
                                                         entry.profile, device=device)
     records = [EngineRecord(item.entry.id, family_named(item.entry.family), item.entry.profile, loader(item.entry),
-                            label=engine_label(item.entry)) for item in ready]
+                            label=engine_label(item.entry), weights=item.entry.checkpoint.weights) for item in ready]
     return Router(records, memory_budget_bytes), left_out

@@ -1,4 +1,4 @@
-"""Command line: `python -m sd_unet_trt demo | build | list | verify | remove | recover | ui`."""
+"""Command line: `python -m sd_unet_trt demo | build | export | list | verify | remove | recover | ui`."""
 from __future__ import annotations
 
 import argparse
@@ -12,15 +12,18 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sd_unet_trt.models.families import TINY, UnsupportedModelError, detect_family
-from sd_unet_trt.models.unet import UNetModel, seeded_unet
+from sd_unet_trt.models.families import TINY, UnsupportedModelError, family_named
+from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.backends import all_backends, get_backend
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable, ProgressFn
 from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
-from sd_unet_trt.trt_core.export import sample_inputs
+from sd_unet_trt.trt_core.checkpoint_file import CheckpointError, FileStamp, family_of_file, unet_from_file
+from sd_unet_trt.trt_core.export import ExportError, export_onnx, sample_inputs
+from sd_unet_trt.trt_core.export_process import progress_line
 from sd_unet_trt.trt_core.identity import checkpoint_of_file, checkpoint_of_module
-from sd_unet_trt.trt_core.manifest import ManifestError
+from sd_unet_trt.trt_core.manifest import CheckpointId, ManifestError
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.unet_source import CheckpointUNet, ModuleUNet
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError, Range, presets_for
 from sd_unet_trt.trt_core.sampling import sample_euler_cfg
 from sd_unet_trt.trt_core.verify import VerificationError, compare
@@ -41,30 +44,25 @@ def progress_bar(desc: str) -> tuple[ProgressFn, tqdm]:
     return update, bar
 
 
-def tiny_model():
+def tiny_model() -> ModuleUNet:
     unet = seeded_unet(TINY.unet_config())
-    return unet, checkpoint_of_module(unet, TINY_NAME), TINY
+    return ModuleUNet(unet, checkpoint_of_module(unet, TINY_NAME), TINY)
 
 
-def load_checkpoint(path: Path, prediction: str):
-    """A checkpoint file's UNet on the CPU, its identity and family."""
+def load_checkpoint(path: Path, prediction: str) -> CheckpointUNet:
+    """A checkpoint file's UNet as a build source: hashed, its family read off its tensors' shapes."""
     if not path.is_file():
         raise CliError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    family = detect_family(state, prediction)
-    with torch.device("meta"):
-        unet = UNetModel(family.unet_config())
-    prefix = "model.diffusion_model."
-    unet.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, assign=True)
+    stamp = FileStamp.of(path)
+    family = family_of_file(path, prediction)
     update, bar = progress_bar("hashing")
     checkpoint = checkpoint_of_file(path, update)
     bar.close()
-    return unet.eval(), checkpoint, family
+    return CheckpointUNet(path, checkpoint, family, stamp, prediction)
+
+
+def build_source(args) -> ModuleUNet | CheckpointUNet:
+    return load_checkpoint(Path(args.checkpoint), args.prediction) if args.checkpoint else tiny_model()
 
 
 def profile_from_args(args, family) -> Profile:
@@ -86,16 +84,13 @@ def profile_from_args(args, family) -> Profile:
 
 
 def cmd_build(args) -> int:
-    if args.checkpoint:
-        unet, checkpoint, family = load_checkpoint(Path(args.checkpoint), args.prediction)
-    else:
-        unet, checkpoint, family = tiny_model()
+    source = build_source(args)
     backend = get_backend(args.backend)
     backend.require()
-    profile = profile_from_args(args, family).validate()
+    profile = profile_from_args(args, source.family).validate()
     update, bar = progress_bar(f"{backend.name} {profile.label()}")
-    entry = build_engine(unet, checkpoint, family, profile, backend, Workspace(Path(args.dir)),
-                         precision=args.precision, device=args.device, progress=update)
+    entry = build_engine(source, profile, backend, Workspace(Path(args.dir)), precision=args.precision,
+                         device=args.device, progress=update)
     bar.close()
     print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, "
           f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)")
@@ -126,12 +121,39 @@ def cmd_recover(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Export a checkpoint file's UNet to ONNX (the WebUI runs this in a child process)."""
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise CliError(f"no checkpoint at {path}")
+    if args.expect_stamp and args.expect_stamp != "{0.size}:{0.mtime_ns}".format(FileStamp.of(path)):
+        raise CliError(f"{path.name} changed on disk since it was hashed; load it again and retry")
+    family = family_named(args.family) if args.family else family_of_file(path, args.prediction)
+    sha256 = args.sha256 or checkpoint_of_file(path).sha256
+    out = Path(args.out) if args.out else Workspace(Path(args.dir)).onnx_folder(CheckpointId.of(sha256, path.stem),
+                                                                                 family, args.weights)
+    if args.progress_lines:
+        def update(phase, fraction):
+            print(progress_line(phase, fraction), flush=True)
+        bar = None
+    else:
+        update, bar = progress_bar("export")
+    unet = unet_from_file(path, family)
+    if args.expect_stamp and args.expect_stamp != "{0.size}:{0.mtime_ns}".format(FileStamp.of(path)):
+        raise CliError(f"{path.name} changed on disk while it was read; load it again and retry")
+    result = export_onnx(unet, family, out, weights=args.weights, device=args.device, progress=update,
+                         source_label=f"checkpoint file {path.name}", checkpoint_sha256=sha256)
+    if bar is not None:
+        bar.close()
+        print(f"exported {path.name} ({family.label}) to {result.onnx_path} in {result.seconds:.1f} s")
+    return 0
+
+
 def cmd_verify(args) -> int:
     """Re-check every ready engine of the tiny model (or a checkpoint) against PyTorch."""
-    if args.checkpoint:
-        unet, checkpoint, family = load_checkpoint(Path(args.checkpoint), args.prediction)
-    else:
-        unet, checkpoint, family = tiny_model()
+    source = build_source(args)
+    checkpoint, family = source.checkpoint, source.family
+    unet = source.load(torch.float32, args.device)
     workspace = Workspace(Path(args.dir))
     failures = 0
     for item in catalog(workspace, args.device):
@@ -139,7 +161,7 @@ def cmd_verify(args) -> int:
         if e.checkpoint.sha256 != checkpoint.sha256 or not item.status.ready:
             continue
         engine = get_backend(e.backend).load(workspace.manifest().file_path(e), e.id, family, e.profile, args.device)
-        accuracy = compare(engine, unet.float(), family, e.profile, e.precision, device=args.device)
+        accuracy = compare(engine, unet, family, e.profile, e.precision, device=args.device)
         engine.close()
         failures += not accuracy.passed
         print(f"{'ok  ' if accuracy.passed else 'FAIL'} {e.id}: relative error {accuracy.max_rel:.2e} "
@@ -184,8 +206,8 @@ def cmd_demo(args) -> int:
     device = args.device
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="trt-demo-"))
     workspace = Workspace(root)
-    unet, checkpoint, family = tiny_model()
-    unet = unet.to(device)
+    source = tiny_model()
+    unet, checkpoint, family = source.module.to(device), source.checkpoint, source.family
     precision = "fp32" if device == "cpu" else "fp16"
     dtype = torch.float32 if precision == "fp32" else torch.float16
     generator = torch.Generator().manual_seed(args.seed)
@@ -202,8 +224,8 @@ def cmd_demo(args) -> int:
         profile = next(p.profile for p in presets_for(family) if backend.profile_problem(p.profile) is None)
         update, bar = progress_bar(f"build {backend.name}")
         try:
-            entry = build_engine(unet, checkpoint, family, profile, backend, workspace, precision=precision,
-                                 device=device, progress=update)
+            entry = build_engine(source, profile, backend, workspace, precision=precision, device=device,
+                                 progress=update)
         except Exception as e:  # one backend's failure is a row of the table, not the end of the demo
             logging.getLogger(__name__).debug("build with %s failed", backend.name, exc_info=True)
             bar.close()
@@ -262,6 +284,15 @@ def parser() -> argparse.ArgumentParser:
             cmd.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"])
             cmd.add_argument("--preset", type=int, help="index of the family's preset (0 = default)")
             cmd.add_argument("--profile", help="BATCH,HEIGHT,WIDTH,TOKENS as min:opt:max each")
+    export = common(sub.add_parser("export", help=cmd_export.__doc__))
+    export.add_argument("--checkpoint", required=True, help="a .safetensors or .ckpt file")
+    export.add_argument("--out", help="the export folder (default: the one builds use, under --dir)")
+    export.add_argument("--weights", default="fp16", choices=["fp16", "fp32"])
+    export.add_argument("--prediction", default="eps", choices=["eps", "v"])
+    export.add_argument("--family", help="the model family (default: read off the weights)")
+    export.add_argument("--sha256", help="the file's sha256, when already known (default: hash it)")
+    export.add_argument("--expect-stamp", help=argparse.SUPPRESS)  # SIZE:MTIME_NS the caller hashed
+    export.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)
     common(sub.add_parser("list", help="list engines and their status"))
     remove = common(sub.add_parser("remove", help="delete an engine"))
     remove.add_argument("id")
@@ -271,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-COMMANDS = {"demo": cmd_demo, "build": cmd_build, "list": cmd_list, "remove": cmd_remove,
+COMMANDS = {"demo": cmd_demo, "build": cmd_build, "export": cmd_export, "list": cmd_list, "remove": cmd_remove,
             "recover": cmd_recover, "verify": cmd_verify, "ui": cmd_ui}
 
 
@@ -283,6 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (CliError, BackendUnavailable, ManifestError, ProfileError, UnsupportedModelError,
-            VerificationError, KeyError) as e:
+            VerificationError, CheckpointError, ExportError, KeyError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

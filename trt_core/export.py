@@ -3,9 +3,16 @@
 The module exported is always our own `models.unet.UNetModel`, built on the meta device and
 handed the source UNet's tensors (no copy unless the dtype changes). So export never moves the
 source model, never runs through the WebUI's hijacked forwards, and changes no global setting.
+
+Every UNet weight stays an initializer of its own, named by its state-dict name (what the WebUI's
+UNet calls it too): folding never touches weights, and the exporter's merging of identical weights
+is undone. So TensorRT refit, an ONNX Runtime session and the weights record all address a weight
+by that one name. Beside the ONNX, `unet.weights.json` (trt_core.weights) records the exported
+weights' fingerprints; its digest is the engines' weight identity.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,8 +27,10 @@ from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, fam
 from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.weights import RECORD_NAME, WeightsRecord
 
 OPSET = 17
+WEIGHTS_METADATA = "sd_unet_trt.weights"  # metadata_props key: the named weights' shapes and fingerprints
 ONNX_NAME = "unet.onnx"
 DATA_NAME = "unet.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3
@@ -38,6 +47,16 @@ class ExportResult:
     family: ModelFamily
     weights: str  # "fp32" or "fp16": the dtype stored in the ONNX
     seconds: float
+    record: WeightsRecord  # what the export holds
+
+    @classmethod
+    def read(cls, folder: Path, family: ModelFamily, weights: str) -> "ExportResult":
+        """An export made earlier; ValueError when it has no valid weights record (made by an older
+        version, or damaged), so it must be made again."""
+        record = WeightsRecord.load(Path(folder) / RECORD_NAME)
+        if not (Path(folder) / ONNX_NAME).is_file():
+            raise ValueError(f"{folder} has no {ONNX_NAME}")
+        return cls(Path(folder) / ONNX_NAME, family, weights, 0.0, record)
 
 
 def dynamic_axes(family: ModelFamily) -> dict[str, dict[int, str]]:
@@ -74,16 +93,54 @@ def shadow_unet(source: torch.nn.Module, family: ModelFamily, dtype: torch.dtype
     return unet.eval().requires_grad_(False)
 
 
-def _clean_and_save(raw_path: Path, out_dir: Path, fold: bool) -> None:
+def _separate_shared_weights(graph, weight_names: set[str]) -> None:
+    """The exporter stores identical weights once and feeds the others through Identity nodes named
+    after them: give each its own initializer again (a LoRA may change one and not the other)."""
+    import numpy as np
+    import onnx_graphsurgeon as gs
+
+    for node in graph.nodes:
+        if node.op == "Identity" and isinstance(node.inputs[0], gs.Constant) and node.outputs[0].name in weight_names:
+            out, values = node.outputs[0], node.inputs[0].values
+            node.outputs.clear()
+            out.to_constant(np.array(values, copy=True))
+    graph.cleanup()
+
+
+def _fold_around_weights(graph, weight_names: set[str]) -> None:
+    """Fold what does not depend on weights (shapes, constants): weights are graph inputs while
+    folding, so no weight is transposed or merged into an anonymous constant."""
+    import onnx_graphsurgeon as gs
+
+    weights = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant) and name in weight_names}
+    values = {}
+    for name, tensor in weights.items():
+        values[name] = tensor.values
+        tensor.to_variable(dtype=tensor.values.dtype, shape=list(tensor.values.shape))
+        graph.inputs.append(tensor)
+    graph.fold_constants().cleanup()
+    tensors = graph.tensors()
+    for name, value in values.items():
+        graph.inputs.remove(tensors[name])
+        tensors[name].to_constant(value)
+
+
+def _clean_and_save(raw_path: Path, out_dir: Path, fold: bool, record: WeightsRecord,
+                    shapes: dict[str, list[int]]) -> None:
     import onnx
     import onnx_graphsurgeon as gs
 
+    weight_names = set(record.fingerprints)
     model = onnx.load(str(raw_path), load_external_data=True)
     graph = gs.import_onnx(model)
-    graph.cleanup().toposort()
+    _separate_shared_weights(graph, weight_names)
     if fold:
-        graph.fold_constants().cleanup()
+        _fold_around_weights(graph, weight_names)
+    graph.cleanup().toposort()
     model = gs.export_onnx(graph)
+    # the weights a runtime may replace by name, so it can check a name and shape before using it
+    meta = model.metadata_props.add()
+    meta.key, meta.value = WEIGHTS_METADATA, json.dumps({"shapes": shapes, "fingerprints": record.fingerprints})
     # keep the ONNX opset the exporter chose; graphsurgeon may not carry ir_version over
     large = sum(t.ByteSize() for t in model.graph.initializer) > PROTOBUF_LIMIT - 64 * 1024**2
     onnx.save_model(model, str(out_dir / ONNX_NAME), save_as_external_data=large,
@@ -92,9 +149,11 @@ def _clean_and_save(raw_path: Path, out_dir: Path, fold: bool) -> None:
 
 def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, weights: str = "fp16",
                 device: torch.device | str | None = None, progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None) -> ExportResult:
-    """Write `out_dir/unet.onnx` (and `unet.onnx.data` when over protobuf's 2 GB). The folder
-    appears whole or not at all: it is assembled in a temp folder and renamed into place."""
+                cancel: CancelToken | None = None, source_label: str = "a module in memory",
+                checkpoint_sha256: str = "") -> ExportResult:
+    """Write `out_dir/unet.onnx` (and `unet.onnx.data` when over protobuf's 2 GB) and its weights
+    record. The folder appears whole or not at all: it is assembled in a temp folder and renamed
+    into place."""
     if weights not in ("fp32", "fp16"):
         raise ExportError(f"ONNX weights must be fp32 or fp16, not {weights!r}")
     started = time.monotonic()
@@ -106,6 +165,8 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
     dtype = DTYPES[weights]
     progress("export: preparing the UNet", 0.02)
     unet = shadow_unet(source, family, dtype)
+    state = unet.state_dict()
+    record = WeightsRecord.of(state, source_label, checkpoint_sha256, dtype=weights)
     unet_on_device = unet.to(device)  # no-op for tensors already there; copies only offloaded ones
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -120,14 +181,17 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
             warnings.simplefilter("ignore")
             torch.onnx.export(unet_on_device, args, str(raw_dir / ONNX_NAME), dynamo=False, opset_version=OPSET,
                               input_names=list(family.input_names), output_names=["out"],
-                              dynamic_axes=dynamic_axes(family), do_constant_folding=True)
+                              dynamic_axes=dynamic_axes(family), do_constant_folding=False)
         del unet_on_device, unet
         cancel.raise_if_cancelled()
         progress("export: cleaning and folding the graph", 0.6)
         final = work / "final"
         final.mkdir()
         size = sum(f.stat().st_size for f in raw_dir.iterdir())
-        _clean_and_save(raw_dir / ONNX_NAME, final, fold=size < PROTOBUF_LIMIT)
+        _clean_and_save(raw_dir / ONNX_NAME, final, size < PROTOBUF_LIMIT, record,
+                        {name: list(t.shape) for name, t in state.items()})
+        del state
+        record.save(final / RECORD_NAME)
         cancel.raise_if_cancelled()
         progress("export: saving", 0.95)
         if out_dir.exists():
@@ -136,4 +200,4 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress("export: done", 1.0)
-    return ExportResult(out_dir / ONNX_NAME, family, weights, time.monotonic() - started)
+    return ExportResult(out_dir / ONNX_NAME, family, weights, time.monotonic() - started, record)

@@ -1,8 +1,6 @@
 """What the WebUI's UNet hook decides, kept free of the WebUI so it runs and is tested anywhere.
 
 - `engines_router`: a router over one checkpoint's ready engines, the preferred backend first.
-- `GenerationReport`: what ran for one generation's UNet calls: the infotext value and whether
-  this fallback is the generation's first (the one that gets a console warning).
 - `suggestion`: the profile that would cover a call the engines missed.
 - `expected_calls` / `uncovered_calls`: the calls a generation will make (DESIGN.md's call
   table), checked against the engines before sampling starts.
@@ -11,7 +9,6 @@
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from sd_unet_trt.models.families import ModelFamily
@@ -59,38 +56,6 @@ def suggestion(call: CallShape) -> str:
     images = max(1, math.ceil(call.rows / 2))
     return (f"an engine whose profile includes {width}x{height} px, batch {images} "
             f"(max batch >= {images}, min batch 1) and {tokens} tokens")
-
-
-class GenerationReport:
-    """UNet calls of one generation: which engine served them, or why they fell back."""
-
-    def __init__(self) -> None:
-        self.engine_calls: Counter[str] = Counter()
-        self.fallbacks: OrderedDict[str, int] = OrderedDict()  # short reason -> calls
-
-    def record_engine(self, label: str) -> None:
-        self.engine_calls[label] += 1
-
-    def record_fallback(self, reason: str) -> bool:
-        """Count a fallback call; True when it is this generation's first (warn once)."""
-        first = not self.fallbacks
-        self.fallbacks[reason] = self.fallbacks.get(reason, 0) + 1
-        return first
-
-    @property
-    def calls(self) -> int:
-        return sum(self.engine_calls.values()) + sum(self.fallbacks.values())
-
-    def infotext(self) -> str | None:
-        """"<engine>" when engines served every call, "fallback: <reason>" when none did,
-        both with call counts when the generation mixed them; None before any call."""
-        if not self.calls:
-            return None
-        mixed = len(self.engine_calls) + len(self.fallbacks) > 1
-        parts = [f"{label} ({n} calls)" if mixed else label for label, n in self.engine_calls.items()]
-        parts += [f"fallback: {reason} ({n} calls)" if mixed else f"fallback: {reason}"
-                  for reason, n in self.fallbacks.items()]
-        return "; ".join(parts)
 
 
 def chunks_for(tokens: int) -> int:

@@ -30,9 +30,10 @@ class ManifestError(RuntimeError):
 
 @dataclass(frozen=True)
 class CheckpointId:
-    sha256: str
+    sha256: str  # of the checkpoint file (or of a module's state dict)
     short_hash: str  # the WebUI's: the first 10 hex digits of the sha256
     name: str
+    weights: str = ""  # digest of the exported UNet weights (trt_core.weights); "" before it was recorded
 
     @classmethod
     def of(cls, sha256: str, name: str) -> "CheckpointId":
@@ -231,4 +232,7 @@ def engine_status(entry: EngineEntry, manifest: Manifest, backend_version: str |
                                      f"this machine has {backend_version}; rebuild it")
     if device_arch is not None and entry.gpu_arch != device_arch:
         return EngineStatus("stale", f"built for {entry.gpu_arch}, this GPU is {device_arch}; rebuild it")
+    if not entry.checkpoint.weights:
+        return EngineStatus("stale", "built by an earlier version that did not record which weights it holds (it may "
+                                     "hold a LoRA that was merged into the model when it was exported); rebuild it")
     return EngineStatus("ready")

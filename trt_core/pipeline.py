@@ -3,11 +3,17 @@
 Nothing reaches the manifest unless every step passed; the engine file is renamed into place
 only after its own accuracy check, so a cancelled, failed or killed build leaves no entry and no
 engine file (a killed one leaves a temp file that the next prune removes).
+
+An export is reused by every later build of the same checkpoint only when its weights record says
+it holds that checkpoint's weights; one without a record (made by an earlier version, possibly
+from a model with a LoRA merged in) is made again. The engine's identity in the manifest carries
+the record's digest, and a copy of the record is kept beside the engines for the WebUI's hook.
 """
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -17,10 +23,14 @@ from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.atomic import atomic_output
 from sd_unet_trt.trt_core.backends.base import Backend, BuildRequest, CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
-from sd_unet_trt.trt_core.export import ONNX_NAME, ExportResult, export_onnx, shadow_unet
+from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require
+from sd_unet_trt.trt_core.weights import WeightsRecord
+
+log = logging.getLogger(__name__)
 
 ONNX_DIR, ENGINE_DIR = "Unet-onnx", "Unet-trt"
 
@@ -48,6 +58,17 @@ class Workspace:
     def manifest(self) -> Manifest:
         return Manifest(self.engine_dir)
 
+    def weights_record_path(self, weights_digest: str) -> Path:
+        """The weights record of engines whose identity carries this digest."""
+        return self.engine_dir / "weights" / f"{weights_digest[:16]}.json"
+
+    def weights_record(self, weights_digest: str) -> WeightsRecord:
+        """The fingerprints of the weights engines with this digest hold; ValueError when missing."""
+        record = WeightsRecord.load(self.weights_record_path(weights_digest))
+        if record.digest != weights_digest:
+            raise ValueError(f"{self.weights_record_path(weights_digest).name} does not match its engines")
+        return record
+
 
 def _scaled(progress: ProgressFn, start: float, end: float) -> ProgressFn:
     return lambda phase, fraction: progress(phase, start + (end - start) * min(max(fraction, 0.0), 1.0))
@@ -57,21 +78,28 @@ def onnx_weights(precision: str) -> str:
     return "fp32" if precision == "fp32" else "fp16"
 
 
-def ensure_onnx(source: torch.nn.Module, checkpoint: CheckpointId, family: ModelFamily, workspace: Workspace,
-                weights: str, device: torch.device | str | None, progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None) -> ExportResult:
-    """The checkpoint's ONNX, exported once and reused by every profile and backend."""
-    folder = workspace.onnx_folder(checkpoint, family, weights)
-    if (folder / ONNX_NAME).is_file():
-        progress("export: reusing the ONNX of this checkpoint", 1.0)
-        return ExportResult(folder / ONNX_NAME, family, weights, 0.0)
-    return export_onnx(source, family, folder, weights=weights, device=device, progress=progress, cancel=cancel)
+def ensure_onnx(source: UNetSource, workspace: Workspace, weights: str, device: torch.device | str | None,
+                progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> ExportResult:
+    """The checkpoint's ONNX, exported once and reused by every profile and backend while its
+    weights record says it holds this checkpoint's weights."""
+    folder = workspace.onnx_folder(source.checkpoint, source.family, weights)
+    if folder.exists():
+        try:
+            found = ExportResult.read(folder, source.family, weights)
+        except ValueError as e:
+            log.warning("replacing the export in %s: %s (an export made before weights were recorded may hold a "
+                        "LoRA that was merged into the model at the time)", folder, e)
+        else:
+            if found.record.checkpoint_sha256 == source.checkpoint.sha256:
+                progress("export: reusing the ONNX of this checkpoint", 1.0)
+                return found
+            log.warning("replacing the export in %s: it was made from other weights", folder)
+    return source.export(folder, weights, device=device, progress=progress, cancel=cancel)
 
 
-def reference_unet(source: torch.nn.Module, family: ModelFamily, device: torch.device) -> torch.nn.Module:
-    """The PyTorch UNet that engines are held to: fp32 on the CPU, the source's dtype on a GPU."""
-    dtype = torch.float32 if device.type == "cpu" else next(source.parameters()).dtype
-    return shadow_unet(source, family, dtype).to(device)
+def reference_unet(source: UNetSource, device: torch.device) -> torch.nn.Module:
+    """The PyTorch UNet that engines are held to: fp32 on the CPU, fp16 on a GPU."""
+    return source.load(torch.float32 if device.type == "cpu" else torch.float16, device)
 
 
 def verify_onnx(onnx_path: Path, reference: torch.nn.Module, family: ModelFamily, profile: Profile,
@@ -86,10 +114,10 @@ def verify_onnx(onnx_path: Path, reference: torch.nn.Module, family: ModelFamily
         engine.close()
 
 
-def build_engine(source: torch.nn.Module, checkpoint: CheckpointId, family: ModelFamily, profile: Profile,
-                 backend: Backend, workspace: Workspace, precision: str = "fp16",
-                 device: torch.device | str | None = None, progress: ProgressFn = no_progress,
+def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspace: Workspace,
+                 precision: str = "fp16", device: torch.device | str | None = None, progress: ProgressFn = no_progress,
                  cancel: CancelToken | None = None, options: dict | None = None) -> EngineEntry:
+    family = source.family
     profile.validate()
     backend.require()
     cancel = cancel or CancelToken()
@@ -104,11 +132,11 @@ def build_engine(source: torch.nn.Module, checkpoint: CheckpointId, family: Mode
     try:
         started = time.monotonic()
         weights = onnx_weights(precision)
-        exported = ensure_onnx(source, checkpoint, family, workspace, weights, device,
-                               _scaled(progress, 0.0, 0.3), cancel)
+        exported = ensure_onnx(source, workspace, weights, device, _scaled(progress, 0.0, 0.3), cancel)
+        checkpoint = replace(source.checkpoint, weights=exported.record.digest)
         cancel.raise_if_cancelled()
         progress("verify: ONNX Runtime against PyTorch", 0.3)
-        reference = reference_unet(source, family, device)
+        reference = reference_unet(source, device)
         onnx_accuracy = verify_onnx(exported.onnx_path, reference, family, profile, weights)
         cancel.raise_if_cancelled()
 
@@ -135,6 +163,7 @@ def build_engine(source: torch.nn.Module, checkpoint: CheckpointId, family: Mode
             details={**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
                      "onnx_accuracy": onnx_accuracy.as_dict()})
         try:
+            exported.record.save(workspace.weights_record_path(checkpoint.weights))
             manifest.add(entry)
         except BaseException:
             (manifest.dir / file_name).unlink(missing_ok=True)

@@ -1,6 +1,10 @@
 """Per-call routing: pick the loaded-or-loadable engine that covers a call's shapes, split a batch
 that is too large into chunks that fit, or answer "not covered" with the reason so the caller
-falls back. It never raises for a call it cannot serve; an engine that fails is set aside."""
+falls back. It never raises for a call it cannot serve; an engine that fails is set aside.
+
+`set_weights` tells the router which UNet weights differ from the ones its engines were built
+with (a LoRA): every loaded engine takes them at once, every engine loaded later on loading, and
+an engine that cannot is not used until the weights change again (its reason is in the plan)."""
 from __future__ import annotations
 
 import logging
@@ -8,12 +12,12 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import Engine
+from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
 from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,7 @@ class EngineRecord:
     profile: Profile
     load: Callable[[], Engine]
     label: str = ""
+    weights: str = ""  # digest of the weights it was built with (trt_core.weights)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.id
@@ -74,6 +79,8 @@ class Router:
         self.records = list(records)
         self.memory_budget_bytes = memory_budget_bytes
         self.failed: dict[str, str] = {}  # engine id -> why it was set aside
+        self.unfit: dict[str, str] = {}  # engine id -> why it cannot take the current weights
+        self._weights: dict[str, torch.Tensor] = {}
         self._loaded: OrderedDict[str, Engine] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -99,6 +106,9 @@ class Router:
             if record.id in self.failed:
                 reasons.append(f"{record.label}: set aside ({self.failed[record.id]})")
                 continue
+            if record.id in self.unfit:
+                reasons.append(f"{record.label}: cannot take the changed weights ({self.unfit[record.id]})")
+                continue
             coverage = record.profile.covers(call, record.family)
             if not coverage:
                 reasons.append(f"{record.label}: {coverage.reason}")
@@ -116,13 +126,36 @@ class Router:
         _, record, chunks = min(candidates, key=lambda c: c[0])
         return Plan(record, chunks)
 
-    def _engine(self, record: EngineRecord) -> Engine:
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
+        """From now on engines run with these values for the weights they name. Returns the engines
+        that cannot, and why."""
+        with self._lock:
+            self._weights = dict(weights)
+            self.unfit = {}
+            for engine_id, engine in self._loaded.items():
+                self._give_weights(engine_id, engine)
+            return dict(self.unfit)
+
+    def _give_weights(self, engine_id: str, engine: Engine) -> bool:
+        if not self._weights:
+            return True
+        try:
+            engine.set_weights(self._weights)
+        except WeightsUnsupported as e:
+            self.unfit[engine_id] = str(e)
+            return False
+        return True
+
+    def _engine(self, record: EngineRecord) -> Engine | None:
+        """The record's engine, loaded if need be; None when it cannot take the current weights."""
         with self._lock:
             engine = self._loaded.get(record.id)
             if engine is None:
                 engine = record.load()
                 self._loaded[record.id] = engine
                 self._evict(keep=record.id)
+                if not self._give_weights(record.id, engine):
+                    return None
             self._loaded.move_to_end(record.id)
             return engine
 
@@ -147,6 +180,8 @@ class Router:
             record = plan.record
             try:
                 engine = self._engine(record)
+                if engine is None:
+                    continue  # now in `unfit`: plan again without it
                 output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y)
             except Exception as e:  # one bad engine must not take the generation down
                 log.exception("engine %s failed; it is set aside for this session", record.label)

@@ -4,11 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-import torch
-
-from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.unet_source import UNetSource
 
 T = TypeVar("T")
 
@@ -20,18 +17,10 @@ class NoModelLoaded(RuntimeError):
 
 
 @dataclass
-class LoadedModel:
-    """The checkpoint currently loaded in the host."""
-    unet: torch.nn.Module
-    checkpoint: CheckpointId
-    family: ModelFamily
-
-
-@dataclass
 class ModelSource:
     """What the tab needs from its host (the WebUI or the standalone runner)."""
     workspace: Workspace
-    current_model: Callable[[], LoadedModel]  # raises NoModelLoaded with a user-facing message
+    current_model: Callable[[], UNetSource]  # what a build would use; raises NoModelLoaded with a user-facing message
     device: str  # "cuda" or "cpu"
     run_exclusive: Callable[[Callable[[], T]], T]  # runs model-touching work under the host's lock (WebUI queue_lock)
 

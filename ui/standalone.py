@@ -16,15 +16,16 @@ from sd_unet_trt.models.families import TINY
 from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
 from sd_unet_trt.trt_core.pipeline import Workspace
-from sd_unet_trt.ui.source import LoadedModel, ModelSource
+from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.ui.source import ModelSource
 
 TINY_NAME = "tiny-builtin"
 
 
 @lru_cache(maxsize=1)
-def tiny_model() -> LoadedModel:
+def tiny_model() -> ModuleUNet:
     unet = seeded_unet(TINY.unet_config()).eval()
-    return LoadedModel(unet, checkpoint_of_module(unet, TINY_NAME), TINY)
+    return ModuleUNet(unet, checkpoint_of_module(unet, TINY_NAME), TINY)
 
 
 def tiny_source(root: Path, device: str) -> ModelSource:

@@ -24,7 +24,8 @@ from sd_unet_trt.ui.estimate import estimate, human_bytes
 from sd_unet_trt.ui.form import (DIMENSIONS, PRECISIONS, FormCheck, backend_choices, check_fields, default_precision,
                      preset_named, presets, profile_fields)
 from sd_unet_trt.ui.render import estimate_panel, field_message, message, progress_bar, result_panel
-from sd_unet_trt.ui.source import LoadedModel, ModelSource, NoModelLoaded
+from sd_unet_trt.trt_core.unet_source import UNetSource
+from sd_unet_trt.ui.source import ModelSource, NoModelLoaded
 
 log = logging.getLogger(__name__)
 POLL_S = 0.3  # how often the progress bar is redrawn while a build runs
@@ -81,7 +82,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
     installed = [b.name for b in backends if b.available]
     missing_note = "\n".join(f"{b.name} is not available: {b.reason}" for b in backends if not b.available)
 
-    def current() -> LoadedModel:
+    def current() -> UNetSource:
         return source.current_model()
 
     def items() -> list[CatalogItem]:
@@ -112,7 +113,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         except NoModelLoaded:
             return ""
         history = [i.entry for i in items()]
-        params = sum(p.numel() for p in model.unet.parameters())
+        params = model.parameters()
         return estimate_panel(estimate(params, model.family, check.profile, precision, backend_name or "tensorrt",
                                        source.device, workspace, model.checkpoint, history))
 
@@ -159,8 +160,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
 
         def work(progress, cancel):
             return source.run_exclusive(lambda: build_engine(
-                model.unet, model.checkpoint, model.family, profile, backend, workspace, precision=precision,
-                device=source.device, progress=progress, cancel=cancel))
+                model, profile, backend, workspace, precision=precision, device=source.device, progress=progress,
+                cancel=cancel))
 
         title = f"{model.checkpoint.name}: {profile.label()} [{backend_name} {precision}]"
         started = jobs.start(title, work)

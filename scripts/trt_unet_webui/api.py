@@ -1,27 +1,51 @@
-"""HTTP routes under /trt-unet/v1 (docs/WEBUI.md has curl examples)."""
+"""HTTP routes under /trt-unet/v1 (docs/WEBUI.md has curl examples).
+
+They are the WebUI's API as much as /sdapi is: registered only when the WebUI serves its API,
+behind the very dependencies (its --api-auth check) that its own routes carry. A build request
+answers at once, 202 with a job id or 409 while another build runs; the build itself waits its
+turn in the WebUI's queue. Error texts name files, never server paths.
+"""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import Body, FastAPI, HTTPException
+from fastapi.routing import APIRoute
 
 from modules import sd_unet
 
 from sd_unet_trt.models.families import UnsupportedModelError
+from sd_unet_trt.scripts.trt_unet_webui.source import current_model, model_source, run_exclusive
 from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable
-from sd_unet_trt.trt_core.catalog import catalog
-from sd_unet_trt.trt_core.catalog import engine_label
+from sd_unet_trt.trt_core.catalog import catalog, engine_label
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for
-from sd_unet_trt.scripts.trt_unet_webui.source import current_model, model_source, run_exclusive
 from sd_unet_trt.ui.source import NoModelLoaded
 
 log = logging.getLogger("sd_unet_trt")
 PREFIX = "/trt-unet/v1"
+WEBUI_API_PREFIX = "/sdapi/v1/"
+# an absolute path (POSIX or Windows) of two or more parts: shown by its last part only
+_PATH = re.compile(r"(?<![\w.-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:;,()]+){2,}")
+
+
+def public(text: str) -> str:
+    """`text` without the server's folders: a path is reduced to its file name."""
+    return _PATH.sub(lambda m: re.split(r"[\\/]", m.group(0))[-1], str(text))
+
+
+def webui_api_dependencies(app: FastAPI) -> list | None:
+    """The dependencies the WebUI's own API routes carry (its --api-auth check, when set), or None
+    when it serves no API."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path.startswith(WEBUI_API_PREFIX):
+            return list(route.dependencies)
+    return None
 
 
 def engine_json(item) -> dict[str, Any]:
@@ -30,7 +54,13 @@ def engine_json(item) -> dict[str, Any]:
             "family": entry.family, "backend": entry.backend, "backend_version": entry.backend_version,
             "gpu_arch": entry.gpu_arch, "precision": entry.precision, "profile": entry.profile.to_dict(),
             "file_size": entry.file_size, "build_seconds": entry.build_seconds, "created": entry.created,
-            "accuracy": entry.accuracy, "status": item.status.state, "status_reason": item.status.reason}
+            "accuracy": entry.accuracy, "status": item.status.state, "status_reason": public(item.status.reason)}
+
+
+def job_json(status) -> dict[str, Any]:
+    data = status.to_dict()
+    data["error"] = public(data["error"])
+    return data
 
 
 def requested_profile(body: dict[str, Any], family) -> Profile:
@@ -49,62 +79,77 @@ def requested_profile(body: dict[str, Any], family) -> Profile:
 
 def start_build(body: dict[str, Any]) -> dict[str, Any]:
     source = model_source()
-    loaded = run_exclusive(current_model)
-    profile = requested_profile(body, loaded.family)
+    target = current_model()  # the selected checkpoint's file: no model load, no wait for the queue
+    profile = requested_profile(body, target.family)
     backend = get_backend(str(body.get("backend", "tensorrt")))
     backend.require()
     precision = str(body.get("precision", "fp16"))
     if precision not in ("fp16", "bf16", "fp32"):
         raise ProfileError({"precision": f"must be fp16, bf16 or fp32, got {precision!r}"})
+    problem = backend.profile_problem(profile)
+    if problem:
+        raise ProfileError({"profile": problem})
 
     def work(progress, cancel):
         entry = source.run_exclusive(lambda: build_engine(
-            loaded.unet, loaded.checkpoint, loaded.family, profile, backend, source.workspace, precision,
-            device=source.device, progress=progress, cancel=cancel))
+            target, profile, backend, source.workspace, precision, device=source.device, progress=progress,
+            cancel=cancel))
         sd_unet.list_unets()  # the checkpoint may have its first engine: its "[TRT]" option appears
         return entry
 
-    title = f"{loaded.checkpoint.name}: {backend.name} {precision}, {profile.label()}"
+    title = f"{target.checkpoint.name}: {backend.name} {precision}, {profile.label()}"
     started = jobs.start(title, work)
     if not started.ok:
         raise HTTPException(409, started.refused)
-    return {"job_id": started.job_id, "title": title}
+    return {"job_id": started.job_id, "title": title, "checkpoint": target.checkpoint.name}
 
 
-def register(app: FastAPI) -> None:
-    @app.get(PREFIX + "/engines")
+def register(app: FastAPI) -> bool:
+    """Add the routes beside the WebUI's API; False (and nothing added) when it serves none."""
+    dependencies = webui_api_dependencies(app)
+    if dependencies is None:
+        log.info("TensorRT: the WebUI serves no API (start it with --api), so %s is not served either", PREFIX)
+        return False
+
+    def route(path: str, methods: list[str], **kwargs):
+        def add(endpoint):
+            app.add_api_route(PREFIX + path, endpoint, methods=methods, dependencies=dependencies, **kwargs)
+            return endpoint
+        return add
+
+    @route("/engines", ["GET"])
     def list_engines() -> list[dict[str, Any]]:
         """Every engine in the manifest, with its status on this machine."""
         source = model_source()
         try:
             return [engine_json(item) for item in catalog(source.workspace, source.device)]
         except ManifestError as e:
-            raise HTTPException(500, str(e)) from None
+            raise HTTPException(500, public(e)) from None
 
-    @app.post(PREFIX + "/builds", status_code=202)
+    @route("/builds", ["POST"], status_code=202)
     def build(body: dict[str, Any] = Body(default={})) -> dict[str, Any]:
-        """Start building an engine for the loaded checkpoint (one build at a time)."""
+        """Start building an engine for the selected checkpoint (one build at a time)."""
         try:
             return start_build(body)
         except NoModelLoaded as e:
-            raise HTTPException(409, str(e)) from None
+            raise HTTPException(409, public(e)) from None
         except (ProfileError, UnsupportedModelError, BackendUnavailable, ValueError) as e:
-            raise HTTPException(400, str(e)) from None
+            raise HTTPException(400, public(e)) from None
 
-    @app.get(PREFIX + "/builds/{job_id}")
+    @route("/builds/{job_id}", ["GET"])
     def build_status(job_id: str) -> dict[str, Any]:
         status = jobs.status(job_id)
         if status is None:
             raise HTTPException(404, f"no build {job_id!r}")
-        return status.to_dict()
+        return job_json(status)
 
-    @app.delete(PREFIX + "/builds/{job_id}")
+    @route("/builds/{job_id}", ["DELETE"])
     def cancel_build(job_id: str) -> dict[str, Any]:
         if not jobs.cancel(job_id):
             raise HTTPException(404, f"no running build {job_id!r}")
-        return jobs.status(job_id).to_dict()
+        return job_json(jobs.status(job_id))
 
-    @app.delete(PREFIX + "/engines/{engine_id}")
+    @route("/engines/{engine_id}", ["DELETE"])
     def delete_engine(engine_id: str) -> dict[str, Any]:
         """Delete an engine (file, sidecar, manifest entry); waits for the generation in progress."""
         source = model_source()
@@ -117,8 +162,10 @@ def register(app: FastAPI) -> None:
         try:
             entry = run_exclusive(remove)
         except KeyError as e:
-            raise HTTPException(404, str(e.args[0])) from None
+            raise HTTPException(404, public(e.args[0])) from None
         except ManifestError as e:
-            raise HTTPException(500, str(e)) from None
+            raise HTTPException(500, public(e)) from None
         sd_unet.list_unets()
         return {"deleted": entry.id}
+
+    return True

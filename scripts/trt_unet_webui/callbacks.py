@@ -5,13 +5,15 @@ from __future__ import annotations
 import functools
 import logging
 
-from modules import sd_unet
+from modules import sd_unet, shared
 
-from sd_unet_trt.trt_core.hook_policy import INFOTEXT_KEY
 from sd_unet_trt.scripts.trt_unet_webui import generation, precheck, settings, unets
-from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnet
+from sd_unet_trt.scripts.trt_unet_webui.hook import active_unet
+from sd_unet_trt.trt_core.generation_report import pass_label
+from sd_unet_trt.trt_core.hook_policy import INFOTEXT_KEY
 
 log = logging.getLogger("sd_unet_trt")
+WARNING_KEY = "TensorRT warning"
 
 
 def guarded(what: str):
@@ -50,11 +52,6 @@ def app_started(demo, app) -> None:
     api.register(app)
 
 
-def active_unet() -> TrtUnet | None:
-    current = sd_unet.current_unet
-    return current if isinstance(current, TrtUnet) else None
-
-
 @guarded("releasing engines")
 def release() -> None:
     """On script unload: give the engines and any fallback weights back."""
@@ -63,9 +60,33 @@ def release() -> None:
         sd_unet.apply_unet("None")
 
 
-@guarded("releasing fallback weights after a model change")
+@guarded("following a model change")
 def model_loaded(sd_model) -> None:
-    generation.end()
+    """Mid-generation this is a refiner (or a hires checkpoint) being loaded: the WebUI switched the
+    engine UNet off for the load and, when the refiner's config differs, does not switch it on
+    again; the UNet option applies to the refiner's steps too."""
+    if not generation.in_progress():
+        generation.end()
+        return
+    if shared.sd_model is sd_model:
+        sd_unet.apply_unet()
+    unet = active_unet()
+    if unet is not None:
+        unet.request_sync()
+
+
+def current_pass(p, hires: bool) -> str:
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    refiner = getattr(p, "refiner_checkpoint_info", None)
+    on_refiner = info is not None and refiner is not None and info.filename == refiner.filename
+    return pass_label(hires, info.name_for_extra if on_refiner else None)
+
+
+def start_pass(p, hires: bool) -> None:
+    generation.current().start_pass(current_pass(p, hires))
+    unet = active_unet()
+    if unet is not None:
+        unet.request_sync()
 
 
 @guarded("preparing the generation")
@@ -74,12 +95,36 @@ def before_generation(p) -> None:
     report = generation.begin()
     p.extra_generation_params[INFOTEXT_KEY] = lambda **_: report.infotext()
     unets.refresh_if_changed()
-    unet = active_unet()
-    if unet is not None and unet.check_model():
-        unet.refresh()
-    precheck.warn_if_uncovered(p)
+    start_pass(p, hires=False)
+    message = precheck.warn_if_uncovered(p)
+    if message:
+        p.extra_generation_params[WARNING_KEY] = message  # reaches API users too (response info)
+
+
+@guarded("starting a pass")
+def before_pass(p, hires: bool) -> None:
+    """Script.process_batch and before_hr: the networks for this pass are active now."""
+    start_pass(p, hires)
+
+
+@guarded("following the sampler")
+def sampler_step(params) -> None:
+    """on_cfg_denoiser, every step: a new pass or a model that changed mid-pass (a refiner) is
+    picked up before the step's UNet calls; a step no engine UNet sees is counted as such."""
+    p = getattr(getattr(params, "denoiser", None), "p", None)
+    report = generation.current()
+    if p is not None:
+        hires = bool(getattr(p, "is_hr_pass", False))
+        if params.sampling_step == 0 or current_pass(p, hires) != report.current:
+            start_pass(p, hires)
+    if active_unet() is None and generation.in_progress():
+        name = getattr(getattr(shared.sd_model, "sd_checkpoint_info", None), "name_for_extra", "?")
+        report.record_builtin_step(f"no engine UNet for {name}")
 
 
 @guarded("finishing the generation")
 def after_generation(p) -> None:
+    text = generation.current().infotext()
+    if text is not None:  # a plain value in the API's info, where the callable would be null
+        p.extra_generation_params[INFOTEXT_KEY] = text
     generation.end()

@@ -2,9 +2,10 @@
 process() (before the WebUI applies the UNet option), ended by its postprocess()."""
 from __future__ import annotations
 
-from sd_unet_trt.trt_core.hook_policy import GenerationReport
+from sd_unet_trt.trt_core.generation_report import GenerationReport
 
 _report = GenerationReport()
+_active = [False]
 _end_hooks: list = []  # called when a generation ends (release fallback weights)
 
 
@@ -12,11 +13,16 @@ def begin() -> GenerationReport:
     global _report
     end()
     _report = GenerationReport()
+    _active[0] = True
     return _report
 
 
 def current() -> GenerationReport:
     return _report
+
+
+def in_progress() -> bool:
+    return _active[0]
 
 
 def on_end(hook) -> None:
@@ -30,5 +36,6 @@ def forget(hook) -> None:
 
 
 def end() -> None:
+    _active[0] = False
     for hook in list(_end_hooks):
         hook()

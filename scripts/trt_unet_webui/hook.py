@@ -1,25 +1,34 @@
 """The UNet hook: an SdUnet that asks the router for every call and falls back per call.
 
-Engines cover calls by shape (size, rows, context length, channels, y). A call they miss, a call
-with inputs engines do not take (ControlNet's `control`, ...), an engine that fails, or a loaded
-checkpoint other than the engines' own all run the built-in UNet for that call; the generation
-never sees an exception from here.
+It serves whichever checkpoint is loaded (the base model, then its refiner) from that checkpoint's
+own engines, and only with the weights the WebUI would compute with now: once per sampling pass
+(and whenever the active networks change) it reads the live UNet (live_weights), gives the
+engines every weight that differs from what they were built with (a LoRA merge, an in-place
+change) through trt_core.weight_sync, or, when that cannot be reproduced, falls back for the
+pass. A call no engine covers, a call with inputs engines do not take (ControlNet's `control`,
+...), an engine that fails, or a model without engines also runs the built-in UNet for that
+call; the generation never sees an exception from here, and the infotext says what ran.
 """
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 
 from modules import devices, sd_unet, shared
 
-from sd_unet_trt.trt_core.hook_policy import engines_router, manifest_signature, short_reason, suggestion
-from sd_unet_trt.trt_core.profiles import CallShape
-from sd_unet_trt.scripts.trt_unet_webui import generation, settings
+from sd_unet_trt.scripts.trt_unet_webui import generation, live_weights, settings
 from sd_unet_trt.scripts.trt_unet_webui.fallback import FallbackPlacement, restore_builtin
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
+from sd_unet_trt.trt_core.hook_policy import engines_router, manifest_signature, short_reason, suggestion
+from sd_unet_trt.trt_core.profiles import CallShape
+from sd_unet_trt.trt_core.router import Router
+from sd_unet_trt.trt_core.weight_sync import WeightSync
 
 log = logging.getLogger("sd_unet_trt")
+KEPT_CHECKPOINTS = 2  # a base model and its refiner
 
 
 def loaded_sha256(sd_model) -> str | None:
@@ -27,17 +36,50 @@ def loaded_sha256(sd_model) -> str | None:
     return getattr(info, "sha256", None) if info is not None else None
 
 
-def mismatch_reason(sd_model, sha256: str) -> str:
-    """Why engines of checkpoint `sha256` must not serve the loaded model ("" when they may)."""
+def model_problem(sd_model) -> str:
+    """Why no engine can serve the loaded model ("" when engines may)."""
     if sd_model is None:
         return "no model is loaded"
     if getattr(sd_model, "is_sd3", False):
         return "SD3 models do not go through SD Unet hooks"
-    loaded = loaded_sha256(sd_model)
-    if loaded != sha256:
-        return (f"the engines are for checkpoint {sha256[:10]}, the loaded one is "
-                f"{(loaded or 'unhashed')[:10]}")
+    if not loaded_sha256(sd_model):
+        return "the loaded checkpoint is not hashed"
     return ""
+
+
+def lora_functional() -> bool:
+    return bool(getattr(shared.opts, "lora_functional", False))
+
+
+@dataclass
+class CheckpointEngines:
+    """One checkpoint's engines: their router and the weights they hold."""
+    name: str
+    router: Router | None
+    sync: WeightSync | None
+    signature: object
+    problem: str = ""  # non-empty: none of them can be used
+
+
+def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
+    signature = manifest_signature(workspace())
+    try:
+        router, left_out = engines_router(workspace(), sha256, devices.device.type, settings.vram_budget_bytes(),
+                                          settings.preferred_backend(), settings.cuda_graphs())
+    except Exception as e:  # a broken manifest means no engines, not a broken WebUI
+        log.warning("TensorRT: cannot read the engine manifest (%s); the built-in UNet runs every call", e)
+        return CheckpointEngines(name, None, None, signature, "the engine manifest cannot be read")
+    for item in left_out:
+        log.info("TensorRT: engine %s not used: %s", item.entry.id, item.status.reason)
+    if not router.records:
+        return CheckpointEngines(name, None, None, signature, f"no engines for checkpoint {name}")
+    digest = router.records[0].weights
+    try:
+        record = workspace().weights_record(digest)
+    except ValueError as e:
+        return CheckpointEngines(name, None, None, signature, f"the engines' weights record is unusable ({e}); rebuild them")
+    router.records = [r for r in router.records if r.weights == digest]  # one checkpoint file: one digest
+    return CheckpointEngines(name, router, WeightSync(record, devices.device), signature)
 
 
 class TrtUnetOption(sd_unet.SdUnetOption):
@@ -47,73 +89,114 @@ class TrtUnetOption(sd_unet.SdUnetOption):
         self.sha256 = sha256
 
     def create_unet(self) -> "TrtUnet":
-        return TrtUnet(self.sha256)
+        return TrtUnet()
 
 
 class TrtUnet(sd_unet.SdUnet):
-    def __init__(self, sha256: str):
+    def __init__(self):
         super().__init__()
-        self.sha256 = sha256
-        self.router = None
-        self.signature = None
         self.device = devices.device
-        self.mismatch = ""
         self.placement = FallbackPlacement()
+        self.checkpoints: OrderedDict[str, CheckpointEngines] = OrderedDict()
+        self.problem = ""  # why every call of this pass falls back ("" when engines may serve)
+        self._synced: tuple | None = None  # (sha256, networks key) at the last sync
+        self._resync = True
 
     def activate(self) -> None:
         generation.on_end(self.placement.release)
-        if self.check_model():
-            self.refresh()
-
-    def check_model(self) -> bool:
-        """Whether the loaded model is the engines' checkpoint; if not, the built-in UNet goes back
-        to where the WebUI keeps it without an SD Unet and runs every call."""
-        was = self.mismatch
-        self.mismatch = mismatch_reason(shared.sd_model, self.sha256)
-        if self.mismatch and self.mismatch != was:
-            log.warning("TensorRT: %s: engines stay unused, the built-in UNet runs every call", self.mismatch)
+        self.request_sync()
+        problem = model_problem(shared.sd_model)
+        if problem:
+            log.warning("TensorRT: %s: the built-in UNet runs every call", problem)
             restore_builtin(shared.sd_model)
-        return not self.mismatch
-
-    def refresh(self) -> None:
-        """(Re)read the manifest when it changed: engines are loaded from it lazily, never rebuilt."""
-        signature = manifest_signature(workspace())
-        if self.router is not None and signature == self.signature:
-            return
-        if self.router is not None:
-            self.router.close()
-        self.device = devices.device
-        try:
-            self.router, left_out = engines_router(workspace(), self.sha256, self.device.type,
-                                                   settings.vram_budget_bytes(), settings.preferred_backend(),
-                                                   settings.cuda_graphs())
-        except Exception as e:  # a broken manifest means no engines, not a broken WebUI
-            log.warning("TensorRT: cannot read the engine manifest (%s); the built-in UNet runs every call", e)
-            self.router, left_out = None, []
-        self.signature = signature
-        for item in left_out:
-            log.info("TensorRT: engine %s not used: %s", item.entry.id, item.status.reason)
 
     def deactivate(self) -> None:
         generation.forget(self.placement.release)
         self.placement.release()
-        if self.router is not None:
-            self.router.close()
-            self.router = None
+        for engines in self.checkpoints.values():
+            if engines.router is not None:
+                engines.router.close()
+        self.checkpoints.clear()
+
+    def request_sync(self) -> None:
+        """Read the live UNet again before the next call (a new pass, a model load)."""
+        self._resync = True
+
+    def unload(self, engine_id: str) -> None:
+        for engines in self.checkpoints.values():
+            if engines.router is not None:
+                engines.router.unload(engine_id)
+
+    def engines_for(self, sha256: str, name: str) -> CheckpointEngines:
+        engines = self.checkpoints.get(sha256)
+        if engines is not None and engines.signature != manifest_signature(workspace()):
+            if engines.router is not None:
+                engines.router.close()
+            engines = None
+        if engines is None:
+            engines = self.checkpoints[sha256] = checkpoint_engines(sha256, name)
+            while len(self.checkpoints) > KEPT_CHECKPOINTS:
+                _, dropped = self.checkpoints.popitem(last=False)
+                if dropped.router is not None:
+                    dropped.router.close()
+        self.checkpoints.move_to_end(sha256)
+        return engines
+
+    def _sync(self, sd_model, key: tuple) -> None:
+        """Which engines may serve this pass, holding which weights; or why none may."""
+        self._synced, self._resync = key, False
+        self.problem = model_problem(sd_model)
+        if self.problem:
+            return
+        engines = self.engines_for(key[0], sd_model.sd_checkpoint_info.model_name)
+        self.problem = engines.problem
+        if self.problem:
+            return
+        live = live_weights.describe(sd_model.model.diffusion_model, lora_functional())
+        self.problem = live.problem
+        if self.problem:
+            return
+        try:
+            targets = engines.sync.update(live.base, live.keys, live.merge)
+        except (KeyError, ValueError, RuntimeError) as e:
+            self.problem = f"the engines cannot take the changed weights ({e})"
+            return
+        if targets is not None:
+            unfit = engines.router.set_weights(targets)
+            for engine_id, reason in unfit.items():
+                log.info("TensorRT: engine %s cannot take the changed weights: %s", engine_id, reason)
+        report = generation.current()
+        if live.networks:
+            report.note(f"LoRA applied to the engines: {', '.join(live.networks)}")
+        if engines.sync.changed:
+            report.note(f"{len(engines.sync.changed)} UNet weights differ from the checkpoint file; "
+                        "the engines use the live values")
+
+    def prepare(self) -> CheckpointEngines | None:
+        """Cheap per call; reads the live UNet again only when something may have changed."""
+        sd_model = shared.sd_model
+        key = (loaded_sha256(sd_model), live_weights.networks_key(lora_functional()))
+        if self._resync or key != self._synced:
+            try:
+                self._sync(sd_model, key)
+            except Exception as e:  # nothing here may break a generation
+                log.exception("TensorRT: reading the live UNet failed")
+                self.problem = f"reading the live UNet failed ({type(e).__name__}: {e})"
+        return None if self.problem else self.checkpoints.get(key[0])
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         report = generation.current()
         y = kwargs.get("y")
         extra = [k for k, v in kwargs.items() if k != "y" and v is not None]
-        if self.mismatch:
-            reason, detail = self.mismatch, ""
+        engines = self.prepare()
+        router = engines.router if engines is not None else None
+        if self.problem:
+            reason, detail = self.problem, ""
         elif args or extra:
             reason, detail = f"extra UNet inputs ({', '.join(extra) or f'{len(args)} positional'}) are not supported by engines", ""
-        elif self.router is None:
-            reason, detail = "no engines", ""
         else:
             try:
-                result = self.router.run(x, timesteps, context, y)
+                result = router.run(x, timesteps, context, y)
                 call = CallShape.of(x, context, y)
             except Exception as e:  # e.g. a call of a shape no SD UNet takes; the built-in UNet decides
                 reason, detail = f"routing failed ({type(e).__name__}: {e})", ""
@@ -128,5 +211,10 @@ class TrtUnet(sd_unet.SdUnet):
             log.warning("TensorRT: %s; the built-in UNet runs such calls in this generation. %s", reason, detail)
         if first and policy == settings.FALLBACK_INTERRUPT:
             shared.state.interrupt()
-        return self.placement.run(shared.sd_model.model.diffusion_model, self.router, settings.vram_budget_bytes(),
+        return self.placement.run(shared.sd_model.model.diffusion_model, router, settings.vram_budget_bytes(),
                                   x, timesteps, context, args, kwargs)
+
+
+def active_unet() -> TrtUnet | None:
+    current = sd_unet.current_unet
+    return current if isinstance(current, TrtUnet) else None

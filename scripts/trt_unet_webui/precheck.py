@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from modules import devices, prompt_parser, sd_hijack, sd_unet, shared
+from modules import devices, prompt_parser, sd_hijack, sd_models, sd_unet, shared
 
 from sd_unet_trt.trt_core.hook_policy import GenerationPlan, engines_router, expected_calls, precheck_message, uncovered_calls
 from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnetOption
@@ -51,7 +51,10 @@ def warn_if_uncovered(p) -> str | None:
     option = sd_unet.get_unet_option()
     if not isinstance(option, TrtUnetOption):
         return None
-    router, _ = engines_router(workspace(), option.sha256, devices.device.type)
+    # the checkpoint this generation loads (a refiner of the last one may still be loaded now)
+    selected = sd_models.checkpoint_aliases.get(shared.opts.sd_model_checkpoint)
+    sha256 = getattr(selected, "sha256", None) or option.sha256
+    router, _ = engines_router(workspace(), sha256, devices.device.type)
     if not router.records:
         return None
     missing = uncovered_calls(router, expected_calls(generation_plan(p), router.records[0].family))

@@ -10,7 +10,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 
@@ -27,6 +27,10 @@ def no_progress(phase: str, fraction: float) -> None:
 
 class BackendUnavailable(RuntimeError):
     """The backend's library or hardware is missing; the message says what to install."""
+
+
+class WeightsUnsupported(RuntimeError):
+    """An engine cannot run with the weights asked of it; the message says why. It is unchanged."""
 
 
 class BuildCancelled(RuntimeError):
@@ -93,6 +97,11 @@ class Engine(ABC):
     def memory_bytes(self) -> int:
         """Device memory held while loaded (weights and workspace), for the router's budget."""
         return 0
+
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        """Run with these values for the UNet weights they name (state-dict names) from now on; the
+        others keep theirs. Raises WeightsUnsupported, leaving the engine as it was, when it cannot."""
+        raise WeightsUnsupported(f"{type(self).__name__} cannot change its weights")
 
     def close(self) -> None:
         """Release everything the engine holds; it is not called again afterwards."""

@@ -1,17 +1,30 @@
-"""ONNX Runtime backend: runs the very ONNX that TensorRT builds from. The engine file is the graph
-after ONNX Runtime's portable (basic) optimizations, so loading skips that work. Tensors are bound
-in place (I/O binding), on the CPU here and with the CUDA or DirectML providers on users' machines."""
+"""ONNX Runtime backend: runs the very ONNX that TensorRT builds from. The engine file is a copy of
+the export (ONNX Runtime optimizes it when it loads it), so every UNet weight in it keeps its
+state-dict name. Tensors are bound in place (I/O binding), on the CPU here and with the CUDA or
+DirectML providers on users' machines.
+
+Changed weights (a LoRA) get a session of their own built from the file with those initializers
+replaced from memory. ONNX Runtime applies such replacements only without graph optimizations
+(with them it silently keeps the file's values), so that session runs unoptimized; once every
+weight is back to the file's value, the optimized session serves again.
+"""
 from __future__ import annotations
 
+import json
+import shutil
+import threading
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
-                                    ProgressFn, no_progress)
+                                                ProgressFn, WeightsUnsupported, no_progress)
+from sd_unet_trt.trt_core.export import DATA_NAME, WEIGHTS_METADATA
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.weights import fingerprint
 
 ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}
 NUMPY_TYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -19,9 +32,18 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "DmlExecutionProvider")
 
 
 class OnnxRuntimeEngine(Engine):
-    def __init__(self, session, name: str, family: ModelFamily, profile: Profile, size_bytes: int):
-        self.session, self.name, self.family, self.profile = session, name, family, profile
+    def __init__(self, make_session, name: str, family: ModelFamily, profile: Profile, size_bytes: int):
+        self._make_session = make_session  # (replacements: name -> array) -> InferenceSession
+        self.name, self.family, self.profile = name, family, profile
         self._size = size_bytes
+        self._lock = threading.Lock()
+        self._replaced: dict[str, np.ndarray] = {}
+        self._use(make_session({}))
+        meta = self.session.get_modelmeta().custom_metadata_map.get(WEIGHTS_METADATA)
+        self._weights = json.loads(meta) if meta else None  # {"shapes": ..., "fingerprints": ...}
+
+    def _use(self, session) -> None:
+        self.session = session
         self.provider = session.get_providers()[0]
         self.device = torch.device("cuda") if self.provider == "CUDAExecutionProvider" else torch.device("cpu")
         self.input_dtypes = {i.name: ORT_DTYPES[i.type] for i in session.get_inputs()}
@@ -37,27 +59,52 @@ class OnnxRuntimeEngine(Engine):
         return tensor
 
     def __call__(self, x, timesteps, context, y=None):
-        held = [self._bind("x", x), self._bind("timesteps", timesteps.float()), self._bind("context", context)]
-        if "y" in self.input_dtypes:
-            if y is None:
-                raise ValueError(f"engine {self.name} needs y")
-            held.append(self._bind("y", y))
-        out = torch.empty((x.shape[0], self.out_channels, x.shape[2], x.shape[3]),
-                          dtype=self.output_dtype, device=self.device)
-        self._binding.bind_output(self.output_name, self.device.type, self.device.index or 0,
-                                  NUMPY_TYPES[out.dtype], tuple(out.shape), out.data_ptr())
-        self.session.run_with_iobinding(self._binding)
-        self._binding.clear_binding_inputs()
-        self._binding.clear_binding_outputs()
-        del held
+        with self._lock:  # one I/O binding per engine
+            held = [self._bind("x", x), self._bind("timesteps", timesteps.float()), self._bind("context", context)]
+            if "y" in self.input_dtypes:
+                if y is None:
+                    raise ValueError(f"engine {self.name} needs y")
+                held.append(self._bind("y", y))
+            out = torch.empty((x.shape[0], self.out_channels, x.shape[2], x.shape[3]),
+                              dtype=self.output_dtype, device=self.device)
+            self._binding.bind_output(self.output_name, self.device.type, self.device.index or 0,
+                                      NUMPY_TYPES[out.dtype], tuple(out.shape), out.data_ptr())
+            self.session.run_with_iobinding(self._binding)
+            self._binding.clear_binding_inputs()
+            self._binding.clear_binding_outputs()
+            del held
         return out.to(device=x.device, dtype=x.dtype)
+
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        if self._weights is None:
+            raise WeightsUnsupported(f"engine {self.name} comes from an export that did not name its weights; rebuild it")
+        shapes, prints = self._weights["shapes"], self._weights["fingerprints"]
+        replaced = dict(self._replaced)
+        dtype = self.input_dtypes["x"]
+        for name, value in weights.items():
+            if name not in shapes:
+                raise WeightsUnsupported(f"engine {self.name} has no weight {name}")
+            if list(value.shape) != shapes[name]:
+                raise WeightsUnsupported(f"engine {self.name}: {name} is {shapes[name]}, the new value is {list(value.shape)}")
+            if fingerprint(value) == prints[name]:
+                replaced.pop(name, None)  # the file's own value
+            else:
+                replaced[name] = value.detach().to("cpu", dtype).contiguous().numpy()
+        if replaced.keys() == self._replaced.keys() and all(np.array_equal(replaced[k], self._replaced[k]) for k in replaced):
+            return
+        session = self._make_session(replaced)
+        with self._lock:
+            self._replaced = replaced
+            self._use(session)
 
     @property
     def memory_bytes(self) -> int:
         return self._size
 
     def close(self) -> None:
-        self.session = None
+        with self._lock:
+            self.session = None
+            self._replaced = {}
 
 
 class OnnxRuntimeBackend(Backend):
@@ -90,20 +137,12 @@ class OnnxRuntimeBackend(Backend):
 
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
               cancel: CancelToken | None = None) -> BuildOutcome:
-        import onnx
-        import onnxruntime
-
         self.require()
-        model = onnx.load(str(request.onnx_path), load_external_data=False)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        if (Path(request.onnx_path).parent / DATA_NAME).exists():
             raise ValueError("the ONNX Runtime backend takes models under 2 GB (one file); "
                              "use the tensorrt or torch backend for this one")
-        progress("onnxruntime: optimizing the graph", 0.1)
-        options = onnxruntime.SessionOptions()
-        # Basic optimizations only: they are provider-independent, so the file runs anywhere.
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(out_path)
-        onnxruntime.InferenceSession(str(request.onnx_path), options, providers=["CPUExecutionProvider"])
+        progress("onnxruntime: copying the ONNX", 0.1)
+        shutil.copyfile(request.onnx_path, out_path)
         progress("onnxruntime: done", 1.0)
         return BuildOutcome(precision=request.precision, details={"providers": self.providers(request.device)})
 
@@ -111,15 +150,27 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime
 
         self.require()
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Idle ORT threads would otherwise spin between calls and slow the PyTorch work around them.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = self.providers(device)
+
+        def make_session(replaced: Mapping[str, np.ndarray]):
+            options = onnxruntime.SessionOptions()
+            options.log_severity_level = 3  # its optimizer's notes are not the user's business
+            # Idle ORT threads would otherwise spin between calls and slow the PyTorch work around them.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL if replaced
+                                                else onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL)
+            values = [onnxruntime.OrtValue.ortvalue_from_numpy(array) for array in replaced.values()]
+            for weight, value in zip(replaced, values):
+                options.add_initializer(weight, value)
+            session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+            session._replacements = values  # ONNX Runtime reads them for as long as the session lives
+            return session
+
         try:
-            session = onnxruntime.InferenceSession(str(path), options, providers=self.providers(device))
+            engine = OnnxRuntimeEngine(make_session, name, family, profile, path.stat().st_size)
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise ValueError(f"{path.name} is not a loadable ONNX Runtime engine: {e}") from None
-        names = [i.name for i in session.get_inputs()]
+        names = list(engine.input_dtypes)
         if names[:3] != ["x", "timesteps", "context"]:
             raise ValueError(f"{path.name} is not a UNet export of this extension (inputs {names})")
-        return OnnxRuntimeEngine(session, name, family, profile, path.stat().st_size)
+        return engine

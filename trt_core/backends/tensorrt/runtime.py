@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import Engine
+from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
 from sd_unet_trt.trt_core.profiles import Profile
 
 MAX_SHAPES = 8  # bound buffers kept per engine; older shapes are dropped first
@@ -32,7 +32,7 @@ class EngineRunError(RuntimeError):
     """TensorRT refused to run the call; the message carries TensorRT's errors."""
 
 
-class RefitError(RuntimeError):
+class RefitError(WeightsUnsupported):
     """New weights could not be put into the engine; the engine still holds its old weights."""
 
 
@@ -194,8 +194,9 @@ class TensorRTEngine(Engine):
         # a fresh tensor: callers keep outputs while the next call reuses the buffers
         return bound.outputs["out"].to(device=x.device, dtype=x.dtype, copy=True)
 
-    def refit(self, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
-        """Replace named weights in place (LoRA). Checks everything before touching the engine."""
+    def set_weights(self, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+        """Refit the named weights (ONNX initializer names = the UNet's state-dict names) from
+        tensors in memory: no export, no ONNX read. Checks everything before touching the engine."""
         trt = self.trt
         if not self.cuda_engine.refittable:
             raise RefitError(f"{self.name} was built without refit support; rebuild it to apply LoRA")

@@ -1,0 +1,152 @@
+"""What the WebUI's UNet would compute with now, read off the live model once per sampling pass.
+
+- Base weights: each layer's weights before any network. The built-in Lora keeps them in its
+  backups (`network_weights_backup`) while a network is merged in place, and restores them before
+  applying the next set; with its `lora_functional` setting it runs the layer on the restored
+  weights and adds each network's output, except that with no network at all it runs the layer on
+  whatever the weights hold. Anything else that changed weights in place (another extension, fp8
+  storage, a different file loaded under the same name) shows in trt_core.weight_sync's
+  fingerprints.
+- Merge: what the active networks (LoRA, LyCORIS types) add, computed with their own
+  `calc_updown`, in the order and arithmetic of `network_apply_weights` (each network sees the
+  weight the previous one produced), or, in functional mode, each from the base weight.
+- Problems: what engines cannot reproduce, so every call of the pass falls back with the reason: a
+  layer's forward replaced or hooked by an unknown extension, a module class whose forward comes
+  from outside torch/ldm/sgm/the WebUI/its Lora (token merging, say), fp8 weight storage with a
+  network, DoRA in functional mode (the WebUI leaves DoRA out there).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Hashable
+
+import torch
+import torch.nn.functional as F
+
+from sd_unet_trt.trt_core.weight_sync import Merge
+
+# where the forwards of a UNet's module classes may come from and still compute what engines do
+# (and this extension's own UNet, the engines' reference, which the WebUI test double uses)
+KNOWN_FORWARDS = ("torch.", "ldm.", "sgm.", "modules.", "networks", "lora_patches", "sd_unet_trt.models.")
+WEIGHT, BIAS = "weight", "bias"
+BACKUPS = {WEIGHT: "network_weights_backup", BIAS: "network_bias_backup"}  # the Lora extension's names
+
+
+def lora_networks():
+    """The built-in Lora extension's `networks` module, when it is loaded."""
+    module = sys.modules.get("networks")
+    if module is not None and hasattr(module, "loaded_networks") and hasattr(module, "network_apply_weights"):
+        return module
+    return None
+
+
+def networks_key(functional: bool) -> Hashable:
+    """Changes whenever the active networks or their multipliers change (cheap: checked every call)."""
+    networks = lora_networks()
+    if networks is None:
+        return ()
+    return functional, tuple((id(net), net.name, net.te_multiplier, net.unet_multiplier, net.dyn_dim)
+                             for net in networks.loaded_networks)
+
+
+@dataclass
+class LiveUNet:
+    base: dict[str, torch.Tensor] = field(default_factory=dict)
+    keys: dict[str, Hashable] = field(default_factory=dict)
+    merge: Merge = field(default_factory=Merge)
+    problem: str = ""  # non-empty: engines cannot reproduce this pass
+    networks: list[str] = field(default_factory=list)  # "name:multiplier" of those that change the UNet
+
+
+def forward_problem(unet: torch.nn.Module) -> str:
+    """Why engines cannot compute what this UNet's modules compute ("" when they can)."""
+    classes = {}
+    for path, module in unet.named_modules():
+        if path and "forward" in vars(module):
+            return f"an extension replaced the forward of UNet layer {path}"
+        for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
+            if not getattr(hook, "__module__", "").startswith("modules."):  # the WebUI's own (lowvram)
+                return f"an extension hooks UNet layer {path or '(root)'} ({getattr(hook, '__module__', '?')})"
+        classes.setdefault(type(module), path)
+    for cls, path in classes.items():
+        origin = getattr(cls.forward, "__module__", "") or ""
+        if not origin.startswith(KNOWN_FORWARDS):
+            return f"{cls.__name__}.forward (UNet layer {path or '(root)'}) comes from {origin}"
+    return ""
+
+
+def _own_params(unet: torch.nn.Module):
+    for path, module in unet.named_modules():
+        for pname, param in module.named_parameters(recurse=False):
+            yield path, module, pname, param
+
+
+def _merge_function(layers, nets, functional: bool):
+    """The merge for these layers ((path, layer name, module) each) as the Lora extension computes it."""
+    def apply(originals):
+        out = {}
+        for path, layer_name, module in layers:
+            prefix = f"{path}." if path else ""
+            weight, bias = originals[prefix + WEIGHT], originals.get(prefix + BIAS)
+            base_weight, changed_bias = weight, False
+            for net in nets:
+                part = net.modules.get(layer_name)
+                if part is None:
+                    continue
+                updown, ex_bias = part.calc_updown(base_weight if functional else weight)
+                if weight.dim() == 4 and weight.shape[1] == 9:  # inpainting: the 5 extra input channels get none
+                    updown = F.pad(updown, (0, 0, 0, 0, 0, 5))
+                weight = (weight.to(updown.dtype) + updown).to(weight.dtype)
+                if ex_bias is not None:
+                    if bias is None:
+                        raise ValueError(f"network {net.name} adds a bias to UNet layer {path}, which has none")
+                    bias, changed_bias = (bias + ex_bias).to(bias.dtype), True
+            out[prefix + WEIGHT] = weight
+            if changed_bias:
+                out[prefix + BIAS] = bias
+        return out
+    return apply
+
+
+def describe(unet: torch.nn.Module, functional: bool) -> LiveUNet:
+    """The live UNet's base weights and the active networks' merge, or the problem that stops engines."""
+    live = LiveUNet()
+    live.problem = forward_problem(unet)
+    if live.problem:
+        return live
+    networks = lora_networks()
+    loaded = list(networks.loaded_networks) if networks is not None else []
+    layers = {}
+    for path, module in unet.named_modules():
+        name = getattr(module, "network_layer_name", None)
+        if name is not None and any(name in net.modules for net in loaded):
+            layers[name] = (path, name, module)
+    nets = [net for net in loaded if any(name in net.modules for name in layers)]
+    use_backups = bool(loaded) or not functional  # functional mode without networks runs the weights as they are
+    for path, module, pname, param in _own_params(unet):
+        backup = getattr(module, BACKUPS.get(pname, ""), None)
+        tensor = backup if use_backups and isinstance(backup, torch.Tensor) else param
+        name = f"{path}.{pname}" if path else pname
+        live.base[name] = tensor
+        live.keys[name] = (id(tensor), tensor._version, tensor.data_ptr())
+    if not nets:
+        return live
+    for path, name, module in layers.values():
+        if getattr(module, "fp16_weight", None) is not None:
+            live.problem = f"the UNet's weights are stored in fp8, and a network changes layer {path}"
+            return live
+    if functional and any(getattr(part, "dora_scale", None) is not None and type(part).__name__ == "NetworkModuleLora"
+                          for net in nets for part in net.modules.values()):
+        live.problem = "a DoRA network in functional Lora mode (the WebUI leaves DoRA out there; engines do not)"
+        return live
+    names = set()
+    for path, _, module in layers.values():
+        prefix = f"{path}." if path else ""
+        names.add(prefix + WEIGHT)
+        if getattr(module, BIAS, None) is not None:
+            names.add(prefix + BIAS)
+    live.merge = Merge(frozenset(n for n in names if n.endswith(WEIGHT) or n in live.base),
+                       _merge_function(list(layers.values()), nets, functional), networks_key(functional))
+    live.networks = [f"{net.name}:{net.unet_multiplier:g}" for net in nets]
+    return live

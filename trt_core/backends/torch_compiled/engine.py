@@ -1,0 +1,141 @@
+"""A loaded torch backend engine: pads calls to the compiled rows, replays one CUDA graph per call
+shape, and takes changed UNet weights in place (they are graph inputs, views of one device blob)."""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
+from sd_unet_trt.trt_core.profiles import CallShape, Profile
+
+MAX_GRAPHS = 16  # CUDA graphs kept per engine (one per exact call shape), least recently used dropped
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    output: torch.Tensor
+
+
+class TorchCompiledEngine(Engine):
+    """Runs calls inside its profile. The compiled graph takes the profile's most rows: a call with
+    fewer is padded (by repeating its last row) and the padding cut off the output; rows are
+    independent in the UNet, so the real rows are unaffected. On CUDA the graph is captured once
+    and replayed. Outputs are contiguous in the caller's dtype and device.
+
+    `weights` are the compiled graph's weight inputs and `sources` says, per weight, which UNet
+    weights (state-dict name, first row) it holds: `set_weights` writes new values into them in
+    place, so the next run and every captured CUDA graph see them."""
+
+    def __init__(self, name: str, family: ModelFamily, profile: Profile, runner: Any, device: torch.device,
+                 dtype: torch.dtype, cuda_graphs: bool, weights_bytes: int = 0,
+                 weights: list[torch.Tensor] | None = None, sources: list[list[list]] | None = None):
+        self.name, self.family, self.profile = name, family, profile
+        self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
+        self._runner = runner
+        self._weights_bytes = weights_bytes
+        self._weights = weights or []
+        self._targets: dict[str, list[tuple[int, int]]] = {}  # UNet weight -> (graph weight, first row)
+        for index, held in enumerate(sources or []):
+            for unet_name, row in held:
+                self._targets.setdefault(unet_name, []).append((index, int(row)))
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+        self._lock = threading.Lock()
+
+    @property
+    def memory_bytes(self) -> int:
+        return self._weights_bytes
+
+    @property
+    def graph_shapes(self) -> list[tuple]:
+        return list(self._graphs)
+
+    def _inputs(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        call = CallShape.of(x, context, y)
+        coverage = self.profile.covers(call, self.family)
+        if not coverage or coverage.needs_split:
+            reason = coverage.reason or f"{call.rows} rows is above the engine's maximum of {self.profile.rows.max}"
+            raise ValueError(f"engine {self.name} cannot run {call.describe()}: {reason}")
+        if timesteps.shape != (x.shape[0],):
+            raise ValueError(f"timesteps must have shape [{x.shape[0]}], got {list(timesteps.shape)}")
+        inputs = [x.to(self.device, self.dtype), timesteps.to(self.device, torch.float32), context.to(self.device, self.dtype)]
+        if self.family.y_dim:
+            inputs.append(y.to(self.device, self.dtype))
+        pad = self.profile.rows.max - x.shape[0]
+        if pad:
+            inputs = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs]
+        return tuple(t.contiguous() for t in inputs)
+
+    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        if not self._targets:
+            raise WeightsUnsupported(f"engine {self.name} was built without a record of its weights' names; rebuild it")
+        writes = []
+        for name, value in weights.items():
+            if name not in self._targets:
+                raise WeightsUnsupported(f"engine {self.name} has no weight {name}")
+            for index, row in self._targets[name]:
+                part = self._weights[index][row:row + value.shape[0]] if value.dim() else self._weights[index]
+                if part.shape != value.shape:
+                    raise WeightsUnsupported(f"engine {self.name}: {name} is {list(part.shape)}, "
+                                             f"the new value is {list(value.shape)}")
+                writes.append((part, value))
+        with self._lock, torch.no_grad():
+            for part, value in writes:
+                part.copy_(value)
+
+    def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                 y: torch.Tensor | None = None) -> torch.Tensor:
+        inputs = self._inputs(x, timesteps, context, y)
+        rows = x.shape[0]
+        if not self.cuda_graphs:
+            with self._lock:
+                return self._run(inputs)[:rows].to(x.device, x.dtype, memory_format=torch.contiguous_format)
+        with self._lock:
+            key = tuple(tuple(t.shape) for t in inputs)
+            entry = self._graphs.get(key)
+            if entry is None:
+                entry = self._capture(key, inputs)
+            else:
+                self._graphs.move_to_end(key)
+                for static, value in zip(entry.inputs, inputs):
+                    static.copy_(value)
+                entry.graph.replay()
+            # the graph's output buffer is overwritten by the next replay: hand out a copy (the
+            # compiled graph may leave its output channels-last)
+            return entry.output[:rows].to(x.device, x.dtype, copy=True, memory_format=torch.contiguous_format)
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        out = self._runner(*inputs)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    def _capture(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> _Graph:
+        static = tuple(t.clone() for t in inputs)
+        # warm up off the capture: first runs load kernels and size workspaces, which capture forbids
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._run(static)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self._run(static)
+        graph.replay()  # capture records without computing: this replay computes the first call
+        entry = _Graph(graph, static, output)
+        self._graphs[key] = entry
+        while len(self._graphs) > MAX_GRAPHS:
+            self._graphs.popitem(last=False)
+        return entry
+
+    def close(self) -> None:
+        with self._lock:
+            self._graphs.clear()
+            self._runner = None
+            self._weights = []

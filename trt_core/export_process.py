@@ -1,0 +1,103 @@
+"""Exporting a checkpoint file to ONNX in a child process (`python <package>/__main__.py export`).
+
+The child reads the UNet from the file, so the export holds the checkpoint's own weights whatever
+the host has done to its model in memory (a merged LoRA). It also keeps the export's memory and
+its libraries out of the host: inside the WebUI, onnx and onnx-graphsurgeon need a newer protobuf
+than the WebUI pins, so install.py puts them in a folder of their own that only this child puts
+first on its path. Progress comes back as lines on the child's stdout; cancelling ends the child
+and removes what it had started to write.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+
+import sd_unet_trt
+from sd_unet_trt.trt_core.atomic import TEMP_MARK
+from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.checkpoint_file import FileStamp
+from sd_unet_trt.trt_core.export import ExportError, ExportResult
+
+PACKAGE_ROOT = Path(sd_unet_trt.__path__[0])
+PROGRESS_PREFIX = "progress "
+POLL_S = 0.2
+
+
+def export_tools_path() -> Path | None:
+    """install.py's folder of export tools for this Python, when it installed one."""
+    folder = PACKAGE_ROOT / ".export-tools" / f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
+    return folder if (folder / "installed.json").is_file() else None
+
+
+def child_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    tools = export_tools_path()
+    if tools is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tools), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def progress_line(phase: str, fraction: float) -> str:
+    return f"{PROGRESS_PREFIX}{fraction:.4f} {phase}"
+
+
+def _read_lines(stream, lines: queue.Queue) -> None:
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+def export_checkpoint_file(path: Path, sha256: str, stamp: FileStamp, family_name: str, out_dir: Path,
+                           weights: str, prediction: str = "eps", device: str = "cpu",
+                           progress: ProgressFn = no_progress, cancel: CancelToken | None = None) -> ExportResult:
+    """Export the file's UNet to `out_dir` in a child process and read the result back."""
+    from sd_unet_trt.models.families import family_named
+
+    cancel = cancel or CancelToken()
+    command = [sys.executable, str(PACKAGE_ROOT / "__main__.py"), "export", "--checkpoint", str(path),
+               "--out", str(out_dir), "--weights", weights, "--prediction", prediction, "--family", family_name,
+               "--sha256", sha256, "--expect-stamp", f"{stamp.size}:{stamp.mtime_ns}", "--device", device,
+               "--progress-lines"]
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=child_environment(), cwd=str(Path(out_dir).parent))
+    lines: queue.Queue = queue.Queue()
+    errors: list[str] = []
+    readers = [threading.Thread(target=_read_lines, args=(child.stdout, lines), daemon=True),
+               threading.Thread(target=lambda: errors.extend(line.rstrip() for line in child.stderr), daemon=True)]
+    for reader in readers:
+        reader.start()
+    try:
+        while True:
+            if cancel.cancelled:
+                raise BuildCancelled("build cancelled")
+            try:
+                line = lines.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if line.startswith(PROGRESS_PREFIX):
+                fraction, _, phase = line[len(PROGRESS_PREFIX):].partition(" ")
+                progress(phase, float(fraction))
+        code = child.wait()
+    except BaseException:
+        child.kill()
+        child.wait()
+        for partial in Path(out_dir).parent.glob(f"{TEMP_MARK}{child.pid}-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    finally:
+        for reader in readers:
+            reader.join(timeout=5)
+    if code != 0:
+        said = [line for line in errors if line.strip()]
+        raise ExportError(f"the export of {Path(path).name} failed: {(said or [f'exit code {code}'])[-1]}")
+    return ExportResult.read(Path(out_dir), family_named(family_name), weights)
