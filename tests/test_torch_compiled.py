@@ -16,7 +16,7 @@ import torch
 from sd_unet_trt.models.families import FAMILIES, TINY
 from sd_unet_trt.models.unet import CrossAttention, seeded_unet
 from sd_unet_trt.trt_core.backends import get_backend
-from sd_unet_trt.trt_core.backends.base import BuildRequest
+from sd_unet_trt.trt_core.backends.base import BuildRequest, WeightsUnsupported
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.backends.torch_compiled.attention import (fused_projections, sdpa_choices, sdpa_preference,
                                                                     sdpa_scope)
@@ -107,6 +107,34 @@ def test_engine_returns_the_callers_dtype(engine, built):
     with torch.no_grad():
         ref = built[2](x.half().float(), t.half().float(), c.half().float())
     assert _rel(out, ref) < 1e-3
+
+
+def test_engine_takes_changed_weights_in_place_and_goes_back(engine, built):
+    """A LoRA's kind of change, on weights the compiled graph holds fused (q/k/v) or channels-last
+    (convolutions): the engine then computes what the changed UNet computes, and the original
+    values bring it back."""
+    import copy
+
+    source = built[2]
+    q, k, conv = ("input_blocks.1.1.transformer_blocks.0.attn1.to_q.weight",
+                  "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", "input_blocks.1.0.in_layers.2.weight")
+    changed = copy.deepcopy(source)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name in (q, k, conv):
+            changed.get_parameter(name).add_(torch.randn(changed.get_parameter(name).shape, generator=g) * 0.05)
+    x, t, c = _inputs(2, 41)
+    with torch.no_grad():
+        expected, original = changed(x, t, c), source(x, t, c)
+    engine.set_weights({name: changed.get_parameter(name) for name in (q, k, conv)})
+    assert _rel(engine(x, t, c), expected) < 1e-4 and _rel(engine(x, t, c), original) > 1e-3
+    engine.set_weights({name: source.get_parameter(name) for name in (q, k, conv)})
+    assert _rel(engine(x, t, c), original) < 1e-4
+    with pytest.raises(WeightsUnsupported, match="has no weight nope"):
+        engine.set_weights({"nope": torch.zeros(1)})
+    with pytest.raises(WeightsUnsupported, match=r"the new value is \[3\]"):
+        engine.set_weights({q: torch.zeros(3)})
+    assert _rel(engine(x, t, c), original) < 1e-4
 
 
 def test_engine_refuses_calls_outside_its_profile(engine):
