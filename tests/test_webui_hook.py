@@ -184,7 +184,8 @@ def test_mixed_generation_lists_engine_and_fallback(webui):
     runner, _ = webui
     _, fast, _, diff = compare(runner, enable_hr=True, hr_scale=1.5)  # 96x96 second pass: no engine
     value = trt_value(fast)
-    assert SMALL_LABEL in value and "fallback: no engine covers 96x96 px" in value and "calls)" in value, value
+    assert value.startswith(f"first pass: [onnxruntime fp32] {SMALL_LABEL}"), value
+    assert "; hires pass: fallback: no engine covers 96x96 px" in value, value
     assert diff < TOL
 
 
@@ -209,7 +210,7 @@ def test_extra_unet_inputs_fall_back(webui):
     out = unet.forward(x, t, ctx, control=control)
     assert out.shape == x.shape
     from sd_unet_trt.scripts.trt_unet_webui import generation
-    assert any("control" in reason for reason in generation.current().fallbacks)
+    assert any("control" in reason for part in generation.current().passes.values() for reason in part.fallbacks)
 
 
 def test_a_broken_manifest_never_breaks_generation(webui, engines_dir):
@@ -251,7 +252,7 @@ def test_switching_checkpoints_switches_engines(fresh_webui, engines_dir, tiny_s
     runner, _ = fresh_webui()
     files = sorted(p.name for p in (engines_dir / "Unet-trt").iterdir())
     generate(runner, "Automatic")
-    assert sd_unet.current_unet is not None and sd_unet.current_unet.router is not None
+    assert sd_unet.current_unet is not None and sd_unet.current_unet.checkpoints[SHA].router is not None
     load(webui_unet(other_source), checkpoint("other", OTHER_SHA))
     _, out = generate(runner, "Automatic")
     assert sd_unet.current_unet is None and "TensorRT" not in out.infotexts[0]
@@ -262,15 +263,17 @@ def test_switching_checkpoints_switches_engines(fresh_webui, engines_dir, tiny_s
 
 
 def test_engines_of_another_checkpoint_never_serve(fresh_webui, other_source):
-    """An explicitly chosen [TRT] option while another checkpoint (or SD3) is loaded: built-in UNet."""
+    """An explicitly chosen [TRT] option while another checkpoint (or SD3) is loaded: the engine UNet
+    serves the loaded checkpoint's engines, and that one has none: built-in UNet."""
     runner, _ = fresh_webui()
     load(webui_unet(other_source), checkpoint("other", OTHER_SHA))
     _, out = generate(runner, "[TRT] tiny")
-    assert trt_value(out).startswith("fallback: the engines are for checkpoint abababab")
+    assert trt_value(out) == "fallback: no engines for checkpoint other"
     model = load(webui_unet(other_source), checkpoint("sd3", "ef" * 32), is_sd3=True)
     shared.opts.data["sd_unet"] = "[TRT] tiny"
     sd_unet.apply_unet()
-    assert sd_unet.current_unet.mismatch.startswith("SD3")
+    sd_unet.current_unet.prepare()
+    assert sd_unet.current_unet.problem.startswith("SD3")
     assert all(p.device == torch.device("cpu") for p in model.model.diffusion_model.parameters())
 
 

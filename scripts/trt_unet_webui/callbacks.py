@@ -98,7 +98,7 @@ def before_generation(p) -> None:
     start_pass(p, hires=False)
     message = precheck.warn_if_uncovered(p)
     if message:
-        p.extra_generation_params[WARNING_KEY] = message  # reaches API users too (response info)
+        p.extra_generation_params[WARNING_KEY] = message.removeprefix("TensorRT: ")  # API users see it too
 
 
 @guarded("starting a pass")

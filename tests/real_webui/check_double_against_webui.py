@@ -3,7 +3,8 @@
     python3 tests/real_webui/check_double_against_webui.py WEBUI_DIR
 
 Only parses source (ast), so it needs no WebUI environment. For every module the double models
-(tests/webui_double/modules/<name>.py -> WEBUI_DIR/modules/<name>.py):
+(tests/webui_double/modules/<path>.py -> WEBUI_DIR/modules/<path>.py, and the built-in Lora
+extension's tests/webui_double/lora/<name>.py -> WEBUI_DIR/extensions-builtin/Lora/<name>.py):
 
 - every public function, class, method and class attribute the double defines exists in the real
   module (methods may come from a base class defined in the same real module; attributes may be
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DOUBLE_DIR = Path(__file__).resolve().parents[1] / "webui_double" / "modules"
+LORA_DOUBLE_DIR = DOUBLE_DIR.parent / "lora"
 SCOPES = (ast.If, ast.Try, ast.With)  # module-level blocks whose names are module attributes too
 
 
@@ -276,17 +278,22 @@ def parse(path: Path) -> ast.Module:
         return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
 
 
+def modelled_modules(webui_dir: Path) -> list[tuple[Path, Path]]:
+    """(double, real) source pairs."""
+    pairs = [(path, webui_dir / "modules" / path.relative_to(DOUBLE_DIR))
+             for path in sorted(DOUBLE_DIR.rglob("*.py")) if path.name != "__init__.py"]
+    pairs += [(path, webui_dir / "extensions-builtin" / "Lora" / path.name) for path in sorted(LORA_DOUBLE_DIR.glob("*.py"))]
+    return pairs
+
+
 def check(webui_dir: Path) -> list[str]:
     real_dir = webui_dir / "modules"
     if not (real_dir / "sd_unet.py").is_file():
         return [f"{webui_dir} is not a WebUI checkout (no modules/sd_unet.py)"]
     problems = []
-    for double_path in sorted(DOUBLE_DIR.glob("*.py")):
-        if double_path.name == "__init__.py":
-            continue
-        real_path = real_dir / double_path.name
+    for double_path, real_path in modelled_modules(webui_dir):
         if not real_path.is_file():
-            problems.append(f"{double_path.stem}: the real WebUI has no modules/{double_path.name}")
+            problems.append(f"{double_path.stem}: the real WebUI has no {real_path.relative_to(webui_dir)}")
             continue
         problems += compare_module(double_path.stem, parse(double_path), parse(real_path))
     real_options = real_option_names(parse(real_dir / "shared_options.py"))
@@ -302,7 +309,7 @@ def main(argv: list[str]) -> int:
     problems = check(Path(argv[1]))
     for problem in problems:
         print(problem)
-    modelled = len([p for p in DOUBLE_DIR.glob("*.py") if p.name != "__init__.py"])
+    modelled = len(modelled_modules(Path(argv[1])))
     print(f"{len(problems)} mismatches in {modelled} modules of the double" if problems
           else f"the double matches {argv[1]} ({modelled} modules)")
     return 1 if problems else 0

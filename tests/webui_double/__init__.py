@@ -22,10 +22,12 @@ ROOT = HERE.parents[1]
 
 
 def install() -> None:
-    """Make `import modules.*` find this double (the extension itself is imported as `sd_unet_trt`,
-    like scripts/trt_unet.py loads it in the WebUI)."""
-    if str(HERE) not in sys.path:
-        sys.path.insert(0, str(HERE))
+    """Make `import modules.*` and the Lora extension's `import networks` find this double (the
+    extension itself is imported as `sd_unet_trt`, like scripts/trt_unet.py loads it in the WebUI)."""
+    # `modules`, and the built-in Lora extension's folder (its modules are top-level, like there)
+    for path in (str(HERE / "lora"), str(HERE)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
     loaded = sys.modules.get("modules")
     if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(str(HERE)):
         raise RuntimeError(f"another `modules` package is imported: {loaded!r}")

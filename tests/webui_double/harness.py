@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -17,6 +18,7 @@ from modules import (devices, errors, hashes, lowvram, paths_internal, processin
                      sd_hijack, sd_models, sd_unet, shared)
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from sd_unet_trt.trt_core.export import ExportResult  # noqa: E402
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, engine_id  # noqa: E402
 from sd_unet_trt.trt_core.pipeline import Workspace  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
@@ -112,6 +114,9 @@ def register_ort_engines(workspace: Workspace, onnx_path: Path, family_name: str
     the pipeline writes them but without its accuracy checks (tests/test_pipeline.py covers those).
     ONNX Runtime's engine file does not depend on the profile, so it is built once and copied."""
     backend, family = OnnxRuntimeBackend(), family_named(family_name)
+    record = ExportResult.read(onnx_path.parent, family, "fp32").record
+    checkpoint_id = replace(checkpoint_id, weights=record.digest)
+    record.save(workspace.weights_record_path(record.digest))
     manifest = workspace.manifest()
     manifest.dir.mkdir(parents=True, exist_ok=True)
     built = workspace.root / f"{family_name}.building{backend.file_suffix}"

@@ -2,7 +2,12 @@
 
     process_images: scripts.before_process
     process_images_inner: setup prompts -> scripts.process(p) -> sd_unet.apply_unet()
-        per batch: scripts.process_batch -> sample (UNet calls) -> infotexts
+        per batch: reload_model_weights (the selected checkpoint, e.g. after a refiner) ->
+        extra networks parsed out of the prompts and activated (LoRA) -> scripts.process_batch ->
+        sample: per step the refiner switch (reload_model_weights(refiner), at refiner_switch_at
+        of the last pass) -> the cfg_denoiser callbacks -> the UNet calls; with hires fix,
+        is_hr_pass, the networks activated again and scripts.before_hr before the second pass
+        -> infotexts
     -> scripts.postprocess(p, processed)
 
 The sampler makes the UNet calls of DESIGN.md's table: all cond rows first (one per AND
@@ -19,13 +24,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from modules import devices, sd_hijack, sd_unet, shared
+from modules import devices, extra_networks, script_callbacks, sd_hijack, sd_models, sd_unet, shared
 
 # The sampler and ldm/sgm's model are stand-ins (the WebUI's come from k-diffusion, ldm and sgm);
 # ORDER records what happened, cond_only_steps and extra_kwargs stand in for settings and other
 # extensions that change the UNet's calls.
-DOUBLE_ONLY = {"ORDER", "CONTEXT_CHUNK", "DiffusionWrapper", "SdModel", "embed", "chunks_of", "unet_call", "denoise",
-               "sample_pass", "sample", "StableDiffusionProcessing.cond_only_steps",
+DOUBLE_ONLY = {"ORDER", "CONTEXT_CHUNK", "DiffusionWrapper", "SdModel", "Denoiser", "embed", "chunks_of", "unet_call",
+               "denoise", "sample_pass", "sample", "StableDiffusionProcessing.cond_only_steps",
                "StableDiffusionProcessing.extra_kwargs"}
 ORDER: list[str] = []  # what happened, in order: process, apply_unet, process_batch, unet, postprocess
 CONTEXT_CHUNK = 77
@@ -52,6 +57,8 @@ class SdModel(torch.nn.Module):
         super().__init__()
         self.model = DiffusionWrapper(unet, sgm)
         self.sd_checkpoint_info = checkpoint_info
+        self.sd_model_checkpoint = checkpoint_info.filename
+        self.used_config = "sgm" if sgm else "ldm"
         self.lowvram = False
         self.is_sd3 = False
         self.is_sdxl = sgm
@@ -59,6 +66,13 @@ class SdModel(torch.nn.Module):
 
     def apply_model(self, x, t, cond, c_concat=None, y=None, **kwargs):
         return self.model(x, t, c_concat=c_concat, c_crossattn=cond, y=y, **kwargs)
+
+
+class Denoiser:
+    """The part of k-diffusion's CFGDenoiser the cfg_denoiser callbacks see."""
+
+    def __init__(self, p):
+        self.p = p
 
 
 def embed(text: str, dim: int, chunks: int) -> torch.Tensor:
@@ -88,6 +102,12 @@ class StableDiffusionProcessing:
     script_args: tuple = ()
     all_prompts: list = field(default=None, init=False)
     all_negative_prompts: list = field(default=None, init=False)
+    disable_extra_networks: bool = False
+    refiner_checkpoint: str = None
+    refiner_switch_at: float = None
+    is_hr_pass: bool = field(default=False, init=False)
+    sd_model_name: str = field(default=None, init=False)
+    extra_network_data: dict = field(default=None, init=False)
     cond_only_steps: tuple = ()  # steps that skip uncond (negative guidance min sigma / skip early cond)
     extra_kwargs: dict = None  # what another extension adds to UNet calls (ControlNet's control)
 
@@ -95,6 +115,7 @@ class StableDiffusionProcessing:
         self.extra_generation_params = self.extra_generation_params or {}
         self.comments = {}
         self.extra_kwargs = self.extra_kwargs or {}
+        self.refiner_checkpoint_info = None
 
     def comment(self, text):
         self.comments[text] = 1
@@ -180,16 +201,22 @@ def denoise(p, sd_model, x, t, conds, unconds, image_cond, ys, cond_only):
     return eps_cond if out_uncond is None else out_uncond + p.cfg_scale * (eps_cond - out_uncond)
 
 
-def sample_pass(p, sd_model, x, steps, image_cond, seed):
-    unet = sd_model.model.diffusion_model
+def sample_pass(p, x, steps, image_cond, seed, last_pass):
+    unet = shared.sd_model.model.diffusion_model
     dim, y_dim = unet.config.context_dim, unet.config.adm_in_channels
     prompts, negatives = p.prompts, p.negative_prompts
     conds = [[embed(part.strip(), dim, chunks_of(part)) for part in prompt.split(" AND ")] for prompt in prompts]
     unconds = [embed(neg, dim, chunks_of(neg)) for neg in negatives]
     ys = None if not y_dim else torch.randn(len(prompts), y_dim, generator=torch.Generator().manual_seed(seed)).to(devices.device, devices.dtype_unet)
     for step in range(steps):
+        refiner = p.refiner_checkpoint_info
+        if last_pass and refiner is not None and step / steps >= p.refiner_switch_at \
+                and shared.sd_model.sd_checkpoint_info.filename != refiner.filename:
+            sd_models.reload_model_weights(info=refiner)  # sd_samplers_common.apply_refiner
         t = 999.0 * (1 - step / steps)
-        eps = denoise(p, sd_model, x, t, conds, unconds, image_cond, ys, step in p.cond_only_steps)
+        script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(
+            x, image_cond, t, step, steps, conds, unconds, Denoiser(p)))
+        eps = denoise(p, shared.sd_model, x, t, conds, unconds, image_cond, ys, step in p.cond_only_steps)
         x = x - 0.2 * eps.to(x.dtype)
     return x
 
@@ -206,11 +233,18 @@ def sample(p, seed):
             return None
         return torch.randn(p.batch_size, unet.config.in_channels - 4, height, width, generator=g).to(x)
 
-    x = sample_pass(p, sd_model, x, p.steps, image_cond(h, w), seed)
-    if getattr(p, "enable_hr", False):
+    hires = getattr(p, "enable_hr", False)
+    x = sample_pass(p, x, p.steps, image_cond(h, w), seed, last_pass=not hires)
+    if hires:
         hr_w, hr_h = (int(p.width * p.hr_scale), int(p.height * p.hr_scale)) if not (p.hr_resize_x or p.hr_resize_y) else (p.hr_resize_x, p.hr_resize_y)
         x = torch.nn.functional.interpolate(x.float(), size=(hr_h // 8, hr_w // 8), mode="nearest").to(x)
-        x = sample_pass(p, sd_model, x, max(1, p.steps // 2), image_cond(hr_h // 8, hr_w // 8), seed)
+        p.is_hr_pass = True
+        if not p.disable_extra_networks:
+            extra_networks.activate(p, p.extra_network_data)
+        if p.scripts is not None:
+            p.scripts.before_hr(p)
+        x = sample_pass(p, x, max(1, p.steps // 2), image_cond(hr_h // 8, hr_w // 8), seed, last_pass=True)
+        p.is_hr_pass = False
     return x
 
 
@@ -225,6 +259,9 @@ def process_images_inner(p):
         p.all_prompts = [p.prompt] * (p.batch_size * p.n_iter)
         p.all_negative_prompts = [p.negative_prompt] * (p.batch_size * p.n_iter)
     p.all_seeds = [p.seed + i for i in range(p.batch_size * p.n_iter)]
+    p.sd_model_name = shared.sd_model.sd_checkpoint_info.name_for_extra
+    if p.refiner_checkpoint not in (None, "", "None", "none"):
+        p.refiner_checkpoint_info = sd_models.checkpoint_aliases.get(p.refiner_checkpoint)
     if p.scripts is not None:
         ORDER.append("process")
         p.scripts.process(p)
@@ -233,8 +270,12 @@ def process_images_inner(p):
         sd_unet.apply_unet()
         images, infotexts = [], []
         for n in range(p.n_iter):
+            sd_models.reload_model_weights()  # a refiner loaded by the last batch goes
             p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
             p.negative_prompts = p.all_negative_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+            p.prompts, p.extra_network_data = extra_networks.parse_prompts(p.prompts)
+            if not p.disable_extra_networks:
+                extra_networks.activate(p, p.extra_network_data)
             if p.scripts is not None:
                 ORDER.append("process_batch")
                 p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=[p.seed], subseeds=[p.seed])

@@ -16,9 +16,21 @@ class ScriptCallback:
     name: str = "unnamed"
 
 
+class CFGDenoiserParams:
+    def __init__(self, x, image_cond, sigma, sampling_step, total_sampling_steps, text_cond, text_uncond, denoiser=None):
+        self.x = x
+        self.image_cond = image_cond
+        self.sigma = sigma
+        self.sampling_step = sampling_step
+        self.total_sampling_steps = total_sampling_steps
+        self.text_cond = text_cond
+        self.text_uncond = text_uncond
+        self.denoiser = denoiser
+
+
 callback_map = dict(
     callbacks_app_started=[], callbacks_model_loaded=[], callbacks_ui_tabs=[], callbacks_ui_settings=[],
-    callbacks_script_unloaded=[], callbacks_list_unets=[],
+    callbacks_script_unloaded=[], callbacks_list_unets=[], callbacks_cfg_denoiser=[],
 )
 
 
@@ -90,6 +102,18 @@ def list_unets_callback():
         except Exception:
             report_exception(c, 'list_unets')
     return res
+
+
+def cfg_denoiser_callback(params: CFGDenoiserParams):
+    for c in callback_map['callbacks_cfg_denoiser']:
+        try:
+            c.callback(params)
+        except Exception:
+            report_exception(c, 'cfg_denoiser_callback')
+
+
+def on_cfg_denoiser(callback, *, name=None):
+    add_callback(callback_map['callbacks_cfg_denoiser'], callback, name=name, category='cfg_denoiser')
 
 
 def on_app_started(callback, *, name=None):

@@ -29,6 +29,9 @@ class Script:
     def process_batch(self, p, *args, **kwargs):
         pass
 
+    def before_hr(self, p, *args):
+        pass
+
     def postprocess(self, p, processed, *args):
         pass
 
@@ -61,6 +64,9 @@ class ScriptRunner:
                 script.process_batch(p, *script_args, **kwargs)
             except Exception:
                 errors.report(f"Error running process_batch: {script.filename}", exc_info=True)
+
+    def before_hr(self, p):
+        self._each("before_hr", p)
 
     def postprocess(self, p, processed):
         self._each("postprocess", p, processed)
