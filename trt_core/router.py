@@ -42,6 +42,7 @@ class Plan:
     record: EngineRecord | None
     chunks: list[int] = field(default_factory=list)  # rows per engine run
     reason: str = ""
+    unfit: str = ""  # engines would cover the call's shapes but cannot take the changed weights: why
 
     @property
     def covered(self) -> bool:
@@ -54,6 +55,7 @@ class RouteResult:
     engine: str | None = None
     reason: str = ""
     chunks: int = 0
+    unfit: str = ""  # see Plan.unfit
 
     @property
     def covered(self) -> bool:
@@ -101,17 +103,18 @@ class Router:
         return sum(engine.memory_bytes for engine in self._loaded.values())
 
     def plan(self, call: CallShape) -> Plan:
-        candidates, reasons = [], []
+        candidates, reasons, unfit = [], [], []
         for record in self.records:
             if record.id in self.failed:
                 reasons.append(f"{record.label}: set aside ({self.failed[record.id]})")
                 continue
-            if record.id in self.unfit:
-                reasons.append(f"{record.label}: cannot take the changed weights ({self.unfit[record.id]})")
-                continue
             coverage = record.profile.covers(call, record.family)
             if not coverage:
                 reasons.append(f"{record.label}: {coverage.reason}")
+                continue
+            if record.id in self.unfit:
+                reasons.append(f"{record.label}: cannot take the changed weights ({self.unfit[record.id]})")
+                unfit.append(self.unfit[record.id])
                 continue
             chunks = split_rows(call.rows, record.profile.rows.max) if coverage.needs_split else [call.rows]
             if min(chunks) < record.profile.rows.min:
@@ -122,7 +125,7 @@ class Router:
             candidates.append((key, record, chunks))
         if not candidates:
             detail = "; ".join(reasons) if reasons else "no engines"
-            return Plan(None, reason=f"no engine covers {call.describe()} ({detail})")
+            return Plan(None, reason=f"no engine covers {call.describe()} ({detail})", unfit=unfit[0] if unfit else "")
         _, record, chunks = min(candidates, key=lambda c: c[0])
         return Plan(record, chunks)
 
@@ -176,7 +179,7 @@ class Router:
         while True:
             plan = self.plan(call)
             if not plan.covered:
-                return RouteResult(None, reason=plan.reason)
+                return RouteResult(None, reason=plan.reason, unfit=plan.unfit)
             record = plan.record
             try:
                 engine = self._engine(record)

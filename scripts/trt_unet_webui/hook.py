@@ -204,7 +204,10 @@ class TrtUnet(sd_unet.SdUnet):
                 if result.covered:
                     report.record_engine(result.engine)
                     return result.output
-                reason, detail = short_reason(call), f"{suggestion(call)} would cover it. ({result.reason})"
+                if result.unfit:
+                    reason, detail = f"the engines cannot take the changed weights ({result.unfit})", result.reason
+                else:
+                    reason, detail = short_reason(call), f"{suggestion(call)} would cover it. ({result.reason})"
         first = report.record_fallback(reason)
         policy = settings.fallback_policy()
         if first and policy != settings.FALLBACK_QUIET:

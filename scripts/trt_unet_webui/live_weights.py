@@ -1,10 +1,11 @@
 """What the WebUI's UNet would compute with now, read off the live model once per sampling pass.
 
-- Base weights: each layer's weights before any network. The built-in Lora keeps them in its
-  backups (`network_weights_backup`) while a network is merged in place, and restores them before
-  applying the next set; with its `lora_functional` setting it runs the layer on the restored
-  weights and adds each network's output, except that with no network at all it runs the layer on
-  whatever the weights hold. Anything else that changed weights in place (another extension, fp8
+- Base weights: each layer's weights before any network. The built-in Lora keeps a backup
+  (`network_weights_backup`) of every layer it has run with a network, and in place it restores
+  the backup before applying a set of networks other than the one the layer holds; a layer that
+  holds none while none is wanted runs as it is (its backup, if any, is stale). With its
+  `lora_functional` setting it runs the layer on the restored weights and adds each network's
+  output, except that with no network at all it runs the layer on whatever the weights hold. Anything else that changed weights in place (another extension, fp8
   storage, a different file loaded under the same name) shows in trt_core.weight_sync's
   fingerprints.
 - Merge: what the active networks (LoRA, LyCORIS types) add, computed with their own
@@ -123,10 +124,11 @@ def describe(unet: torch.nn.Module, functional: bool) -> LiveUNet:
         if name is not None and any(name in net.modules for net in loaded):
             layers[name] = (path, name, module)
     nets = [net for net in loaded if any(name in net.modules for name in layers)]
-    use_backups = bool(loaded) or not functional  # functional mode without networks runs the weights as they are
+    wanted = tuple((net.name, net.te_multiplier, net.unet_multiplier, net.dyn_dim) for net in loaded)
     for path, module, pname, param in _own_params(unet):
         backup = getattr(module, BACKUPS.get(pname, ""), None)
-        tensor = backup if use_backups and isinstance(backup, torch.Tensor) else param
+        restored = bool(wanted) or (not functional and getattr(module, "network_current_names", ()) != ())
+        tensor = backup if restored and isinstance(backup, torch.Tensor) else param
         name = f"{path}.{pname}" if path else pname
         live.base[name] = tensor
         live.keys[name] = (id(tensor), tensor._version, tensor.data_ptr())

@@ -61,6 +61,36 @@ def checkpoint(name: str, sha256: str) -> sd_models.CheckpointInfo:
     return info
 
 
+def checkpoint_file(models_path: Path, name: str, unet: torch.nn.Module) -> sd_models.CheckpointInfo:
+    """A real checkpoint file of `unet`'s weights (under the WebUI's keys), registered like the
+    WebUI lists one; builds read their UNet from it."""
+    from safetensors.torch import save_file
+
+    from sd_unet_trt.trt_core.identity import sha256_file
+
+    path = models_path / "Stable-diffusion" / f"{name}.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    hashes.file_sha256[str(path)] = sha256_file(path)
+    info = sd_models.CheckpointInfo(str(path))
+    info.register()
+    return info
+
+
+def install_lora(folder: Path, loras: dict[str, dict[str, torch.Tensor]]):
+    """The built-in Lora extension loaded, with these LoRA files on disk (name -> tensors)."""
+    import network
+    import networks
+    from safetensors.torch import save_file
+
+    networks.install()
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, tensors in loras.items():
+        save_file(tensors, str(folder / f"{name}.safetensors"))
+        networks.available_networks[name] = network.NetworkOnDisk(name, str(folder / f"{name}.safetensors"))
+    return networks
+
+
 def load(unet, info, sgm: bool = False, **fields) -> processing.SdModel:
     model = processing.SdModel(unet, info, sgm=sgm)
     for key, value in fields.items():
@@ -84,7 +114,10 @@ def reset(models_path: Path) -> None:
     reset_options()
     paths_internal.models_path = str(models_path)
     sd_models.checkpoints_list.clear()
+    sd_models.checkpoint_aliases.clear()
     sd_models.model_data.sd_model = None
+    sd_models.model_data.loaded_sd_models.clear()
+    shared.opts.data["sd_model_checkpoint"] = None
     shared.sd_model = None
     lowvram.module_in_gpu = None
     sd_unet.unet_options.clear()
