@@ -9,6 +9,7 @@ and removes what it had started to write.
 """
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -30,9 +31,13 @@ POLL_S = 0.2
 
 
 def export_tools_path() -> Path | None:
-    """install.py's folder of export tools for this Python, when it installed one."""
+    """install.py's folder of export tools for this Python, when it installed one for it."""
     folder = PACKAGE_ROOT / ".export-tools" / f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
-    return folder if (folder / "installed.json").is_file() else None
+    try:
+        record = json.loads((folder / "installed.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return folder if isinstance(record, dict) and record.get("python") == sys.version else None
 
 
 def child_environment() -> dict[str, str]:
