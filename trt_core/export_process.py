@@ -10,6 +10,7 @@ and removes what it had started to write.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import shutil
@@ -25,6 +26,7 @@ from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken, Prog
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp
 from sd_unet_trt.trt_core.export import ExportError, ExportResult
 
+log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(sd_unet_trt.__path__[0])
 PROGRESS_PREFIX = "progress "
 POLL_S = 0.2
@@ -38,6 +40,16 @@ def export_tools_path() -> Path | None:
     except (OSError, ValueError):
         return None
     return folder if isinstance(record, dict) and record.get("python") == sys.version else None
+
+
+def child_command(args: list[str]) -> list[str]:
+    """This Python running the command line from this package's folder. Through `-c`, so that the
+    folder does not go on the child's sys.path (its subfolders would become top-level modules) and
+    nothing has to come off it (taking an entry off sys.path recomputes namespace packages such as
+    `google`, and the export tools' newer protobuf would then be hidden by the WebUI's)."""
+    main = str(PACKAGE_ROOT / "__main__.py")
+    runner = f"import runpy, sys; sys.argv[0] = {main!r}; runpy.run_path({main!r}, run_name='__main__')"
+    return [sys.executable, "-c", runner, *args]
 
 
 def child_environment() -> dict[str, str]:
@@ -66,10 +78,9 @@ def export_checkpoint_file(path: Path, sha256: str, stamp: FileStamp, family_nam
     from sd_unet_trt.models.families import family_named
 
     cancel = cancel or CancelToken()
-    command = [sys.executable, str(PACKAGE_ROOT / "__main__.py"), "export", "--checkpoint", str(path),
-               "--out", str(out_dir), "--weights", weights, "--prediction", prediction, "--family", family_name,
-               "--sha256", sha256, "--expect-stamp", f"{stamp.size}:{stamp.mtime_ns}", "--device", device,
-               "--progress-lines"]
+    command = child_command(["export", "--checkpoint", str(path), "--out", str(out_dir), "--weights", weights,
+                             "--prediction", prediction, "--family", family_name, "--sha256", sha256,
+                             "--expect-stamp", f"{stamp.size}:{stamp.mtime_ns}", "--device", device, "--progress-lines"])
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=child_environment(), cwd=str(Path(out_dir).parent))
@@ -104,5 +115,6 @@ def export_checkpoint_file(path: Path, sha256: str, stamp: FileStamp, family_nam
             reader.join(timeout=5)
     if code != 0:
         said = [line for line in errors if line.strip()]
+        log.warning("the export process of %s ended with code %s:\n%s", Path(path).name, code, "\n".join(said[-40:]))
         raise ExportError(f"the export of {Path(path).name} failed: {(said or [f'exit code {code}'])[-1]}")
     return ExportResult.read(Path(out_dir), family_named(family_name), weights)
