@@ -1,0 +1,248 @@
+"""The extension in the real AUTOMATIC1111 WebUI v1.10.1 (CPU, offline), end to end, the way a user
+meets it: installed by its own install.py into the WebUI's venv, then driven through the WebUI's API
+under --api-auth. Prints one line per check and exits 1 if any failed.
+
+    python tests/real_webui/check_in_webui.py HARNESS_DIR [--restore-venv] [--port 7871]
+
+HARNESS_DIR is the folder ../shared/webui-testing/README.md describes (webui/, venv/,
+checkpoints/tiny.safetensors, hf_home/, run_webui.sh; venv.pristine/ for --restore-venv, which
+first puts the venv back to the WebUI's own packages). The extension is a fresh git clone of this
+checkout's HEAD, as "Install from URL" makes one.
+
+Checks: the install changes no installed package and a second run changes nothing; the WebUI
+starts; every route of ours and /sdapi answer 401 without credentials; interrogate no longer fails
+on a hidden `models.blip`; with engines active (ONNX Runtime, then the torch backend), images with
+and without LoRA (weights 1 and 0.5, two LoRAs, switched on and off, the functional mode, hires
+fix) match the built-in UNet's within 2/255; an export made right after a LoRA generation holds the
+checkpoint's own weights; a refiner's own engines serve its steps and the infotext says which
+served each pass; a build started after a refiner generation is for the selected checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tiny_lora import lora_tensors  # noqa: E402
+from webui_client import WebUI, max_diff, trt_value  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+AUTH = ("user", "pass")
+MAX_DIFF = 2  # /255
+RESULTS: list[tuple[bool, str]] = []
+
+
+def check(ok: bool, what: str) -> bool:
+    RESULTS.append((ok, what))
+    print(f"{'ok  ' if ok else 'FAIL'} {what}", flush=True)
+    return ok
+
+
+def freeze(python: Path) -> dict[str, str]:
+    out = subprocess.run([str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True,
+                         check=True).stdout
+    return {p["name"].lower(): p["version"] for p in json.loads(out)}
+
+
+def run_installer(python: Path, webui: Path, extension: Path) -> str:
+    """install.py as the WebUI's launcher runs it (its folder on PYTHONPATH, its own Python)."""
+    env = dict(os.environ, PYTHONPATH=str(webui))
+    done = subprocess.run([str(python), str(extension / "install.py")], cwd=webui, env=env, capture_output=True,
+                          text=True, timeout=3600)
+    return done.stdout + done.stderr
+
+
+def install(harness: Path, extension: Path) -> None:
+    python = harness / "venv" / "bin" / "python"
+    before = freeze(python)
+    first = run_installer(python, harness / "webui", extension)
+    after = freeze(python)
+    changed = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}
+    added = sorted(f"{n}=={v}" for n, v in after.items() if n not in before)
+    check(not changed, f"install.py changed no installed package (changed: {changed or 'none'}; added: {', '.join(added)})")
+    check(all(after.get(n) == v for n, v in [("numpy", "1.26.2"), ("protobuf", "3.20.0")]),
+          "numpy 1.26.2 and protobuf 3.20.0 as the WebUI pins them")
+    second = run_installer(python, harness / "webui", extension)
+    check(freeze(python) == after and "installing" not in second,
+          f"a second install.py run changed nothing ({second.strip().splitlines()[-1] if second.strip() else 'silent'})")
+    print("install.py said:\n  " + "\n  ".join(first.strip().splitlines()), flush=True)
+
+
+def make_data_dir(harness: Path) -> Path:
+    data = Path(tempfile.mkdtemp(prefix="trt-webui-check-"))
+    models = data / "models" / "Stable-diffusion"
+    models.mkdir(parents=True)
+    shutil.copy(harness / "checkpoints" / "tiny.safetensors", models / "tiny.safetensors")
+    shutil.copy(harness / "checkpoints" / "tiny.yaml", models / "tiny.yaml")
+    # a refiner: the same tiny model with its UNet changed, so its engines differ from the base's
+    state = load_file(str(models / "tiny.safetensors"))
+    g = torch.Generator().manual_seed(11)
+    for key in state:
+        if key.startswith("model.diffusion_model.") and state[key].is_floating_point():
+            state[key] = state[key] * (1 + 0.1 * torch.randn(state[key].shape, generator=g))
+    save_file(state, str(models / "tiny2.safetensors"))
+    shutil.copy(models / "tiny.yaml", models / "tiny2.yaml")
+    shapes = {k[len("model.diffusion_model."):]: tuple(v.shape) for k, v in state.items()
+              if k.startswith("model.diffusion_model.")}
+    (data / "models" / "Lora").mkdir()
+    save_file(lora_tensors(shapes, seed=0, scale=1.0), str(data / "models" / "Lora" / "tinylora.safetensors"))
+    save_file(lora_tensors(shapes, seed=5, scale=0.7), str(data / "models" / "Lora" / "otherlora.safetensors"))
+    # every key a request overrides is in the config (else the WebUI lets overrides leak)
+    (data / "config.json").write_text(json.dumps({
+        "sd_model_checkpoint": "tiny.safetensors", "sd_unet": "None", "sd_vae": "Automatic",
+        "CLIP_stop_at_last_layers": 1, "samples_save": False, "grid_save": False, "lora_functional": False}))
+    return data
+
+
+def start_webui(harness: Path, extension: Path, data: Path, port: int) -> tuple[subprocess.Popen, Path]:
+    log = data / "webui.log"
+    env = dict(os.environ, PORT=str(port), DATA_DIR=str(data), TIMEOUT="5400", EXTRA_ARGS="--api-auth user:pass")
+    proc = subprocess.Popen([str(harness / "run_webui.sh"), str(extension)], env=env, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT)
+    for _ in range(300):
+        if "Startup time" in log.read_text(errors="replace"):
+            return proc, log
+        if proc.poll() is not None:
+            break
+        time.sleep(1)
+    raise RuntimeError(f"the WebUI did not start; see {log}")
+
+
+R = {"min": 1, "opt": 1, "max": 2}
+
+
+def profile(lo: int, hi: int) -> dict:
+    return {"batch": R, "height": {"min": lo, "opt": lo, "max": hi}, "width": {"min": lo, "opt": lo, "max": hi},
+            "tokens": {"min": 75, "opt": 75, "max": 150}}
+
+
+def compare(webui: WebUI, what: str, prompt: str, settings: dict | None = None, expect: tuple[str, ...] = (),
+            **fields) -> str:
+    """Engines (sd_unet Automatic) against the built-in UNet (None): the same image within 2/255."""
+    fast, info, api_info = webui.txt2img(prompt, {"sd_unet": "Automatic", **(settings or {})}, **fields)
+    ref, _, _ = webui.txt2img(prompt, {"sd_unet": "None", **(settings or {})}, **fields)
+    plain, _, _ = webui.txt2img("a cat", {"sd_unet": "None", **(settings or {})}, **fields)
+    value, diff = trt_value(info), max_diff(fast, ref)
+    effect = f", LoRA changes {max_diff(ref, plain)}/255" if "<lora" in prompt else ""
+    ok = diff <= MAX_DIFF and all(e in value for e in expect) and "fallback" not in value
+    ok = ok and isinstance(api_info["extra_generation_params"].get("TensorRT"), str)
+    check(ok, f"{what}: {diff}/255 from the built-in UNet{effect}; TensorRT: {value}")
+    return value
+
+
+def lora_scenarios(webui: WebUI, label: str, hires_label: str) -> None:
+    applied = "LoRA applied to the engines: "
+    compare(webui, "no LoRA", "a cat", expect=(label,))
+    compare(webui, "LoRA 1", "<lora:tinylora:1> a cat", expect=(label, applied + "tinylora:1"))
+    compare(webui, "LoRA 0.5", "<lora:tinylora:0.5> a cat", expect=(label, applied + "tinylora:0.5"))
+    value = compare(webui, "LoRA off again", "a cat", expect=(label,))
+    check("LoRA" not in value, "no LoRA in the infotext once it is off")
+    compare(webui, "two LoRAs", "<lora:tinylora:0.8> <lora:otherlora:0.6> a cat",
+            expect=(applied + "tinylora:0.8, otherlora:0.6",))
+    compare(webui, "LoRA, functional mode", "<lora:tinylora:1> a cat", {"lora_functional": True},
+            expect=(label, applied + "tinylora:1"))
+    compare(webui, "LoRA with hires fix", "<lora:tinylora:0.7> a cat", expect=(f"first pass: {label}", f"hires pass: {hires_label}"),
+            enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2)
+
+
+def built(webui: WebUI, what: str, body: dict) -> dict | None:
+    started = time.time()
+    job = webui.build(body)
+    ok = check(job["state"] == "done", f"build {what}: {job['state']} in {time.time() - started:.0f} s {job['error']}")
+    return job["result"] if ok else None
+
+
+def api_checks(webui: WebUI, log: Path) -> None:
+    anonymous = WebUI(webui.url)
+    routes = [("GET", "/trt-unet/v1/engines"), ("POST", "/trt-unet/v1/builds"), ("GET", "/trt-unet/v1/builds/1"),
+              ("DELETE", "/trt-unet/v1/builds/1"), ("DELETE", "/trt-unet/v1/engines/x"), ("GET", "/sdapi/v1/sd-models")]
+    codes = {path: anonymous.request(method, path, {} if method == "POST" else None)[0] for method, path in routes}
+    check(all(code == 401 for code in codes.values()), f"401 without credentials: {codes}")
+    check(webui.request("GET", "/trt-unet/v1/engines")[0] == 200, "200 with the WebUI's credentials")
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(png, "PNG")
+    before = log.read_text(errors="replace")
+    status, answer = webui.request("POST", "/sdapi/v1/interrogate",
+                                   {"image": base64.b64encode(png.getvalue()).decode(), "model": "clip"})
+    said = log.read_text(errors="replace")[len(before):]
+    check("No module named 'models.blip'" not in said and "models.blip" not in str(answer),
+          f"interrogate finds BLIP's models package (answer {status}; it stops later at the BLIP weights, which "
+          f"cannot be downloaded here: {'download' in said.lower() or 'http' in said.lower()})")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("harness", type=Path)
+    parser.add_argument("--restore-venv", action="store_true")
+    parser.add_argument("--port", type=int, default=7871)
+    args = parser.parse_args(argv)
+    harness = args.harness.resolve()
+    if args.restore_venv:
+        shutil.rmtree(harness / "venv")
+        shutil.copytree(harness / "venv.pristine", harness / "venv", symlinks=True)
+    extension = Path(tempfile.mkdtemp(prefix="trt-ext-")) / "sd-unet-trt"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(extension)], check=True)
+    install(harness, extension)
+    data = make_data_dir(harness)
+    proc, log = start_webui(harness, extension, data, args.port)
+    webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
+    try:
+        check(True, f"the WebUI started with the extension ({data})")
+        api_checks(webui, log)
+        ort = "[onnxruntime fp32] 64-128x64-128 px"
+        first = built(webui, "onnxruntime fp32, 64-128 px", {"backend": "onnxruntime", "precision": "fp32",
+                                                               "profile": profile(64, 128)})
+        lora_scenarios(webui, ort, ort)
+
+        webui.txt2img("<lora:tinylora:1> a cat", {"sd_unet": "None"})  # the built-in UNet keeps it merged
+        again = built(webui, "onnxruntime fp16, 72 px, right after a LoRA generation (a new export)",
+                      {"backend": "onnxruntime", "precision": "fp16", "profile": profile(72, 72)})
+        if first and again:
+            check(again["checkpoint"]["weights"] == first["checkpoint"]["weights"],
+                  f"it holds the checkpoint's own weights (digest {again['checkpoint']['weights'][:12]})")
+            compare(webui, "no LoRA, 72 px, on the engine exported after the LoRA generation", "a cat",
+                    expect=("[onnxruntime fp16] 72x72 px",), width=72, height=72)
+            compare(webui, "LoRA, 72 px, on that engine", "<lora:tinylora:1> a cat",
+                    expect=("[onnxruntime fp16] 72x72 px", "LoRA applied"), width=72, height=72)
+
+        torch_engine = built(webui, "torch fp32, 64 px (Inductor on the CPU)",
+                             {"backend": "torch", "precision": "fp32", "profile": profile(64, 64)})
+        if torch_engine:
+            lora_scenarios(webui, "[torch fp32] 64x64 px", ort)
+
+        webui.request("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "tiny2.safetensors"})
+        built(webui, "onnxruntime fp32 for the refiner tiny2", {"backend": "onnxruntime", "precision": "fp32",
+                                                               "profile": profile(64, 128)})
+        webui.request("POST", "/sdapi/v1/options", {"sd_model_checkpoint": "tiny.safetensors"})
+        compare(webui, "refiner tiny2 from half-way", "a cat", expect=("first pass: ", "; refiner tiny2: [onnxruntime fp32]"),
+                refiner_checkpoint="tiny2.safetensors", refiner_switch_at=0.5)
+        status, answer = webui.request("POST", "/trt-unet/v1/builds", {"backend": "onnxruntime", "precision": "fp32",
+                                                                       "profile": profile(80, 80)})
+        check(status == 202 and answer.get("checkpoint") == "tiny",
+              f"a build right after the refiner generation is for the selected checkpoint ({answer.get('checkpoint')})")
+        if status == 202:
+            webui.request("DELETE", f"/trt-unet/v1/builds/{answer['job_id']}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    failed = [what for ok, what in RESULTS if not ok]
+    print(f"\n{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed; the WebUI's log: {log}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
