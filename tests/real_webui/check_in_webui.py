@@ -125,9 +125,9 @@ def start_webui(harness: Path, extension: Path, data: Path, port: int) -> tuple[
 R = {"min": 1, "opt": 1, "max": 2}
 
 
-def profile(lo: int, hi: int) -> dict:
+def profile(lo: int, hi: int, tokens: int = 150) -> dict:
     return {"batch": R, "height": {"min": lo, "opt": lo, "max": hi}, "width": {"min": lo, "opt": lo, "max": hi},
-            "tokens": {"min": 75, "opt": 75, "max": 150}}
+            "tokens": {"min": 75, "opt": 75, "max": tokens}}
 
 
 def compare(webui: WebUI, what: str, prompt: str, settings: dict | None = None, expect: tuple[str, ...] = (),
@@ -161,7 +161,11 @@ def lora_scenarios(webui: WebUI, label: str, hires_label: str) -> None:
 
 def built(webui: WebUI, what: str, body: dict) -> dict | None:
     started = time.time()
-    job = webui.build(body)
+    try:
+        job = webui.build(body)
+    except (RuntimeError, TimeoutError) as e:
+        check(False, f"build {what}: {e}")
+        return None
     ok = check(job["state"] == "done", f"build {what}: {job['state']} in {time.time() - started:.0f} s {job['error']}")
     return job["result"] if ok else None
 
@@ -220,7 +224,7 @@ def main(argv: list[str]) -> int:
                     expect=("[onnxruntime fp16] 72x72 px", "LoRA applied"), width=72, height=72)
 
         torch_engine = built(webui, "torch fp32, 64 px (Inductor on the CPU)",
-                             {"backend": "torch", "precision": "fp32", "profile": profile(64, 64)})
+                             {"backend": "torch", "precision": "fp32", "profile": profile(64, 64, tokens=75)})
         if torch_engine:
             lora_scenarios(webui, "[torch fp32] 64x64 px", ort)
 
