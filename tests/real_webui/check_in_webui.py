@@ -212,6 +212,11 @@ def main(argv: list[str]) -> int:
                                                                "profile": profile(64, 128)})
         lora_scenarios(webui, ort, ort)
 
+        _, info, api_info = webui.txt2img("a cat", {"sd_unet": "Automatic"}, width=136, height=136)
+        warning = api_info["extra_generation_params"].get("TensorRT warning", "")
+        check("136x136 px" in warning and "fallback: no engine covers 136x136 px" in trt_value(info),
+              f"a call no engine covers: the API's info has the warning ({warning[:90]}...)")
+
         webui.txt2img("<lora:tinylora:1> a cat", {"sd_unet": "None"})  # the built-in UNet keeps it merged
         again = built(webui, "onnxruntime fp16, 72 px, right after a LoRA generation (a new export)",
                       {"backend": "onnxruntime", "precision": "fp16", "profile": profile(72, 72)})
