@@ -13,52 +13,23 @@ two blocks so the spread is visible. Results go to DIR/<model>.json as each row 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import math
-import platform
-import statistics
-import subprocess
-import sys
 import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-import checkout  # noqa: E402,F401  (sd_unet_trt from this checkout)
+from measure import (Checks, Footprint, Step, environment, log, matmul_ceiling, release, sync,
+                     time_steps)
+from steps import compiled_step, eager_step, graph_step, kernel_breakdown
+from workloads import WORKLOADS, Workload, flop_count, make_inputs, make_unet
 
-from sd_unet_trt.models.families import FAMILIES, TINY, ModelFamily  # noqa: E402
-from sd_unet_trt.models.unet import UNetModel  # noqa: E402
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    family: ModelFamily
-    px: int
-    rows: int = 2  # one image with CFG
-    tokens: int = 75
-
-    @property
-    def latent(self) -> int:
-        return self.px // 8
-
-    @property
-    def context_len(self) -> int:
-        return self.tokens // 75 * 77
-
-
-WORKLOADS = {
-    "sd15": Workload("SD1.5 UNet, 512x512", FAMILIES["sd1"], 512),
-    "sdxl": Workload("SDXL UNet, 1024x1024", FAMILIES["sdxl"], 1024),
-    "tiny": Workload("tiny UNet, 64x64", TINY, 64),
-}
 
 
 @dataclass(frozen=True)
@@ -91,288 +62,10 @@ VARIANTS: dict[str, Variant] = {
     "autotune": Variant({"inductor": {"max_autotune_gemm": True}}, AUTOTUNE),
 }
 
-Step = Callable[[tuple[torch.Tensor, ...]], torch.Tensor]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def make_unet(family: ModelFamily, device: torch.device, seed: int = 0) -> UNetModel:
-    """fp32 random weights drawn on the device itself (seconds, where a CPU init of SDXL takes a minute).
-    Same scheme as models.unet.seeded_unet: every layer non-zero, so every input matters."""
-    with torch.device("meta"):
-        unet = UNetModel(family.unet_config())
-    unet = unet.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, 1 / math.sqrt(p[0].numel()), generator=generator)
-            elif name.endswith("bias"):
-                p.normal_(0, 0.02, generator=generator)
-            else:
-                p.normal_(1.0, 0.05, generator=generator)
-    return unet.eval().requires_grad_(False)
-
-
-def make_inputs(work: Workload, device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> tuple:
-    """One sampler call: cond and uncond rows share the timestep, as in CFG."""
-    n, f = work.rows, work.family
-    x = torch.randn(n, f.in_channels, work.latent, work.latent, generator=generator, device=device).to(dtype)
-    t = torch.rand(1, generator=generator, device=device).mul(999).expand(n).contiguous()
-    ctx = torch.randn(n, work.context_len, f.context_dim, generator=generator, device=device).to(dtype)
-    if f.y_dim:
-        return x, t, ctx, torch.randn(n, f.y_dim, generator=generator, device=device).to(dtype)
-    return x, t, ctx
-
-
-def flop_count(work: Workload) -> int:
-    """FLOPs of one step, counted on the meta device (convolutions, GEMMs, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    gen = torch.Generator("cpu").manual_seed(0)
-    inputs = make_inputs(work, torch.device("cpu"), torch.float16, gen)
-    with torch.device("meta"):
-        unet = UNetModel(work.family.unet_config()).half()
-    meta_inputs = tuple(t.to("meta") for t in inputs)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        unet(*meta_inputs)
-    return counter.get_total_flops()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def poison_free_memory(device: torch.device) -> None:
-    """Fill the allocator's cached free blocks with NaN, so an output element no kernel wrote
-    reads as NaN instead of a plausible leftover value."""
-    if device.type != "cuda":
-        return
-    free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    size = max(cached, 0) + min(free // 4, 2 << 30)
-    block = torch.empty(size, dtype=torch.uint8, device=device)
-    block.fill_(0xFF)  # all-ones bits: NaN in fp16, bf16 and fp32
-    del block
-
-
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.double(), ref.double()
-    if not torch.isfinite(out).all():
-        return math.inf
-    return ((out - ref).norm() / ref.norm()).item()
-
-
-@dataclass
-class Checks:
-    """Fresh input sets with their fp32 reference outputs (computed once, reference freed after)."""
-    inputs: list[tuple]
-    refs: list[torch.Tensor]
-
-    def worst(self, step: Step, device: torch.device) -> float:
-        worst = 0.0
-        for inputs, ref in zip(self.inputs, self.refs):
-            poison_free_memory(device)
-            out = step(inputs)
-            sync(device)
-            if out.shape != ref.shape:
-                raise AssertionError(f"output shape {tuple(out.shape)}, expected {tuple(ref.shape)}")
-            worst = max(worst, rel_error(out, ref))
-        return worst
-
-
-def time_steps(step: Step, input_sets: list[tuple], device: torch.device, min_repeats: int,
-               seconds: float) -> dict[str, Any]:
-    """Median ms per step in two blocks; each step starts on an idle stream so host work counts."""
-    for inputs in input_sets * 2:  # warm-up
-        step(inputs)
-    sync(device)
-    t0 = time.perf_counter()
-    step(input_sets[0])
-    sync(device)
-    once = time.perf_counter() - t0
-    repeats = max(min_repeats, min(1000, int(seconds / 2 / max(once, 1e-6))))
-    blocks = []
-    for _ in range(2):
-        times = []
-        for i in range(repeats):
-            inputs = input_sets[i % len(input_sets)]
-            sync(device)
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                step(inputs)
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                step(inputs)
-                times.append((time.perf_counter() - t0) * 1e3)
-        blocks.append(times)
-    all_times = sorted(blocks[0] + blocks[1])
-    return {"median_ms": statistics.median(all_times), "block_medians_ms": [statistics.median(b) for b in blocks],
-            "p10_ms": all_times[len(all_times) // 10], "p90_ms": all_times[len(all_times) * 9 // 10],
-            "repeats": 2 * repeats}
-
-
-def used_bytes(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 0
-    free, total = torch.cuda.mem_get_info(device)
-    return total - free
-
-
-@dataclass
-class Footprint:
-    """Device memory a row owns: its weights plus the peak of what PyTorch's allocator reserves
-    while it runs (workspace, CUDA-graph pools), plus what it holds outside the allocator
-    (AOTInductor's weights)."""
-    device: torch.device
-    owned: int = 0  # bytes already allocated that belong to the row (eager weights)
-    outside: int = 0
-    base: int = 0
-
-    def start(self) -> None:
-        release(self.device)
-        self.base = torch.cuda.memory_reserved(self.device) - self.owned if self.device.type == "cuda" else 0
-
-    def reset_peak(self) -> None:
-        release(self.device)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-
-    def mib(self) -> float | None:
-        if self.device.type != "cuda":
-            return None
-        return (torch.cuda.max_memory_reserved(self.device) - self.base + self.outside) / 2**20
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-
-
-def eager_step(unet: torch.nn.Module) -> Step:
-    def step(inputs: tuple) -> torch.Tensor:
-        with torch.inference_mode():
-            return unet(*inputs)
-    return step
-
-
-def graph_step(unet: torch.nn.Module, example: tuple, device: torch.device) -> Step:
-    """The eager UNet captured once as a CUDA graph: static input buffers, replay, copy the output."""
-    static = tuple(t.clone() for t in example)
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side), torch.no_grad():
-        for _ in range(2):
-            unet(*static)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), torch.no_grad():
-        out = unet(*static)
-
-    def step(inputs: tuple) -> torch.Tensor:
-        for s, v in zip(static, inputs):
-            s.copy_(v)
-        out.fill_(math.nan)  # the replay must overwrite every element
-        graph.replay()
-        return out.clone()
-    return step
-
-
-def compiled_step(unet: torch.nn.Module) -> Step:
-    compiled = torch.compile(unet, mode="reduce-overhead", fullgraph=True)
-
-    def step(inputs: tuple) -> torch.Tensor:
-        with torch.inference_mode():
-            return compiled(*inputs).clone()  # cudagraph trees reuse the output buffer
-    return step
-
-
 def profile_for(work: Workload, kind: str) -> Profile:
     if kind != "static":
         raise ValueError(f"unknown profile kind {kind!r}")
     return Profile.static(1, work.px, work.px)
-
-
-def kernel_breakdown(step: Step, inputs: tuple, device: torch.device, top: int = 25) -> dict[str, Any]:
-    """Where a step's device time goes, by kernel class (one profiled step without CUDA graphs)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step(inputs)
-    sync(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        step(inputs)
-        sync(device)
-    kernels: dict[str, float] = {}
-    for event in prof.key_averages():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            kernels[event.key] = kernels.get(event.key, 0.0) + event.device_time_total / 1e3
-    classes: dict[str, float] = {}
-    for name, ms in kernels.items():
-        low = name.lower()
-        if any(k in low for k in ("flash", "fmha", "attention")):
-            cls = "attention"
-        elif any(k in low for k in ("conv", "implicit", "fprop", "dgrad", "wgrad")):
-            cls = "convolution"
-        elif any(k in low for k in ("gemm", "cutlass", "cublas", "xmma", "nvjet")) or low.startswith("triton_tem"):
-            cls = "gemm"
-        elif low.startswith("triton"):
-            cls = "fused pointwise/norm (triton)"
-        elif "memcpy" in low or "memset" in low:
-            cls = "copies"
-        else:
-            cls = "other"
-        classes[cls] = classes.get(cls, 0.0) + ms
-    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
-    return {"total_ms": sum(kernels.values()), "by_class_ms": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
-            "top_kernels_ms": ranked, "kernel_count": len(kernels)}
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                           "date": time.strftime("%Y-%m-%d")}
-    try:
-        import triton
-        env["triton"] = triton.__version__
-    except ImportError:
-        pass
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        env.update(gpu=props.name, sms=props.multi_processor_count, gpu_memory_gib=round(props.total_memory / 2**30, 1),
-                   cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version())
-        try:
-            env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            pass
-    else:
-        env["cpu"] = platform.processor() or platform.machine()
-    return env
-
-
-def matmul_ceiling(device: torch.device) -> float | None:
-    """Measured dense fp16 GEMM rate (TFLOP/s), the ceiling the step's FLOPs are held to."""
-    if device.type != "cuda":
-        return None
-    n = 8192
-    a, b = (torch.randn(n, n, device=device, dtype=torch.float16) for _ in range(2))
-    for _ in range(3):
-        a @ b
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        a @ b
-    end.record()
-    end.synchronize()
-    return 2 * n**3 * 20 / (start.elapsed_time(end) / 1e3) / 1e12
 
 
 class Bench:

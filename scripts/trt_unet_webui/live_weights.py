@@ -83,7 +83,7 @@ def _own_params(unet: torch.nn.Module):
             yield path, module, pname, param
 
 
-def _merge_function(layers, nets, functional: bool):
+def merge_function(layers, nets, functional: bool):
     """The merge for these layers ((path, layer name, module) each) as the Lora extension computes it."""
     def apply(originals):
         out = {}
@@ -149,6 +149,6 @@ def describe(unet: torch.nn.Module, functional: bool) -> LiveUNet:
         if getattr(module, BIAS, None) is not None:
             names.add(prefix + BIAS)
     live.merge = Merge(frozenset(n for n in names if n.endswith(WEIGHT) or n in live.base),
-                       _merge_function(list(layers.values()), nets, functional), networks_key(functional))
+                       merge_function(list(layers.values()), nets, functional), networks_key(functional))
     live.networks = [f"{net.name}:{net.unet_multiplier:g}" for net in nets]
     return live
