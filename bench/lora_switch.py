@@ -112,8 +112,7 @@ def run(work: Workload, device: torch.device, seconds: float) -> dict:
             saved = {n: unet.get_parameter(n).detach().clone() for n in changed}
             for n, value in changed.items():
                 unet.get_parameter(n).copy_(value.float())
-            x, t, c = (v.float() if v.is_floating_point() and i != 1 else v for i, v in enumerate(inputs[0]))
-            ref = unet(x, t, c)
+            ref = unet(*(v.float() for v in inputs[0]))
             for n, value in saved.items():
                 unet.get_parameter(n).copy_(value)
         return rel_error(engine(*inputs[0]), ref)
