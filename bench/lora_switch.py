@@ -11,7 +11,8 @@ q/k/v/out, feed-forward, proj_in/out), as networks of the WebUI's Lora extension
 calc_updown: up @ down * alpha / rank * multiplier, its weights on the CPU). A switch is
 trt_core.weight_sync's update (which weights change, the merge on the GPU by the hook's own
 merge function) plus the router handing the values to the engine, synchronised. The first switch
-also copies the touched base weights to the GPU once; later ones do not. After every switch the
+also copies the touched base weights once (from the engine's own copies on the GPU, which the
+torch backend gives); later ones do not. After every switch the
 engine's output is checked against an fp32 eager UNet holding the same merged weights, and the
 step time with a LoRA is timed too.
 """
@@ -117,7 +118,7 @@ def run(work: Workload, device: torch.device, seconds: float) -> dict:
                 unet.get_parameter(n).copy_(value)
         return rel_error(engine(*inputs[0]), ref)
 
-    switches = [("first LoRA on (base weights copied to the GPU once)", [style], 1.0),
+    switches = [("first LoRA on (base weights copied once, on the GPU)", [style], 1.0),
                 ("off", [], 1.0), ("on again", [style], 1.0), ("multiplier 0.5", [style], 0.5),
                 ("another LoRA", [other], 1.0), ("two LoRAs", [style, other], 1.0), ("off", [], 1.0)]
     rows = []
@@ -126,7 +127,7 @@ def run(work: Workload, device: torch.device, seconds: float) -> dict:
             net.unet_multiplier = multiplier
         sync(device)
         t0 = time.perf_counter()
-        targets = sync_.update(base, keys, merge_for(nets, layers))
+        targets = sync_.update(base, keys, merge_for(nets, layers), router.build_weights)
         sync(device)
         t1 = time.perf_counter()
         router.set_weights(targets or {})

@@ -126,6 +126,9 @@ def test_engine_takes_changed_weights_in_place_and_goes_back(engine, built):
     x, t, c = _inputs(2, 41)
     with torch.no_grad():
         expected, original = changed(x, t, c), source(x, t, c)
+    held = engine.weights_of([q, k, conv, "nope"])
+    assert set(held) == {q, k, conv}  # what it was built with, read where it keeps them (fused, NHWC)
+    assert all(torch.equal(held[name], source.get_parameter(name)) for name in (q, k, conv))
     engine.set_weights({name: changed.get_parameter(name) for name in (q, k, conv)})
     assert _rel(engine(x, t, c), expected) < 1e-4 and _rel(engine(x, t, c), original) > 1e-3
     engine.set_weights({name: source.get_parameter(name) for name in (q, k, conv)})

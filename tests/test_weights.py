@@ -117,3 +117,33 @@ def test_when_no_engine_can_take_the_weights_the_call_is_not_covered_and_says_wh
     router.set_weights({"w": torch.tensor(3.0)})  # b is not loaded yet: it is refused when it loads
     result = router.run(*args)
     assert not result.covered and "cannot take the changed weights (no refit)" in result.reason
+
+
+class Held(Fixed):
+    """An engine that can give the values it was built with."""
+
+    def set_weights(self, weights):
+        self.given = dict(weights)
+
+    def weights_of(self, names):
+        return {name: torch.full((4,), 7.0) for name in names if name == "a"}
+
+
+def test_originals_come_from_the_engines_where_they_hold_them_in_the_hosts_dtype():
+    base = {"a": torch.ones(4), "b": torch.ones(4)}
+    keys = {name: (id(t), t._version) for name, t in base.items()}
+    router = Router.from_engines([Held("e")])
+    assert list(router.build_weights(["a", "b"])) == ["a"]
+    sync = WeightSync(WeightsRecord.of(base, "test", "0" * 64), torch.device("cpu"))
+    sync.update(base, keys, Merge(), router.build_weights)
+    add = Merge(frozenset({"a", "b"}), lambda originals: {n: v + 1 for n, v in originals.items()}, key=1)
+    targets = sync.update(base, keys, add, router.build_weights)
+    # "a" from the engine (7 + 1, and a copy: the engine's view is not what the merge got), "b" from the host
+    assert targets["a"].tolist() == [8.0] * 4 and targets["b"].tolist() == [2.0] * 4
+    router.set_weights(targets)
+    assert router.build_weights(["a"]) == {}  # the engine now holds other values for it
+    # an fp16 host's weights are not taken from an engine's copies of another dtype
+    half = {"a": torch.ones(4, dtype=torch.float16)}
+    sync = WeightSync(WeightsRecord.of(half, "test", "0" * 64), torch.device("cpu"))
+    one = Merge(frozenset({"a"}), lambda originals: dict(originals), key=1)
+    assert sync.update(half, {"a": 1}, one, Router.from_engines([Held("e")]).build_weights)["a"].tolist() == [1.0] * 4

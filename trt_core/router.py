@@ -83,6 +83,7 @@ class Router:
         self.failed: dict[str, str] = {}  # engine id -> why it was set aside
         self.unfit: dict[str, str] = {}  # engine id -> why it cannot take the current weights
         self._weights: dict[str, torch.Tensor] = {}
+        self._given: set[str] = set()  # weights some engine was given values for since it loaded
         self._loaded: OrderedDict[str, Engine] = OrderedDict()
         self._lock = threading.RLock()
 
@@ -134,10 +135,24 @@ class Router:
         that cannot, and why."""
         with self._lock:
             self._weights = dict(weights)
+            self._given |= set(weights)
             self.unfit = {}
             for engine_id, engine in self._loaded.items():
                 self._give_weights(engine_id, engine)
             return dict(self.unfit)
+
+    def build_weights(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The values the engines were built with, for those of these weights that a loaded engine can
+        read and no engine was given others for (views on the engine's device: copy before use)."""
+        with self._lock:
+            wanted = [name for name in names if name not in self._given]
+            out: dict[str, torch.Tensor] = {}
+            for engine in self._loaded.values():
+                missing = [name for name in wanted if name not in out]
+                if not missing:
+                    break
+                out.update(engine.weights_of(missing))
+            return out
 
     def _give_weights(self, engine_id: str, engine: Engine) -> bool:
         if not self._weights:

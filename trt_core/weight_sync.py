@@ -9,12 +9,14 @@ Base weights whose fingerprint is not the engines' (another extension changed th
 different file behind the same name) and merged weights are what the engines must take; weights
 they took earlier and no longer need are given their original values back. Originals are copied
 to the engines' device once and kept, so switching a LoRA on and off again moves no weights
-between host and device. Nothing is recomputed while the description stays the same.
+between host and device; where an engine can give its own copy of a weight it was built with (the
+torch backend's), that copy is taken, on the device, instead of the host's. Nothing is
+recomputed while the description stays the same.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Hashable, Mapping
+from typing import Callable, Hashable, Mapping, Sequence
 
 import torch
 
@@ -22,6 +24,8 @@ from sd_unet_trt.trt_core.weights import WeightsRecord, fingerprint
 
 # (originals of the weights it changes, on the engines' device) -> their new values
 MergeFn = Callable[[Mapping[str, torch.Tensor]], Mapping[str, torch.Tensor]]
+# names -> the engines' own values for those they can give (Router.build_weights)
+BuildWeightsFn = Callable[[Sequence[str]], Mapping[str, torch.Tensor]]
 
 
 @dataclass
@@ -51,16 +55,22 @@ class WeightSync:
                 else:
                     self._differs.add(name)
 
-    def _base_on_device(self, name: str, base: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """A copy (the host may change its tensor in place later), made once per base value."""
-        key = self._keys[name]
-        held = self._on_device.get(name)
-        if held is None or held[0] != key:
-            held = self._on_device[name] = (key, base[name].detach().to(self.device, copy=True))
-        return held[1]
+    def _bases_on_device(self, names: set[str], base: Mapping[str, torch.Tensor],
+                         build_weights: BuildWeightsFn | None) -> dict[str, torch.Tensor]:
+        """Copies (the host may change its tensors in place later), made once per base value: from
+        the engines' own where they hold the base value in the host's dtype, else from the host."""
+        missing = [n for n in names if self._on_device.get(n, (None,))[0] != self._keys[n]]
+        from_engines = {}
+        if build_weights is not None and missing:
+            unchanged = [n for n in missing if n not in self._differs]
+            from_engines = {n: t for n, t in build_weights(unchanged).items() if t.dtype == base[n].dtype}
+        for name in missing:
+            source = from_engines.get(name, base[name])
+            self._on_device[name] = (self._keys[name], source.detach().to(self.device, copy=True))
+        return {name: self._on_device[name][1] for name in names}
 
-    def update(self, base: Mapping[str, torch.Tensor], keys: Mapping[str, Hashable],
-               merge: Merge) -> dict[str, torch.Tensor] | None:
+    def update(self, base: Mapping[str, torch.Tensor], keys: Mapping[str, Hashable], merge: Merge,
+               build_weights: BuildWeightsFn | None = None) -> dict[str, torch.Tensor] | None:
         """The weights the engines must take now (their new values, plus originals for weights
         they no longer need changed), or None when that is what they already have."""
         self._check_base(base, keys)
@@ -71,7 +81,7 @@ class WeightSync:
         state = (frozenset((name, self._keys[name]) for name in wanted), frozenset(self._given), merge.key)
         if state == self._last:
             return None
-        targets = {name: self._base_on_device(name, base) for name in wanted | self._given}
+        targets = self._bases_on_device(wanted | self._given, base, build_weights)
         if merge.apply is not None and merge.names:
             targets.update(merge.apply({name: targets[name] for name in merge.names}))
         self._given = set(wanted)

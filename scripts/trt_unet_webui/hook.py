@@ -157,7 +157,7 @@ class TrtUnet(sd_unet.SdUnet):
         if self.problem:
             return
         try:
-            targets = engines.sync.update(live.base, live.keys, live.merge)
+            targets = engines.sync.update(live.base, live.keys, live.merge, engines.router.build_weights)
         except (KeyError, ValueError, RuntimeError) as e:
             self.problem = f"the engines cannot take the changed weights ({e})"
             return

@@ -103,6 +103,11 @@ class Engine(ABC):
         others keep theirs. Raises WeightsUnsupported, leaving the engine as it was, when it cannot."""
         raise WeightsUnsupported(f"{type(self).__name__} cannot change its weights")
 
+    def weights_of(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The values it holds for these weights, on its device, where it can read them (views: copy
+        before changing); the names it cannot read are left out."""
+        return {}
+
     def close(self) -> None:
         """Release everything the engine holds; it is not called again afterwards."""
 

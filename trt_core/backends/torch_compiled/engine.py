@@ -41,10 +41,13 @@ class TorchCompiledEngine(Engine):
         self._runner = runner
         self._weights_bytes = weights_bytes
         self._weights = weights or []
-        self._targets: dict[str, list[tuple[int, int]]] = {}  # UNet weight -> (graph weight, first row)
+        # UNet weight -> where it is: (graph weight, first row, rows); several parts of one graph
+        # weight are the projections a fused attention concatenated
+        self._targets: dict[str, list[tuple[int, int, int]]] = {}
         for index, held in enumerate(sources or []):
-            for unet_name, row in held:
-                self._targets.setdefault(unet_name, []).append((index, int(row)))
+            rows = [int(row) for _, row in held] + [self._weights[index].shape[0] if self._weights else 0]
+            for (unet_name, _), start, end in zip(held, rows, rows[1:]):
+                self._targets.setdefault(unet_name, []).append((index, start, end - start))
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
         self._lock = threading.Lock()
@@ -81,8 +84,8 @@ class TorchCompiledEngine(Engine):
         for name, value in weights.items():
             if name not in self._targets:
                 raise WeightsUnsupported(f"engine {self.name} has no weight {name}")
-            for index, row in self._targets[name]:
-                part = self._weights[index][row:row + value.shape[0]] if value.dim() else self._weights[index]
+            for index, row, rows in self._targets[name]:
+                part = self._weights[index][row:row + rows] if value.dim() else self._weights[index]
                 if part.shape != value.shape:
                     raise WeightsUnsupported(f"engine {self.name}: {name} is {list(part.shape)}, "
                                              f"the new value is {list(value.shape)}")
@@ -90,6 +93,14 @@ class TorchCompiledEngine(Engine):
         with self._lock, torch.no_grad():
             for part, value in writes:
                 part.copy_(value)
+
+    def weights_of(self, names: list[str]) -> dict[str, torch.Tensor]:
+        out = {}
+        for name in names:
+            if name in self._targets and self._weights:
+                index, row, rows = self._targets[name][0]
+                out[name] = self._weights[index][row:row + rows]
+        return out
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
