@@ -144,3 +144,16 @@ def test_stale_temp_cleanup_spares_live_writers(tmp_path):
     with atomic_output(tmp_path / "f") as tmp:
         tmp.write_text("in progress")
         assert remove_stale_temps(tmp_path) == [] and tmp.exists()
+
+
+def test_the_weights_record_goes_with_the_last_engine_that_shares_it(tmp_path):
+    m = Manifest(tmp_path)
+    m.add(make_entry(m, "a"))
+    m.add(make_entry(m, "b"))
+    record = m.weights_record_path(CKPT.weights)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text("{}")
+    m.remove("a")
+    assert record.is_file()  # "b" holds the same weights
+    m.remove("b")
+    assert not record.exists()

@@ -21,6 +21,7 @@ SCHEMA = "sd-unet-engines"
 SCHEMA_VERSION = 1
 INDEX_NAME = "manifest.json"
 SIDECAR_SUFFIX = ".json"
+WEIGHTS_DIR = "weights"  # one record per weights digest (trt_core.weights), shared by its engines
 LOCK_TIMEOUT_S = 60
 
 
@@ -165,19 +166,27 @@ class Manifest:
             entries = [e for e in self._parse(self._read_index()) if e.id != entry.id]
             self._write(entries + [entry])
 
+    def weights_record_path(self, weights_digest: str) -> Path:
+        return self.dir / WEIGHTS_DIR / f"{weights_digest[:16]}.json"
+
     def sidecar(self, entry: EngineEntry) -> Path:
         return self.file_path(entry).with_name(self.file_path(entry).name + SIDECAR_SUFFIX)
 
     def remove(self, entry_id: str) -> EngineEntry:
-        """Delete an engine: its index entry, its file and its sidecar."""
+        """Delete an engine: its index entry, its file, its sidecar, and the weights record no
+        other engine shares."""
         with self._locked():
             entries = self._parse(self._read_index())
             entry = next((e for e in entries if e.id == entry_id), None)
             if entry is None:
                 raise KeyError(f"no engine {entry_id!r} in {self.path}")
-            self._write([e for e in entries if e.id != entry_id])
+            kept = [e for e in entries if e.id != entry_id]
+            self._write(kept)
             self.file_path(entry).unlink(missing_ok=True)
             self.sidecar(entry).unlink(missing_ok=True)
+            digest = entry.checkpoint.weights
+            if digest and not any(e.checkpoint.weights == digest for e in kept):
+                self.weights_record_path(digest).unlink(missing_ok=True)
         return entry
 
     def prune(self) -> list[EngineEntry]:

@@ -60,7 +60,7 @@ class Workspace:
 
     def weights_record_path(self, weights_digest: str) -> Path:
         """The weights record of engines whose identity carries this digest."""
-        return self.engine_dir / "weights" / f"{weights_digest[:16]}.json"
+        return self.manifest().weights_record_path(weights_digest)
 
     def weights_record(self, weights_digest: str) -> WeightsRecord:
         """The fingerprints of the weights engines with this digest hold; ValueError when missing."""
