@@ -105,10 +105,6 @@ class TrtUnet(sd_unet.SdUnet):
     def activate(self) -> None:
         generation.on_end(self.placement.release)
         self.request_sync()
-        problem = model_problem(shared.sd_model)
-        if problem:
-            log.warning("TensorRT: %s: the built-in UNet runs every call", problem)
-            restore_builtin(shared.sd_model)
 
     def deactivate(self) -> None:
         generation.forget(self.placement.release)
@@ -146,11 +142,11 @@ class TrtUnet(sd_unet.SdUnet):
         """Which engines may serve this pass, holding which weights; or why none may."""
         self._synced, self._resync = key, False
         self.problem = model_problem(sd_model)
-        if self.problem:
-            return
-        engines = self.engines_for(key[0], sd_model.sd_checkpoint_info.model_name)
-        self.problem = engines.problem
-        if self.problem:
+        if not self.problem:
+            engines = self.engines_for(key[0], sd_model.sd_checkpoint_info.model_name)
+            self.problem = engines.problem
+        if self.problem:  # no engine serves this model: its UNet goes where the WebUI keeps it without one
+            restore_builtin(sd_model)
             return
         live = live_weights.describe(sd_model.model.diffusion_model, lora_functional())
         self.problem = live.problem
