@@ -135,3 +135,25 @@ def test_an_engine_that_cannot_take_changed_weights_falls_back_with_the_reason(w
     assert value.startswith("fallback: the engines cannot take the changed weights (this engine keeps its weights)"), value
     value, diff, _ = run_both(runner, "a cat")  # without the LoRA the engines serve again
     assert diff < TOL and value.startswith("[onnxruntime fp32] 64-80x64-80 px"), value
+
+
+def test_tiling_and_a_module_class_from_an_unknown_extension_fall_back_with_the_reason(webui):
+    """The WebUI's Tiling pads the convolutions circularly; token merging swaps a block's class for
+    its own subclass. Engines compute neither."""
+    runner, model, _ = webui
+    conv = model.model.diffusion_model.input_blocks[0][0]
+    conv.padding_mode = "circular"
+    try:
+        value, diff, _ = run_both(runner, "a cat")
+    finally:
+        conv.padding_mode = "zeros"
+    assert diff < TOL and value == "fallback: UNet layer input_blocks.0.0 pads circular (Tiling); engines pad with zeros"
+    block = model.model.diffusion_model.input_blocks[1][1]
+    original = type(block)
+    block.__class__ = type("MergedTokensBlock", (original,), {"forward": lambda self, *a, **k: original.forward(self, *a, **k)})
+    try:
+        value, diff, _ = run_both(runner, "a cat")
+    finally:
+        block.__class__ = original
+    assert diff < TOL and value == ("fallback: MergedTokensBlock.forward (UNet layer input_blocks.1.1) comes from "
+                                    f"{__name__}"), value

@@ -13,8 +13,9 @@
   weight the previous one produced), or, in functional mode, each from the base weight.
 - Problems: what engines cannot reproduce, so every call of the pass falls back with the reason: a
   layer's forward replaced or hooked by an unknown extension, a module class whose forward comes
-  from outside torch/ldm/sgm/the WebUI/its Lora (token merging, say), fp8 weight storage with a
-  network, DoRA in functional mode (the WebUI leaves DoRA out there).
+  from outside torch/ldm/sgm/the WebUI/its Lora (token merging, say), circular padding (the
+  WebUI's Tiling), fp8 weight storage with a network, DoRA in functional mode (the WebUI leaves
+  DoRA out there).
 """
 from __future__ import annotations
 
@@ -66,6 +67,8 @@ def forward_problem(unet: torch.nn.Module) -> str:
     for path, module in unet.named_modules():
         if path and "forward" in vars(module):
             return f"an extension replaced the forward of UNet layer {path}"
+        if getattr(module, "padding_mode", "zeros") != "zeros":  # the WebUI's Tiling: circular padding
+            return f"UNet layer {path} pads {module.padding_mode} (Tiling); engines pad with zeros"
         for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
             if not getattr(hook, "__module__", "").startswith("modules."):  # the WebUI's own (lowvram)
                 return f"an extension hooks UNet layer {path or '(root)'} ({getattr(hook, '__module__', '?')})"
