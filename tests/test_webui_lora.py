@@ -10,7 +10,7 @@ import torch
 
 from tests.real_webui.tiny_lora import lora_tensors
 from tests.webui_double import harness
-from tests.webui_double.harness import checkpoint, load, register_ort_engines, webui_unet
+from tests.webui_double.harness import register_ort_engines, webui_unet
 from modules import errors, processing, sd_unet, shared
 from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.pipeline import Workspace

@@ -84,6 +84,7 @@ def test_a_build_after_a_refiner_generation_is_for_the_selected_checkpoint(start
     runner = start(refiner_engines=True)
     generate(runner, "Automatic")
     assert shared.sd_model.sd_checkpoint_info.name == "tiny2.safetensors"  # the refiner stays loaded
+    assert sd_models.select_checkpoint().name == "tiny.safetensors"  # what the user selected
     target = current_model()
     assert target.path.name == "tiny.safetensors" and target.checkpoint.name == "tiny"
     assert target.checkpoint.sha256 == hashes.file_sha256[str(target.path)] and target.family == TINY
