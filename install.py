@@ -9,7 +9,9 @@ nothing. Every child process has a timeout: the WebUI's start-up never crashes o
 
 What goes where:
 - ONNX Runtime and TensorRT run inside the WebUI, so they go into its environment, in versions
-  that work with its pins (numpy 1.26, protobuf 3.20 in WebUI v1.10).
+  that work with its pins (numpy 1.26, protobuf 3.20 in WebUI v1.10). The TensorRT library is the
+  one for the GPU: TensorRT for RTX on GeForce and RTX cards, TensorRT 10/11 on data-center chips
+  and Turing, as the bindings and libraries wheels for torch's CUDA major (cu12 or cu13).
 - The export tools (onnx, onnx-graphsurgeon) need a newer protobuf than the WebUI pins. They are
   only used by the export, which runs in a child process (the checkpoint file's UNet -> ONNX), so
   they go into a folder of their own, `.export-tools/<python>-<platform>/`, that only that child
@@ -33,7 +35,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 EXPORT_TOOLS_DIR = HERE / ".export-tools"
 EXPORT_TOOLS_RECORD = "installed.json"
-TENSORRT_MAJOR = 10
 PIP_TIMEOUT_S = 1800  # the TensorRT libraries are a large download
 PROBE_TIMEOUT_S = 180
 MIN_CAPABILITY = (7, 5)
@@ -60,6 +61,7 @@ class Part:
     modules: list[str]  # what must import afterwards
     without: str  # what the extension does when this part is missing
     free: list[str] = field(default_factory=list)  # installed packages this part may shadow in its own folder
+    pip_options: list[str] = field(default_factory=list)  # e.g. another index its wheels come from
 
 
 ONNX_RUNTIME = Part("ONNX Runtime", ["onnxruntime>=1.16"], ["onnxruntime"],
@@ -131,12 +133,13 @@ class Plan:
     problem: str = ""  # why nothing may be installed
 
 
-def plan(requirements: list[str], installed: dict[str, str], free: list[str], ignore_installed: bool) -> Plan:
+def plan(requirements: list[str], installed: dict[str, str], free: list[str], ignore_installed: bool,
+         pip_options: list[str] | None = None) -> Plan:
     """What pip would install for `requirements` under the constraints, from its dry-run report."""
     constraints = write_constraints(installed, free)
     try:
         command = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", "-",
-                   "--only-binary=:all:", "--constraint", str(constraints), *requirements]
+                   "--only-binary=:all:", "--constraint", str(constraints), *(pip_options or []), *requirements]
         if ignore_installed:
             command.insert(5, "--ignore-installed")
         ok, output = run(command, PIP_TIMEOUT_S)
@@ -159,9 +162,10 @@ def plan(requirements: list[str], installed: dict[str, str], free: list[str], ig
     return Plan(packages)
 
 
-def pip_install(packages: list[tuple[str, str]], target: Path | None = None) -> tuple[bool, str]:
+def pip_install(packages: list[tuple[str, str]], target: Path | None = None,
+                pip_options: list[str] | None = None) -> tuple[bool, str]:
     """Exactly the planned versions, nothing resolved again."""
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:",
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--only-binary=:all:", *(pip_options or []),
                *[f"{name}=={version}" for name, version in packages]]
     if target is not None:
         command += ["--target", str(target)]
@@ -174,12 +178,12 @@ def install_into_environment(part: Part) -> None:
     if all(importlib.util.find_spec(m) is not None for m in part.modules):
         return
     installed = installed_versions()
-    planned = plan(part.requirements, installed, [], ignore_installed=False)
+    planned = plan(part.requirements, installed, [], ignore_installed=False, pip_options=part.pip_options)
     if planned.problem:
         say(f"{part.title} not installed: {planned.problem}; {part.without}")
         return
     say(f"installing {part.title}: " + ", ".join(f"{n}=={v}" for n, v in planned.packages))
-    ok, error = pip_install(planned.packages)
+    ok, error = pip_install(planned.packages, pip_options=part.pip_options)
     after = installed_versions()
     changed = [f"{n} {v} -> {after.get(n)}" for n, v in installed.items() if after.get(n) != v]
     if changed:
@@ -236,16 +240,36 @@ def install_export_tools(part: Part = EXPORT_TOOLS) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def tensorrt_requirement(cuda_version: str | None) -> str | None:
-    """tensorrt-cu12 for a CUDA 12 torch, tensorrt-cu13 for CUDA 13; None for anything else."""
+# Which TensorRT library for which GPU, and its wheels: the rule of
+# trt_core/backends/tensorrt/library.py, repeated because this file runs before the extension can
+# be imported (tests/test_install.py holds the two together).
+RTX_RUNS_ON = {(8, 0), (8, 6), (8, 7), (8, 9), (12, 0), (12, 1)}
+LIBRARY_LABELS = {"tensorrt": "TensorRT", "tensorrt_rtx": "TensorRT for RTX"}
+# TensorRT's library wheels are published on NVIDIA's index (PyPI holds a source stub that fetches
+# them from there while it builds); TensorRT for RTX's are on PyPI itself.
+NVIDIA_INDEX = "https://pypi.nvidia.com"
+POLYGRAPHY = "polygraphy>=0.50"  # loads networks and configures builds for both libraries (pure Python)
+
+
+def tensorrt_library(capability: tuple[int, int]) -> str:
+    """TensorRT for RTX on the GPUs it runs on (GeForce and RTX cards), full TensorRT elsewhere."""
+    return "tensorrt_rtx" if tuple(capability) in RTX_RUNS_ON else "tensorrt"
+
+
+def tensorrt_requirements(library: str, cuda_version: str | None) -> list[str]:
+    """The bindings and libraries wheels for torch's CUDA major, and Polygraphy; [] without CUDA 12 or 13."""
     major = (cuda_version or "").split(".")[0]
     if major not in ("12", "13"):
-        return None
-    return f"tensorrt-cu{major}>={TENSORRT_MAJOR}.0,<{TENSORRT_MAJOR + 1}"
+        return []
+    if library == "tensorrt_rtx":
+        return [f"tensorrt-rtx-cu{major}-bindings>=1.0,<2", f"tensorrt-rtx-cu{major}-libs>=1.0,<2", POLYGRAPHY]
+    return [f"tensorrt-cu{major}-bindings>=10.0,<12", f"tensorrt-cu{major}-libs>=10.0,<12", POLYGRAPHY]
 
 
-def installed_tensorrt() -> str | None:
-    for dist in ("tensorrt-cu12-bindings", "tensorrt-cu13-bindings", "tensorrt_bindings", "tensorrt"):
+def installed_tensorrt(library: str) -> str | None:
+    """The version of the library's bindings, whichever CUDA major (or the meta package's)."""
+    stem = library.replace("_", "-")
+    for dist in (f"{stem}-cu12-bindings", f"{stem}-cu13-bindings", f"{library}_bindings", stem):
         try:
             return importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -264,36 +288,36 @@ def probe_torch() -> dict | None:
 
 
 def tensorrt_blocker(probe: dict | None) -> str:
-    """Why TensorRT cannot be used here, as one line ("" when it can)."""
+    """Why no TensorRT library can be used here, as one line ("" when one can)."""
     if probe is None:
         return "TensorRT skipped: could not start torch to look at the GPU"
     if not probe["cuda"]:
         return f"TensorRT skipped: torch {probe['torch']} has no CUDA (TensorRT needs an NVIDIA GPU)"
-    if tensorrt_requirement(probe["cuda"]) is None:
-        return f"TensorRT skipped: torch is built for CUDA {probe['cuda']}; TensorRT 10 wheels need CUDA 12 or 13"
+    if not tensorrt_requirements("tensorrt", probe["cuda"]):
+        return f"TensorRT skipped: torch is built for CUDA {probe['cuda']}; TensorRT's wheels need CUDA 12 or 13"
     if not probe["gpu"]:
         return "TensorRT skipped: no usable NVIDIA GPU (check the driver: torch.cuda.is_available() is False)"
     capability = tuple(probe["capability"])
     if capability < MIN_CAPABILITY:
         return (f"TensorRT skipped: this GPU (compute capability {capability[0]}.{capability[1]}) is older than "
-                f"TensorRT {TENSORRT_MAJOR} supports (7.5, Turing, or newer)")
+                f"TensorRT 10 and TensorRT for RTX support (7.5, Turing, or newer)")
     return ""
 
 
 def install_tensorrt() -> None:
-    present = installed_tensorrt()
-    if present and present.split(".")[0] == str(TENSORRT_MAJOR):
-        return
+    """The library for this GPU, unless one that serves it is installed already."""
+    if installed_tensorrt("tensorrt_rtx") or installed_tensorrt("tensorrt"):
+        return  # the extension says at run time whether the installed one serves this GPU
     probe = probe_torch()
     blocker = tensorrt_blocker(probe)
     if blocker:
         say(blocker)
         return
-    if present and int(present.split(".")[0]) > TENSORRT_MAJOR:
-        say(f"TensorRT {present} is installed; this extension uses TensorRT {TENSORRT_MAJOR}.x and leaves it alone")
-        return
-    install_into_environment(Part("TensorRT", [tensorrt_requirement(probe["cuda"])], ["tensorrt"],
-                                  "engines are built with the other backends"))
+    library = tensorrt_library(tuple(probe["capability"]))
+    extra = [] if library == "tensorrt_rtx" else ["--extra-index-url", NVIDIA_INDEX]
+    install_into_environment(Part(LIBRARY_LABELS[library], tensorrt_requirements(library, probe["cuda"]),
+                                  [f"{library}_bindings"], "engines are built with the other backends",
+                                  pip_options=extra))
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
 """install.py: nothing the WebUI's Python already has changes version; what fits goes in, what does
-not is one line; a second run changes nothing; the TensorRT wheel matches torch's CUDA."""
+not is one line; a second run changes nothing; the TensorRT library suits the GPU and its wheels
+match torch's CUDA; TensorRT for RTX's real wheels fit a WebUI-pinned environment."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sd_unet_trt.trt_core.backends.tensorrt.library import pip_requirement
+from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
 
 ROOT = Path(__file__).resolve().parents[1]
 # the WebUI v1.10.1 pins (requirements_versions.txt) that the packages we add depend on
@@ -32,31 +33,46 @@ def install():
     return load_installer()
 
 
-def test_installer_and_backend_ask_for_the_same_wheel(install):
-    for cuda in ["12.1", "12.8", "13.0", "11.8", None, ""]:
-        assert install.tensorrt_requirement(cuda) == pip_requirement(cuda)
+CAPABILITIES = [(7, 5), (8, 0), (8, 6), (8, 7), (8, 9), (9, 0), (10, 0), (10, 3), (12, 0), (12, 1)]
 
 
-def test_installs_the_tensorrt_wheel_for_torchs_cuda_like_any_part(install, monkeypatch):
+def test_installer_and_backend_pick_the_same_library_and_wheels(install):
+    for capability in CAPABILITIES:
+        assert install.tensorrt_library(capability) == libraries.preferred_library(capability)
+    for library in ("tensorrt", "tensorrt_rtx"):
+        for cuda in ["12.1", "12.8", "13.0", "11.8", None, ""]:
+            assert install.tensorrt_requirements(library, cuda) == libraries.pip_requirements(library, cuda)
+
+
+@pytest.mark.parametrize("capability, cuda, library, requirements, index", [
+    ([8, 9], "12.8", "TensorRT for RTX", ["tensorrt-rtx-cu12-bindings>=1.0,<2", "tensorrt-rtx-cu12-libs>=1.0,<2",
+                                          "polygraphy>=0.50"], []),
+    ([12, 0], "13.0", "TensorRT for RTX", ["tensorrt-rtx-cu13-bindings>=1.0,<2", "tensorrt-rtx-cu13-libs>=1.0,<2",
+                                           "polygraphy>=0.50"], []),
+    ([9, 0], "12.8", "TensorRT", ["tensorrt-cu12-bindings>=10.0,<12", "tensorrt-cu12-libs>=10.0,<12",
+                                  "polygraphy>=0.50"], ["--extra-index-url", "https://pypi.nvidia.com"]),
+])
+def test_installs_the_library_for_the_gpu_and_torchs_cuda_like_any_part(install, monkeypatch, capability, cuda,
+                                                                         library, requirements, index):
     parts = []
-    monkeypatch.setattr(install, "installed_tensorrt", lambda: None)
-    monkeypatch.setattr(install, "probe_torch", lambda: {"torch": "2.1.2+cu121", "cuda": "12.1", "gpu": True,
-                                                          "capability": [8, 6]})
+    monkeypatch.setattr(install, "installed_tensorrt", lambda library: None)
+    monkeypatch.setattr(install, "probe_torch", lambda: {"torch": "2.9", "cuda": cuda, "gpu": True,
+                                                          "capability": capability})
     monkeypatch.setattr(install, "install_into_environment", parts.append)
     install.install_tensorrt()
-    assert [(p.requirements, p.modules) for p in parts] == [(["tensorrt-cu12>=10.0,<11"], ["tensorrt"])]
+    assert [(p.title, p.requirements, p.pip_options) for p in parts] == [(library, requirements, index)]
 
 
 @pytest.mark.parametrize("present, probe, expected", [
-    ("10.3.0", None, ""),  # present: nothing to do, not even a probe
-    (None, {"torch": "2.1.2", "cuda": None, "gpu": False, "capability": None}, "has no CUDA"),
-    (None, {"torch": "2.1.2", "cuda": "11.8", "gpu": True, "capability": [8, 6]}, "need CUDA 12 or 13"),
-    (None, {"torch": "2.1.2", "cuda": "12.1", "gpu": False, "capability": None}, "check the driver"),
-    (None, {"torch": "2.1.2", "cuda": "12.1", "gpu": True, "capability": [6, 1]}, "older than TensorRT 10"),
-    ("11.4.0.106", {"torch": "2.9", "cuda": "12.8", "gpu": True, "capability": [8, 9]}, "leaves it alone"),
+    ({"tensorrt": "10.3.0"}, None, ""),  # present: nothing to do, not even a probe
+    ({"tensorrt_rtx": "1.7.1.116"}, None, ""),
+    ({}, {"torch": "2.1.2", "cuda": None, "gpu": False, "capability": None}, "has no CUDA"),
+    ({}, {"torch": "2.1.2", "cuda": "11.8", "gpu": True, "capability": [8, 6]}, "need CUDA 12 or 13"),
+    ({}, {"torch": "2.1.2", "cuda": "12.1", "gpu": False, "capability": None}, "check the driver"),
+    ({}, {"torch": "2.1.2", "cuda": "12.1", "gpu": True, "capability": [6, 1]}, "older than TensorRT 10"),
 ])
 def test_tensorrt_skips_with_one_clear_line(install, monkeypatch, capsys, present, probe, expected):
-    monkeypatch.setattr(install, "installed_tensorrt", lambda: present)
+    monkeypatch.setattr(install, "installed_tensorrt", present.get)
     monkeypatch.setattr(install, "probe_torch", lambda: probe)
 
     def no_pip(cmd, timeout, env=None):
@@ -140,3 +156,16 @@ def test_install_into_a_webui_venv_changes_no_installed_package_and_twice_change
     second = subprocess.run([str(python), str(extension / "install.py")], capture_output=True, text=True, timeout=1800)
     assert second.returncode == 0 and "installing" not in second.stdout, second.stdout
     assert freeze(python) == after and (folders[0] / "installed.json").stat().st_mtime_ns == stamp
+
+
+def test_tensorrt_for_rtx_wheels_fit_a_webui_venv_without_changing_it(webui_like_venv):
+    """pip's real plan, in the WebUI-pinned venv, for the wheels a GeForce card with a CUDA 13 torch gets."""
+    python, extension = webui_like_venv
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import install; "
+            "p = install.plan(install.tensorrt_requirements('tensorrt_rtx', '13.0'), install.installed_versions(), "
+            "[], ignore_installed=False); print(json.dumps([p.packages, p.problem]))")
+    result = subprocess.run([str(python), "-c", code, str(extension)], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    packages, problem = json.loads(result.stdout.splitlines()[-1])
+    assert not problem and sorted(name for name, _ in packages) == ["polygraphy", "tensorrt-rtx-cu13-bindings",
+                                                                     "tensorrt-rtx-cu13-libs"]

@@ -87,3 +87,76 @@ def test_unknown_attributes_cannot_be_read_or_written(engine):
         ctx.get_binding_shape(0)
     with pytest.raises(AttributeError):
         trt.Builder(trt.Logger()).create_builder_config().max_workspace_size = 1 << 30
+
+
+def parsed(tiny_onnx):
+    logger = trt.Logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, logger).parse_from_file(str(tiny_onnx))
+    config = builder.create_builder_config()
+    profile = builder.create_optimization_profile()
+    for name, shapes in {"x": ([1, 4, 8, 8],) * 3, "timesteps": ([1],) * 3, "context": ([1, 77, 768],) * 3}.items():
+        profile.set_shape(name, *shapes)
+    config.add_optimization_profile(profile)
+    return builder, network, config
+
+
+@pytest.fixture
+def flavor():
+    yield trt._set_flavor
+    trt._set_flavor("10")
+
+
+def test_each_version_lacks_what_the_real_one_lacks(flavor, engine):
+    flavor("11")
+    with pytest.raises(AttributeError, match="in tensorrt 11.4.0.106"):
+        engine.device_memory_size
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    with pytest.raises(AttributeError):
+        ctx.device_memory = 1 << 20
+    flavor("10.0")
+    with pytest.raises(AttributeError):
+        engine.device_memory_size_v2
+    with pytest.raises(AttributeError):
+        engine.create_runtime_config()  # TensorRT for RTX only
+    assert not hasattr(trt, "ComputeCapability")
+
+
+def test_user_memory_smaller_than_the_engine_needs_is_refused(flavor, engine):
+    flavor("11")
+    ctx = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+    ctx.set_device_memory(4096, engine.device_memory_size_v2 - 1)
+    bind_all(ctx, {**tensors(), "out": torch.zeros(1, 4, 8, 8)})
+    assert not ctx.execute_async_v3(0)
+
+
+def test_rtx_without_a_gpu_builds_only_for_named_capabilities_and_never_refittable(flavor, tiny_onnx):
+    flavor("rtx", None)
+    builder, network, config = parsed(tiny_onnx)
+    assert builder.build_serialized_network(network, config) is None  # no capability named: the current GPU
+    config.num_compute_capabilities = 1
+    assert not config.set_compute_capability(trt.ComputeCapability.CURRENT, 1)
+    assert config.set_compute_capability(trt.ComputeCapability.CURRENT, 0)
+    assert builder.build_serialized_network(network, config) is None
+    assert config.set_compute_capability(trt.ComputeCapability.SM89, 0)
+    config.set_flag(trt.BuilderFlag.REFIT)
+    assert builder.build_serialized_network(network, config) is None  # refit needs a GPU at build time
+    config.clear_flag(trt.BuilderFlag.REFIT)
+    plan = builder.build_serialized_network(network, config)
+    runtime = trt.Runtime(trt.Logger())
+    assert runtime.get_engine_validity(plan[:runtime.engine_header_size])[0] == trt.EngineValidity.INVALID  # no GPU
+    flavor("rtx", "sm_89")
+    assert runtime.get_engine_validity(plan[:runtime.engine_header_size])[0] == trt.EngineValidity.VALID
+    assert runtime.get_engine_validity(plan[:10])[0] == trt.EngineValidity.INVALID
+    flavor("rtx", "sm_90")  # Hopper: the runtime refuses the GPU itself
+    assert runtime.deserialize_cuda_engine(plan) is None
+
+
+def test_rtx_runtime_cache_of_another_gpu_is_refused(flavor, tiny_onnx):
+    flavor("rtx", "sm_89")
+    cache = trt.IRuntimeConfig().create_runtime_cache()
+    blob = bytes(cache.serialize())
+    flavor("rtx", "sm_86")
+    assert not trt.IRuntimeConfig().create_runtime_cache().deserialize(blob)
+    assert not trt.IRuntimeConfig().create_runtime_cache().deserialize(b"garbage")

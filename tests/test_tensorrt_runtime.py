@@ -1,4 +1,5 @@
-"""The TensorRT runtime against the strict double: real numbers from real buffers."""
+"""The TensorRT runtime against the strict double (TensorRT 10.0, 10.16 and 11.4 where the memory API
+differs): real numbers from real buffers. TensorRT for RTX's runtime: test_tensorrt_rtx_runtime.py."""
 from __future__ import annotations
 
 import functools
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from sd_unet_trt.models.families import TINY
-from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, tiny_onnx,  # noqa: F401
+from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, play, tiny_onnx,  # noqa: F401
                                        tiny_request, tiny_unet)
 from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo
 from sd_unet_trt.trt_core.backends.tensorrt.plan_file import EngineFileError, StaleEngineError, read_header
@@ -51,7 +52,12 @@ def inputs(rows, h, w, ctx=77, dtype=torch.float32, seed=0):
     return sample_inputs(TINY, rows, h, w, ctx, dtype, "cpu", torch.Generator().manual_seed(seed))
 
 
-def test_engine_output_matches_the_onnx_and_the_torch_unet(backend, engine_file, tiny_onnx, tiny_unet):
+@pytest.mark.parametrize("flavor", ["10.0", "10", "11"])  # device_memory / set_device_memory, _v2 sizes
+def test_engine_output_matches_the_onnx_and_the_torch_unet(fake_trt, tiny_onnx, tiny_unet, tmp_path, flavor):
+    play(flavor)
+    backend = backend_on(GpuInfo(True, (8, 9), 8 << 30, 8 << 30))
+    engine_file = tmp_path / "tiny.trt"
+    backend.build(tiny_request(tiny_onnx), engine_file)
     engine = load(backend, engine_file)
     x, t, c = inputs(2, 8, 8)
     out = engine(x, t, c)
@@ -62,6 +68,7 @@ def test_engine_output_matches_the_onnx_and_the_torch_unet(backend, engine_file,
 
 
 def test_fp16_inputs_are_cast_once_into_the_engines_dtype(backend, engine_file, tiny_onnx):
+    """(An fp16 engine is built from an fp16 export: strongly typed, the ONNX's types are the engine's.)"""
     engine = load(backend, engine_file)
     assert engine.dtypes["x"] == torch.float32  # this ONNX has fp32 inputs
     x, t, c = inputs(1, 8, 16, dtype=torch.float16)
@@ -128,16 +135,16 @@ def test_skipping_an_input_shape_is_caught(backend, engine_file, monkeypatch):
         engine(*inputs(1, 8, 8))
 
 
-def test_engine_from_another_tensorrt_or_gpu_is_stale_and_never_loaded(fake_trt, tiny_onnx, tmp_path, monkeypatch):
+def test_engine_from_another_tensorrt_or_gpu_is_stale_and_never_loaded(fake_trt, tiny_onnx, tmp_path):
     path = tmp_path / "old.trt"
-    monkeypatch.setattr(fake_trt, "__version__", "10.3.0")
+    play("10", device="sm_86")
     backend_on(GpuInfo(True, (8, 6), 8 << 30, 8 << 30)).build(tiny_request(tiny_onnx), path)
-    monkeypatch.setattr(fake_trt, "__version__", "10.16.1.11")
+    play("11")
     current = backend_on(GpuInfo(True, (8, 9), 8 << 30, 8 << 30))
-    reason = current.stale_reason(path)
-    assert "TensorRT 10.3.0" in reason and "sm_86" in reason and "rebuild" in reason
-    fake_trt._reset()
-    with pytest.raises(StaleEngineError, match="built with TensorRT 10.3.0, this is TensorRT 10.16.1.11"):
+    reason = current.file_problem(path)
+    assert "built with tensorrt 10.16.1.11, this is tensorrt 11.4.0.106" in reason and "sm_86" in reason
+    assert reason.endswith("rebuild it")
+    with pytest.raises(StaleEngineError, match="built with tensorrt 10.16.1.11, this is tensorrt 11.4.0.106"):
         load(current, path)
     assert "deserializations" not in fake_trt._stats
 
@@ -151,9 +158,10 @@ def test_foreign_and_damaged_files_are_refused_clearly(backend, engine_file, tmp
     data = engine_file.read_bytes()
     header_end = read_header(data)[1]
     damaged.write_bytes(data[:header_end] + b"garbage" * 10)
-    with pytest.raises(EngineFileError, match="TensorRT could not load damaged.trt: .*Magic tag"):
+    with pytest.raises(EngineFileError, match="TensorRT 10.16.1.11 could not load damaged.trt: .*Magic tag"):
         load(backend, damaged)
-    assert backend.stale_reason(engine_file) == ""
+    assert backend.file_problem(engine_file) == ""
+    assert "no header" in backend.file_problem(foreign)
 
 
 def test_refit_changes_the_output_and_rejects_bad_weights(backend, engine_file, tiny_onnx):

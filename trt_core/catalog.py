@@ -8,7 +8,7 @@ from typing import Callable
 from sd_unet_trt.models.families import UnsupportedModelError, family_named
 from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, Engine
-from sd_unet_trt.trt_core.manifest import EngineEntry, EngineStatus, engine_status
+from sd_unet_trt.trt_core.manifest import EngineEntry, EngineStatus, Manifest, engine_status
 from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.router import EngineRecord, Router
 
@@ -20,23 +20,33 @@ class CatalogItem:
 
 
 @lru_cache(maxsize=None)
-def backend_identity(name: str, device: str) -> tuple[str | None, str | None]:
-    """(version, device arch) of an installed backend, (None, None) when it is absent."""
+def installed_backend(name: str) -> Backend | None:
+    """One instance per backend for the process (a TensorRT backend picks its library once)."""
     try:
-        backend = get_backend(name)
-        if not backend.availability().available:
-            return None, None
-        return backend.version(), backend.device_arch(device)
+        return get_backend(name)
     except (ImportError, BackendUnavailable):
-        return None, None
+        return None
+
+
+def status_here(entry: EngineEntry, manifest: Manifest, backend: Backend | None, device: str) -> EngineStatus:
+    """What the manifest says, then what the backend says of running the file here."""
+    available = backend is not None and backend.availability().available
+    status = engine_status(entry, manifest, backend.version() if available else None,
+                           backend.device_arch(device) if available else None)
+    if not status.ready:
+        return status
+    reason = backend.can_run(device)
+    if reason:
+        return EngineStatus("cannot-run", reason)
+    reason = backend.file_problem(manifest.file_path(entry), device)
+    return EngineStatus("stale", reason) if reason else status
 
 
 def catalog(workspace: Workspace, device: str = "cuda") -> list[CatalogItem]:
     manifest = workspace.manifest()
     items = []
     for entry in manifest.entries():
-        version, arch = backend_identity(entry.backend, device)
-        status = engine_status(entry, manifest, version, arch)
+        status = status_here(entry, manifest, installed_backend(entry.backend), device)
         try:
             family_named(entry.family)
         except UnsupportedModelError as e:

@@ -92,8 +92,11 @@ def cmd_build(args) -> int:
     entry = build_engine(source, profile, backend, Workspace(Path(args.dir)), precision=args.precision,
                          device=args.device, progress=update)
     bar.close()
-    print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, "
-          f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)")
+    checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy
+               else f"not checked against PyTorch ({entry.details.get('unverified', 'no reason recorded')})")
+    print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, {checked}")
+    for note in entry.details.get("notes", []):
+        print(f"  note: {note}")
     return 0
 
 
@@ -103,9 +106,13 @@ def cmd_list(args) -> int:
         print(f"no engines in {Workspace(Path(args.dir)).engine_dir}")
     for item in items:
         e = item.entry
-        print(f"{item.status.state:7} {e.id}\n        {e.checkpoint.name} [{e.checkpoint.short_hash}] {e.family}, "
-              f"{e.backend} {e.backend_version} {e.precision} on {e.gpu_arch}, {e.profile.label()}, "
-              f"{e.file_size / 2**20:.1f} MiB" + (f"\n        {item.status.reason}" if item.status.reason else ""))
+        targets = e.details.get("targets")
+        built_for = f"{e.gpu_arch} ({', '.join(targets)})" if targets else e.gpu_arch
+        print(f"{item.status.state:10} {e.id}\n        {e.checkpoint.name} [{e.checkpoint.short_hash}] {e.family}, "
+              f"{e.backend} {e.backend_version} {e.precision} for {built_for}, {e.profile.label()}, "
+              f"{e.file_size / 2**20:.1f} MiB" + (f"\n        {item.status.reason}" if item.status.reason else "")
+              + ("\n        not checked against PyTorch: built where it could not run (`verify` checks it on a GPU)"
+                 if e.details.get("unverified") else ""))
     return 0
 
 
@@ -232,6 +239,10 @@ def cmd_demo(args) -> int:
             rows.append((backend.name, "-", "-", "-", f"build failed: {e}"))
             continue
         bar.close()
+        cannot_run = backend.can_run(device)
+        if cannot_run:  # TensorRT for RTX builds real engines without a GPU, for the GPUs it serves
+            rows.append((backend.name, f"{entry.build_seconds:.1f}", "-", "-", f"built; not run: {cannot_run}"))
+            continue
         router, _ = router_for_checkpoint(workspace, checkpoint.sha256, device)
         router.records = [r for r in router.records if r.id == entry.id]
 

@@ -6,6 +6,7 @@ entry, written before the index, so a corrupt or lost index can be rebuilt from 
 """
 from __future__ import annotations
 
+import glob
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ INDEX_NAME = "manifest.json"
 SIDECAR_SUFFIX = ".json"
 WEIGHTS_DIR = "weights"  # one record per weights digest (trt_core.weights), shared by its engines
 LOCK_TIMEOUT_S = 60
+PORTABLE_ARCH = "portable"  # gpu_arch of an engine built for several GPUs
 
 
 class ManifestError(RuntimeError):
@@ -80,7 +82,7 @@ def engine_id(checkpoint: CheckpointId, family: str, backend: str, precision: st
 
 @dataclass
 class EngineStatus:
-    state: str  # "ready", "stale", "missing"
+    state: str  # "ready", "stale" (rebuild it), "missing", "cannot-run" (fine, but not on this machine)
     reason: str = ""
 
     @property
@@ -172,8 +174,13 @@ class Manifest:
     def sidecar(self, entry: EngineEntry) -> Path:
         return self.file_path(entry).with_name(self.file_path(entry).name + SIDECAR_SUFFIX)
 
+    def companions(self, entry: EngineEntry) -> list[Path]:
+        """Files kept beside an engine and named after it (its sidecar, a runtime cache per GPU)."""
+        path = self.file_path(entry)
+        return sorted(path.parent.glob(glob.escape(path.name) + ".*"))
+
     def remove(self, entry_id: str) -> EngineEntry:
-        """Delete an engine: its index entry, its file, its sidecar, and the weights record no
+        """Delete an engine: its index entry, its file and companions, and the weights record no
         other engine shares."""
         with self._locked():
             entries = self._parse(self._read_index())
@@ -183,7 +190,8 @@ class Manifest:
             kept = [e for e in entries if e.id != entry_id]
             self._write(kept)
             self.file_path(entry).unlink(missing_ok=True)
-            self.sidecar(entry).unlink(missing_ok=True)
+            for path in self.companions(entry):
+                path.unlink(missing_ok=True)
             digest = entry.checkpoint.weights
             if digest and not any(e.checkpoint.weights == digest for e in kept):
                 self.weights_record_path(digest).unlink(missing_ok=True)
@@ -198,7 +206,8 @@ class Manifest:
             if gone:
                 self._write([e for e in entries if e not in gone])
                 for e in gone:
-                    self.sidecar(e).unlink(missing_ok=True)
+                    for path in self.companions(e):
+                        path.unlink(missing_ok=True)
         return gone
 
     def recover(self) -> tuple[list[EngineEntry], Path | None]:
@@ -227,7 +236,8 @@ class Manifest:
 
 def engine_status(entry: EngineEntry, manifest: Manifest, backend_version: str | None, device_arch: str | None) -> EngineStatus:
     """Ready, or why not: the file is gone, or it was built for another backend version or GPU.
-    A None version/arch means the backend is not installed here."""
+    A None version/arch means the backend is not installed here. A PORTABLE_ARCH engine runs on
+    several GPUs: its backend's own check of the file says which (Backend.file_problem)."""
     try:
         present = manifest.file_path(entry).is_file()
     except ValueError as e:
@@ -239,7 +249,7 @@ def engine_status(entry: EngineEntry, manifest: Manifest, backend_version: str |
     if entry.backend_version != backend_version:
         return EngineStatus("stale", f"built with {entry.backend} {entry.backend_version}, "
                                      f"this machine has {backend_version}; rebuild it")
-    if device_arch is not None and entry.gpu_arch != device_arch:
+    if device_arch is not None and entry.gpu_arch not in (device_arch, PORTABLE_ARCH):
         return EngineStatus("stale", f"built for {entry.gpu_arch}, this GPU is {device_arch}; rebuild it")
     if not entry.checkpoint.weights:
         return EngineStatus("stale", "built by an earlier version that did not record which weights it holds (it may "

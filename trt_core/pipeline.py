@@ -21,7 +21,8 @@ from filelock import FileLock, Timeout
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.atomic import atomic_output
-from sd_unet_trt.trt_core.backends.base import Backend, BuildRequest, CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.backends.base import (Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
+                                                no_progress)
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
@@ -114,12 +115,27 @@ def verify_onnx(onnx_path: Path, reference: torch.nn.Module, family: ModelFamily
         engine.close()
 
 
+def verify_engine(backend: Backend, path: Path, entry_id: str, reference: torch.nn.Module, request: BuildRequest,
+                  outcome: BuildOutcome, device: torch.device, progress: ProgressFn) -> Accuracy:
+    """The built engine against the PyTorch UNet, before it may replace anything."""
+    progress(f"verify: {backend.name} engine against PyTorch", 0.9)
+    engine = backend.load(path, entry_id, request.family, request.profile, device=device.type)
+    try:
+        return require(compare(engine, reference, request.family, request.profile, outcome.precision, device=device,
+                               ref_dtype=next(reference.parameters()).dtype), f"the {backend.name} engine")
+    finally:
+        engine.close()
+
+
 def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspace: Workspace,
                  precision: str = "fp16", device: torch.device | str | None = None, progress: ProgressFn = no_progress,
                  cancel: CancelToken | None = None, options: dict | None = None) -> EngineEntry:
     family = source.family
     profile.validate()
     backend.require()
+    problem = backend.precision_problem(precision) or backend.profile_problem(profile)
+    if problem:
+        raise ValueError(f"{backend.name}: {problem}")
     cancel = cancel or CancelToken()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     manifest = workspace.manifest()
@@ -144,24 +160,22 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
         file_name = entry_id + backend.file_suffix
         request = BuildRequest(exported.onnx_path, family, profile, precision, module=reference,
                                device=device.type, options=dict(options or {}))
+        cannot_run = backend.can_run(device.type)  # e.g. TensorRT for RTX building without a GPU
         with atomic_output(manifest.dir / file_name) as tmp:
             outcome = backend.build(request, tmp, _scaled(progress, 0.4, 0.9), cancel)
             cancel.raise_if_cancelled()
-            progress(f"verify: {backend.name} engine against PyTorch", 0.9)
-            engine = backend.load(tmp, entry_id, family, profile, device=device.type)
-            try:
-                accuracy = require(compare(engine, reference, family, profile, outcome.precision, device=device,
-                                           ref_dtype=next(reference.parameters()).dtype),
-                                   f"the {backend.name} engine")
-            finally:
-                engine.close()
+            accuracy = None if cannot_run else verify_engine(backend, tmp, entry_id, reference, request, outcome, device,
+                                                             progress)
+        details = {**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
+                   "onnx_accuracy": onnx_accuracy.as_dict()}
+        if cannot_run:
+            details["unverified"] = cannot_run
         entry = EngineEntry(
             id=entry_id, checkpoint=checkpoint, family=family.name, backend=backend.name,
-            backend_version=backend.version(), gpu_arch=backend.device_arch(device.type), profile=profile,
-            precision=outcome.precision, file=file_name, file_size=(manifest.dir / file_name).stat().st_size,
-            build_seconds=round(time.monotonic() - started, 2), accuracy=accuracy.as_dict(),
-            details={**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
-                     "onnx_accuracy": onnx_accuracy.as_dict()})
+            backend_version=backend.version(), gpu_arch=outcome.details.get("gpu_arch") or backend.device_arch(device.type),
+            profile=profile, precision=outcome.precision, file=file_name,
+            file_size=(manifest.dir / file_name).stat().st_size, build_seconds=round(time.monotonic() - started, 2),
+            accuracy=accuracy.as_dict() if accuracy else {}, details=details)
         try:
             exported.record.save(workspace.weights_record_path(checkpoint.weights))
             manifest.add(entry)

@@ -153,7 +153,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             return
         backend = get_backend(backend_name)
         profile = check.profile
-        problem = backend.profile_problem(profile)
+        problem = backend.precision_problem(precision) or backend.profile_problem(profile)
         if problem:
             yield say(problem)
             return

@@ -86,6 +86,9 @@ def start_build(body: dict[str, Any]) -> dict[str, Any]:
     precision = str(body.get("precision", "fp16"))
     if precision not in ("fp16", "bf16", "fp32"):
         raise ProfileError({"precision": f"must be fp16, bf16 or fp32, got {precision!r}"})
+    problem = backend.precision_problem(precision)
+    if problem:
+        raise ProfileError({"precision": problem})
     problem = backend.profile_problem(profile)
     if problem:
         raise ProfileError({"profile": problem})

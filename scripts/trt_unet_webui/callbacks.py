@@ -46,6 +46,13 @@ def ui_settings() -> None:
     settings.register()
 
 
+@guarded("reading the TensorRT library setting")
+def choose_tensorrt_library() -> None:
+    """At load, before any backend is made: the library serves the whole run (restart to change)."""
+    from sd_unet_trt.trt_core.backends.tensorrt import library
+    library.set_preference(settings.tensorrt_library())
+
+
 @guarded("registering API routes")
 def app_started(demo, app) -> None:
     from sd_unet_trt.scripts.trt_unet_webui import api

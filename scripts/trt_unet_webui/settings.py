@@ -7,6 +7,7 @@ import gradio as gr
 from modules import shared
 
 from sd_unet_trt.trt_core.backends import REGISTRY
+from sd_unet_trt.trt_core.backends.tensorrt import library as trt_library
 from sd_unet_trt.trt_core.hook_policy import AUTOMATIC
 
 SECTION = ("sd_unet_trt", "TensorRT UNet")
@@ -16,11 +17,14 @@ FALLBACK_WARN = "Built-in UNet, one console warning per generation"
 FALLBACK_QUIET = "Built-in UNet, no console warning (infotext only)"
 FALLBACK_INTERRUPT = "Built-in UNet for that step, then stop the generation"
 FALLBACK_CHOICES = [FALLBACK_WARN, FALLBACK_QUIET, FALLBACK_INTERRUPT]
-DEFAULTS = {BACKEND: AUTOMATIC, VRAM_BUDGET_MB: 0, CUDA_GRAPHS: True, FALLBACK: FALLBACK_WARN}
+TENSORRT_LIBRARY = "trt_unet_tensorrt_library"
+LIBRARY_CHOICES = {AUTOMATIC: trt_library.AUTOMATIC, **{label: name for name, label in trt_library.LABELS.items()}}
+DEFAULTS = {BACKEND: AUTOMATIC, VRAM_BUDGET_MB: 0, CUDA_GRAPHS: True, FALLBACK: FALLBACK_WARN,
+            TENSORRT_LIBRARY: AUTOMATIC}
 
 
 def register() -> None:
-    """on_ui_settings: one section with the four settings."""
+    """on_ui_settings: one section with the extension's settings."""
     def option(key, label, component, args=None, info=""):
         opt = shared.OptionInfo(DEFAULTS[key], label, component, args, section=SECTION)
         shared.opts.add_option(key, opt.info(info) if info else opt)
@@ -32,6 +36,10 @@ def register() -> None:
     option(CUDA_GRAPHS, "Replay engines as CUDA graphs", gr.Checkbox, None,
            "fewer kernel launches per step; takes effect when engines are next loaded")
     option(FALLBACK, "When no engine covers a UNet call", gr.Radio, {"choices": FALLBACK_CHOICES})
+    option(TENSORRT_LIBRARY, "TensorRT library", gr.Radio, {"choices": list(LIBRARY_CHOICES)},
+           "Automatic = TensorRT for RTX on GeForce/RTX cards (compute capability 8.0, 8.6, 8.9, 12.x), TensorRT "
+           "10/11 elsewhere (Hopper, data-center Blackwell, Turing); engines of the other library are not used; "
+           "takes effect after a restart")
 
 
 def get(key: str):
@@ -59,3 +67,8 @@ def cuda_graphs() -> bool:
 def fallback_policy() -> str:
     value = get(FALLBACK)
     return value if value in FALLBACK_CHOICES else FALLBACK_WARN
+
+
+def tensorrt_library() -> str:
+    """The library name the setting asks for (trt_library.AUTOMATIC, TENSORRT or TENSORRT_RTX)."""
+    return LIBRARY_CHOICES.get(str(get(TENSORRT_LIBRARY)), trt_library.AUTOMATIC)

@@ -72,7 +72,7 @@ def double_surface(module: ModuleType) -> set[str]:
     for attr, value in vars(module).items():
         if attr.startswith("_"):
             continue
-        if getattr(value, "__module__", None) != module.__name__:
+        if not str(getattr(value, "__module__", "")).startswith(module.__name__):
             continue  # imported helpers (numpy, enum, ...) are not part of the surface
         names.add(attr)
         if inspect.isclass(value):
@@ -83,7 +83,7 @@ def double_surface(module: ModuleType) -> set[str]:
 def _class_members(cls: type) -> set[str]:
     names: set[str] = set()
     for klass in cls.__mro__:
-        if klass.__module__ != cls.__module__ or klass.__name__ == "_Strict":
+        if not klass.__module__.startswith(cls.__module__.rsplit(".", 1)[0]) or klass.__name__ == "_Strict":
             continue
         for attr, value in vars(klass).items():
             if attr.startswith("_"):

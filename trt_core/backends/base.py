@@ -128,6 +128,20 @@ class Backend(ABC):
         """Why this backend cannot build an engine for `profile`, or None when it can."""
         return None
 
+    def precision_problem(self, precision: str) -> str | None:
+        """Why this backend cannot build in `precision`, or None when it can."""
+        return None
+
+    def can_run(self, device: str = "cuda") -> str:
+        """Why its engines cannot run on `device` here ("" when they can). A backend may build
+        engines for other machines (TensorRT for RTX builds without a GPU)."""
+        return ""
+
+    def file_problem(self, path: Path, device: str = "cuda") -> str:
+        """Why the engine file cannot serve on `device` here ("" when it can), beyond what the
+        manifest records; read cheaply (a header), never by loading the engine."""
+        return ""
+
     def device_arch(self, device: str = "cuda") -> str:
         """The hardware an engine is tied to, e.g. "sm_89" or "cpu"."""
         return "any"

@@ -1,104 +1,176 @@
-"""TensorRTBackend: the backend interface over builder.py and runtime.py."""
+"""TensorRTBackend: the backend interface over library.py, builder.py and runtime.py.
+
+Which library serves (TensorRT 10/11, or TensorRT for RTX) is chosen once, from the GPU and the
+user's preference (library.choose_library). TensorRT for RTX also builds on a machine without a
+GPU: engines for the compute capabilities it supports, not refittable (refit needs a GPU at build
+time), which run on the user's GPU after a just-in-time compile kept in a runtime cache file.
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
-                                    no_progress)
+from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken,
+                                                ProgressFn, no_progress)
+from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
 from sd_unet_trt.trt_core.backends.tensorrt import plan_file
-from sd_unet_trt.trt_core.backends.tensorrt.builder import DEFAULT_OPTIMIZATION_LEVEL, BuildSettings, build_plan, onnx_weight_bytes
-from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo, arch_tag, choose_precision, probe_gpu, workspace_limit
-from sd_unet_trt.trt_core.backends.tensorrt.library import import_tensorrt, unavailable_reason
+from sd_unet_trt.trt_core.backends.tensorrt.builder import (DEFAULT_OPTIMIZATION_LEVEL, BuildSettings, build_plan,
+                                                            onnx_weight_bytes)
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo, arch_tag, probe_gpu, workspace_limit
 from sd_unet_trt.trt_core.backends.tensorrt.logger import make_logger
-from sd_unet_trt.trt_core.backends.tensorrt.plan_file import EngineFileError, PlanHeader, StaleEngineError
+from sd_unet_trt.trt_core.backends.tensorrt.plan_file import PORTABLE, EngineFileError, PlanHeader, StaleEngineError
 from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, TensorRTEngine
+from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile, runtime_cache_path
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 from sd_unet_trt.trt_core.profiles import Profile
 
 HEADER_PEEK = 64 * 1024
+PRECISIONS = ("fp16", "fp32")  # strongly typed: the export's own (a bf16 export is not made)
+
+
+def portable_targets(library: libraries.Library) -> tuple[tuple[int, int], ...]:
+    """The compute capabilities this TensorRT for RTX builds for and runs on."""
+    known = {(int(name[2:-1]), int(name[-1])) for name in dir(library.module.ComputeCapability)
+             if name.startswith("SM") and name[2:].isdigit()}
+    return tuple(sorted(known & libraries.RTX_RUNS_ON))
 
 
 class TensorRTBackend(Backend):
     name = "tensorrt"
     file_suffix = ".trt"
 
-    def __init__(self, cuda_graphs: bool = False, gpu_probe: Callable[[str], GpuInfo] = probe_gpu):
+    def __init__(self, cuda_graphs: bool = False, gpu_probe: Callable[[str], GpuInfo] = probe_gpu,
+                 library_preference: str | None = None, importer=libraries.import_library):
         self.cuda_graphs = cuda_graphs
+        self.library_preference = library_preference or libraries.preference()
         self._gpu_probe = gpu_probe
-        self._trt: ModuleType | None = None
+        self._importer = importer
+        self._choice: libraries.Choice | None = None
         self._memory = ActivationMemory()
 
-    def _library(self) -> ModuleType | None:
-        if self._trt is None:
-            self._trt = import_tensorrt()
-        return self._trt
+    def _gpu(self) -> GpuInfo:
+        return self._gpu_probe("cuda")
+
+    def _gpu_name(self, device: str) -> str:
+        return self._gpu_probe(device).name
+
+    def choice(self) -> libraries.Choice:
+        if self._choice is None:
+            gpu = self._gpu()
+            self._choice = libraries.choose_library(gpu.capability if gpu.available else None,
+                                                    self.library_preference, self._importer)
+        return self._choice
+
+    @property
+    def library(self) -> libraries.Library | None:
+        return self.choice().library
 
     def availability(self) -> Availability:
-        trt = self._library()
-        gpu = self._gpu_probe("cuda") if trt is not None else GpuInfo(False)
-        reason = unavailable_reason(trt, gpu.available, gpu.capability)
-        return Availability(not reason, reason)
+        choice = self.choice()
+        return Availability(choice.library is not None, choice.reason)
 
     def version(self) -> str:
-        trt = self._library()
-        return str(trt.__version__) if trt is not None else "not installed"
+        return self.library.tag if self.library is not None else "not installed"
 
     def device_arch(self, device: str = "cuda") -> str:
         gpu = self._gpu_probe(device)
         return arch_tag(gpu.capability) if gpu.available and gpu.capability else "none"
 
-    def stale_reason(self, path: Path, device: str = "cuda") -> str:
-        """Why the engine file cannot be used on this machine ("" when it can), reading only its header."""
+    def precision_problem(self, precision: str) -> str | None:
+        if precision not in PRECISIONS:
+            return (f"TensorRT engines take their precision from the export, which is fp16 or fp32 "
+                    f"({precision} is not offered)")
+        return None
+
+    def can_run(self, device: str = "cuda") -> str:
+        """Why engines cannot run here ("" when they can)."""
+        library, gpu = self.library, self._gpu_probe(device)
+        if library is None:
+            return self.choice().reason
+        if not gpu.available:
+            return f"{library.label} engines run on an NVIDIA GPU; this machine has none"
+        if not library.runs_on(gpu.capability):
+            return f"{library.label} does not run on this GPU ({arch_tag(gpu.capability)})"
+        return ""
+
+    def file_problem(self, path: Path, device: str = "cuda") -> str:
+        """Why the engine file cannot serve on this machine ("" when it can), reading only its header
+        (and, with TensorRT for RTX on a GPU, the library's own validity check of the plan's header)."""
         try:
             with open(path, "rb") as f:
-                header = plan_file.read_header(f.read(HEADER_PEEK))[0]
+                head = f.read(HEADER_PEEK)
+            header, offset = plan_file.read_header(head)
         except (OSError, EngineFileError) as e:
             return str(e)
-        return header.stale_reason(self.version(), self.device_arch(device))
+        reason = self.can_run(device)
+        if reason:
+            return reason
+        library = self.library
+        reason = header.stale_reason(library.name, library.version, self.device_arch(device))
+        if reason or not library.rtx:
+            return reason
+        runtime = library.module.Runtime(make_logger(library.module))
+        validity, diagnostics = runtime.get_engine_validity(head[offset:offset + runtime.engine_header_size])
+        if validity == library.module.EngineValidity.INVALID:
+            return f"{library.label} cannot run this engine on this GPU (diagnostics {diagnostics}); rebuild it"
+        return ""
 
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
               cancel: CancelToken | None = None) -> BuildOutcome:
         self.require()
-        trt = self._library()
+        problem = self.precision_problem(request.precision)
+        if problem:
+            raise ValueError(problem)
+        library = self.library
         cancel = cancel or CancelToken()
-        gpu = self._gpu_probe(request.device)
-        choice = choose_precision(request.precision, gpu.capability)
+        gpu = self._gpu()
         options = request.options
-        workspace = int(options.get("workspace_bytes") or
-                        workspace_limit(gpu.free_bytes, gpu.total_bytes, onnx_weight_bytes(request.onnx_path)))
-        settings = BuildSettings(choice.precision, workspace,
-                                 int(options.get("optimization_level", DEFAULT_OPTIMIZATION_LEVEL)),
-                                 bool(options.get("refittable", True)))
-        version, arch = self.version(), arch_tag(gpu.capability)
+        if gpu.available:
+            workspace = int(options.get("workspace_bytes") or
+                            workspace_limit(gpu.free_bytes, gpu.total_bytes, onnx_weight_bytes(request.onnx_path)))
+        else:
+            workspace = options.get("workspace_bytes")
+        portable = library.rtx and not (options.get("target") == "current" and gpu.available)
+        settings = BuildSettings(workspace, int(options.get("optimization_level", DEFAULT_OPTIMIZATION_LEVEL)),
+                                 bool(options.get("refittable", True)) and gpu.available,
+                                 portable_targets(library) if portable else None)
+        arch = PORTABLE if portable else arch_tag(gpu.capability)
+        targets = [arch_tag(c) for c in settings.compute_capabilities] if portable else []
         cache_dir = Path(options.get("timing_cache_dir") or Path(out_path).parent / "timing-cache")
-        timing_cache = TimingCache(trt, cache_dir, arch, version) if options.get("timing_cache", True) else None
-        logger = make_logger(trt)
-        plan, notes = build_plan(trt, logger, request, settings, timing_cache, progress, cancel)
+        # TensorRT for RTX times nothing ahead of time (it compiles kernels on the user's GPU)
+        timing_cache = (TimingCache(library.module, cache_dir, arch, library.version)
+                        if options.get("timing_cache", True) and not library.rtx else None)
+        logger = make_logger(library.module, without_gpu=not gpu.available)
+        plan, notes = build_plan(library, logger, request, settings, timing_cache, progress, cancel)
         shapes = request.profile.input_shapes(request.family)
-        header = PlanHeader(version, arch, settings.precision, settings.refittable,
-                            {name: [list(s) for s in triple] for name, triple in shapes.items()})
+        header = PlanHeader(library.name, library.version, arch, request.precision, settings.refittable,
+                            {name: [list(s) for s in triple] for name, triple in shapes.items()}, targets)
         progress("tensorrt: writing the engine", 0.98)
         with open(out_path, "wb") as f:  # out_path is the pipeline's temp file: it makes the write atomic
             for piece in plan_file.pack(header, plan):
                 f.write(piece)
         progress("tensorrt: done", 1.0)
-        if choice.note:
-            notes.insert(0, choice.note)
-        return BuildOutcome(settings.precision, {
-            "tensorrt": version, "gpu_arch": arch, "workspace_bytes": workspace,
-            "optimization_level": settings.optimization_level, "refittable": settings.refittable, "notes": notes})
+        if not settings.refittable and library.rtx and not gpu.available:
+            notes.append("built without a GPU: not refittable (changed weights such as a LoRA run on the WebUI's UNet)")
+        return BuildOutcome(request.precision, {
+            "library": library.name, "library_version": library.version, "gpu_arch": arch, "targets": targets,
+            "workspace_bytes": workspace, "optimization_level": settings.optimization_level,
+            "refittable": settings.refittable, "notes": notes})
 
     def load(self, path: Path, name: str, family: ModelFamily, profile: Profile, device: str = "cuda") -> TensorRTEngine:
         self.require()
-        trt = self._library()
+        reason = self.can_run(device)
+        if reason:
+            raise StaleEngineError(f"{Path(path).name}: {reason}")
+        library = self.library
+        trt = library.module
         path = Path(path)
         header, plan = plan_file.unpack(path.read_bytes())
-        reason = header.stale_reason(self.version(), self.device_arch(device))
+        arch = self.device_arch(device)
+        reason = header.stale_reason(library.name, library.version, arch)
         if reason:
             raise StaleEngineError(f"{path.name}: {reason}")
         expected = {n: [list(s) for s in triple] for n, triple in profile.input_shapes(family).items()}
@@ -109,6 +181,7 @@ class TensorRTBackend(Backend):
         runtime = trt.Runtime(logger)
         cuda_engine = runtime.deserialize_cuda_engine(plan)
         if cuda_engine is None:
-            raise EngineFileError(f"TensorRT could not load {path.name}: {logger.take_errors()}")
+            raise EngineFileError(f"{library.label} could not load {path.name}: {logger.take_errors()}")
+        cache = (RuntimeCacheFile(runtime_cache_path(path, arch, self._gpu_name(device))) if library.rtx else None)
         return TensorRTEngine(trt, runtime, cuda_engine, logger, name, family, profile, torch.device(device),
-                              self._memory, len(plan), self.cuda_graphs)
+                              self._memory, len(plan), self.cuda_graphs and not library.rtx, runtime_cache=cache)

@@ -1,4 +1,4 @@
-"""Pure decisions about the GPU: its architecture tag, precision, and the builder's workspace."""
+"""Pure decisions about the GPU: its architecture tag and the builder's workspace."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,38 +11,6 @@ MIN_WORKSPACE = 256 * MIB
 def arch_tag(capability: tuple[int, int]) -> str:
     """"sm_89" for compute capability 8.9; engines are tied to it."""
     return f"sm_{capability[0]}{capability[1]}"
-
-
-def has_fast_fp16(capability: tuple[int, int]) -> bool:
-    """Whether FP16 runs at least as fast as FP32. Pascal consumer chips (6.1) run FP16 at 1/64
-    rate; 6.0 and 6.2 and everything from Volta (7.0) on have fast FP16."""
-    return capability >= (7, 0) or capability in ((6, 0), (6, 2))
-
-
-def has_bf16(capability: tuple[int, int]) -> bool:
-    return capability >= (8, 0)
-
-
-@dataclass(frozen=True)
-class PrecisionChoice:
-    precision: str  # what the engine is built in: "fp16", "bf16" or "fp32"
-    note: str = ""  # why it differs from what was asked
-
-
-def choose_precision(requested: str, capability: tuple[int, int]) -> PrecisionChoice:
-    """FP16 by default, FP32 where FP16 is slow, BF16 only where the GPU has it."""
-    if requested not in ("fp16", "bf16", "fp32"):
-        raise ValueError(f"precision must be fp16, bf16 or fp32, not {requested!r}")
-    precision, notes = requested, []
-    if precision == "bf16" and not has_bf16(capability):
-        precision = "fp16"
-        notes.append(f"BF16 needs compute capability 8.0 or newer (this GPU is {capability[0]}.{capability[1]})")
-    if precision == "fp16" and not has_fast_fp16(capability):
-        precision = "fp32"
-        notes.append("this GPU has no fast FP16")
-    if notes:
-        notes.append(f"building in {precision.upper()}")
-    return PrecisionChoice(precision, "; ".join(notes))
 
 
 def workspace_limit(free_bytes: int, total_bytes: int, weight_bytes: int) -> int:
@@ -66,6 +34,7 @@ class GpuInfo:
     capability: tuple[int, int] | None = None
     free_bytes: int = 0
     total_bytes: int = 0
+    name: str = ""
 
 
 def probe_gpu(device: str = "cuda") -> GpuInfo:
@@ -76,4 +45,4 @@ def probe_gpu(device: str = "cuda") -> GpuInfo:
     dev = torch.device(device)
     dev = dev if dev.type == "cuda" else torch.device("cuda")
     free, total = torch.cuda.mem_get_info(dev)
-    return GpuInfo(True, tuple(torch.cuda.get_device_capability(dev)), free, total)
+    return GpuInfo(True, tuple(torch.cuda.get_device_capability(dev)), free, total, torch.cuda.get_device_name(dev))

@@ -1,14 +1,18 @@
-"""Engine files: a small JSON header (TensorRT version, GPU architecture, profile, precision)
-followed by the serialized TensorRT plan. The header lets `load` refuse an engine built for another
-GPU or TensorRT version with a reason, before TensorRT would reject it with an opaque error."""
+"""Engine files: a small JSON header (library and version, the GPUs it was built for, profile,
+precision, whether it can be refitted) followed by the serialized plan. The header lets `load`
+refuse an engine of another library, version or GPU with a reason, before the library would reject
+it with an opaque error. TensorRT for RTX engines are portable across the compute capabilities
+they were built for; the library's own validity check has the last word on a GPU."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sd_unet_trt.trt_core.manifest import PORTABLE_ARCH as PORTABLE  # built for `targets`
+
 MAGIC = b"SD-UNET-TRT\x00"
-FORMAT = 1
+FORMAT = 2  # 2: library, targets
 
 
 class EngineFileError(ValueError):
@@ -16,25 +20,28 @@ class EngineFileError(ValueError):
 
 
 class StaleEngineError(RuntimeError):
-    """The engine was built for another GPU architecture or TensorRT version; it must be rebuilt."""
+    """The engine was built for another GPU, library or version; it must be rebuilt."""
 
 
 @dataclass(frozen=True)
 class PlanHeader:
-    tensorrt: str
-    gpu_arch: str
+    library: str  # "tensorrt" or "tensorrt_rtx"
+    version: str
+    gpu_arch: str  # "sm_89" when built for one GPU, PORTABLE when for `targets`
     precision: str
     refittable: bool
     input_shapes: dict[str, Any]  # name -> [min, opt, max]
+    targets: list[str] = field(default_factory=list)  # "sm_80", ... the engine runs on
     format: int = FORMAT
 
-    def stale_reason(self, tensorrt: str, gpu_arch: str) -> str:
-        """Why this engine cannot run with `tensorrt` on `gpu_arch` ("" when it can)."""
+    def stale_reason(self, library: str, version: str, gpu_arch: str) -> str:
+        """Why this engine cannot run with `library` `version` on `gpu_arch` ("" when it can)."""
         problems = []
-        if self.tensorrt != tensorrt:
-            problems.append(f"built with TensorRT {self.tensorrt}, this is TensorRT {tensorrt}")
-        if self.gpu_arch != gpu_arch:
-            problems.append(f"built for {self.gpu_arch}, this GPU is {gpu_arch}")
+        if (self.library, self.version) != (library, version):
+            problems.append(f"built with {self.library} {self.version}, this is {library} {version}")
+        runs_on = self.targets if self.gpu_arch == PORTABLE else [self.gpu_arch]
+        if gpu_arch not in runs_on:
+            problems.append(f"built for {', '.join(runs_on)}, this GPU is {gpu_arch}")
         return "; ".join(problems) + ("; rebuild it" if problems else "")
 
 
@@ -53,11 +60,13 @@ def read_header(data: bytes | memoryview) -> tuple[PlanHeader, int]:
     size = int.from_bytes(view[len(MAGIC):start], "little")
     try:
         fields = json.loads(bytes(view[start:start + size]))
+        if fields.get("format") != FORMAT:
+            raise EngineFileError(f"engine file format {fields.get('format')}, this extension reads {FORMAT}; rebuild it")
         header = PlanHeader(**fields)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, AttributeError) as e:
+        if isinstance(e, EngineFileError):
+            raise
         raise EngineFileError(f"damaged engine header ({e}); rebuild the engine") from None
-    if header.format != FORMAT:
-        raise EngineFileError(f"engine file format {header.format}, this extension reads {FORMAT}; rebuild it")
     return header, start + size
 
 

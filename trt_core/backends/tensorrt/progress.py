@@ -65,10 +65,14 @@ def make_progress_monitor(trt: ModuleType, progress: ProgressFn, cancel: CancelT
             trt.IProgressMonitor.__init__(self)
             self._lock = threading.Lock()
             self._tracker = PhaseTracker()
+            self._last: tuple[str, int] | None = None
 
         def _report(self) -> None:
-            fraction = self._tracker.fraction()
-            progress(f"tensorrt: {self._tracker.label() or 'building'}", start + (end - start) * fraction)
+            # TensorRT for RTX reports thousands of steps per phase: pass on changes of 0.1 % or of phase
+            label, fraction = f"tensorrt: {self._tracker.label() or 'building'}", self._tracker.fraction()
+            if (label, round(fraction * 1000)) != self._last:
+                self._last = (label, round(fraction * 1000))
+                progress(label, start + (end - start) * fraction)
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             with self._lock:

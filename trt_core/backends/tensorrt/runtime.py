@@ -1,4 +1,4 @@
-"""Running a deserialized TensorRT 10 engine on PyTorch tensors.
+"""Running a deserialized TensorRT engine (TensorRT 10, 11 or TensorRT for RTX) on PyTorch tensors.
 
 One execution context per engine, created once. Input and output buffers are kept per call shape
 (a few shapes recur all generation long: cond/uncond, hires passes), so steps allocate nothing
@@ -6,6 +6,11 @@ but the returned tensor. Inputs are copied into the engine's own dtype in one st
 fp16). The engine runs on PyTorch's current stream: on a private stream its reads would race the
 sampler's writes (black images). Activation memory comes from PyTorch's allocator, one buffer
 shared by all engines of a backend, so the WebUI's VRAM figures stay true.
+
+TensorRT for RTX gets a runtime configuration: its own CUDA graphs (they follow its dynamic-shape
+kernels, which our capture could not), shape-specialized kernels compiled eagerly at a shape's
+first call (every step of a generation then runs the same kernels, so a seed gives the same image
+whenever the compile finishes), and the runtime cache that keeps those kernels for the next start.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
+from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile
 from sd_unet_trt.trt_core.profiles import Profile
 
 MAX_SHAPES = 8  # bound buffers kept per engine; older shapes are dropped first
@@ -81,7 +87,7 @@ class _Bound:
 class TensorRTEngine(Engine):
     def __init__(self, trt: ModuleType, runtime, cuda_engine, logger, name: str, family: ModelFamily,
                  profile: Profile, device: torch.device, memory: ActivationMemory, plan_bytes: int,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, runtime_cache: RuntimeCacheFile | None = None):
         self.trt, self._runtime, self.cuda_engine, self.logger = trt, runtime, cuda_engine, logger
         self.name, self.family, self.profile, self.device = name, family, profile, device
         self._memory, self._plan_bytes = memory, plan_bytes
@@ -94,11 +100,34 @@ class TensorRTEngine(Engine):
                                  f"a {family.label} UNet takes {list(family.input_names)} and gives ['out']")
         self.dtypes = {n: TORCH_DTYPES[cuda_engine.get_tensor_dtype(n).name] for n in names}
         self.limits = {n: tuple(tuple(d) for d in cuda_engine.get_tensor_profile_shape(n, 0)) for n in self.input_names}
-        self.activation_bytes = int(cuda_engine.device_memory_size)
-        self.context = cuda_engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+        # TensorRT 11 and TensorRT for RTX only have the _v2 size (an int64); 10.0 only the old one
+        self.activation_bytes = int(cuda_engine.device_memory_size_v2 if hasattr(cuda_engine, "device_memory_size_v2")
+                                    else cuda_engine.device_memory_size)
+        self.runtime_cache = runtime_cache
+        self._runtime_config = None
+        self.context = self._create_context()
         self._bound: OrderedDict[tuple, _Bound] = OrderedDict()
         self._active: tuple | None = None
         self._memory_generation = -1
+
+    def _create_context(self):
+        trt, user_managed = self.trt, self.trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        if self.runtime_cache is None:
+            return self.cuda_engine.create_execution_context(user_managed)
+        config = self.cuda_engine.create_runtime_config()
+        config.set_execution_context_allocation_strategy(user_managed)
+        config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+        config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.EAGER
+        cache = config.create_runtime_cache()
+        self.runtime_cache.load_into(cache)
+        if not config.set_runtime_cache(cache):
+            raise EngineRunError(f"{self.name}: TensorRT for RTX refused its runtime cache: {self.logger.take_errors()}")
+        self._runtime_config = (config, cache)  # the context refers to both
+        return self.cuda_engine.create_execution_context(config)
+
+    def save_runtime_cache(self) -> None:
+        if self._runtime_config is not None:
+            self.runtime_cache.save(self._runtime_config[1])
 
     @property
     def memory_bytes(self) -> int:
@@ -157,7 +186,10 @@ class TensorRTEngine(Engine):
     def _attach_memory(self) -> None:
         address = self._memory.address(self.activation_bytes, self.device)
         if self._memory.generation != self._memory_generation:
-            self.context.device_memory = address
+            if hasattr(self.context, "set_device_memory"):  # 10.1 and later; 11 and RTX have only this
+                self.context.set_device_memory(address, self.activation_bytes)
+            else:
+                self.context.device_memory = address
             self._memory_generation = self._memory.generation
 
     def _enqueue(self, stream: int) -> None:
@@ -183,7 +215,9 @@ class TensorRTEngine(Engine):
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
         feeds = self._feeds(x, timesteps, context, y)
-        bound = self._bind(tuple(tuple(t.shape) for t in feeds.values()), feeds)
+        key = tuple(tuple(t.shape) for t in feeds.values())
+        new_shape = key not in self._bound
+        bound = self._bind(key, feeds)
         for name, tensor in feeds.items():
             bound.inputs[name].copy_(tensor)  # one copy, cast straight to the engine's dtype
         self._attach_memory()
@@ -191,6 +225,8 @@ class TensorRTEngine(Engine):
             self._run_graph(bound)
         if not self.cuda_graphs or bound.graph is None:
             self._enqueue(current_stream_handle(self.device))
+        if new_shape:
+            self.save_runtime_cache()  # a new shape's kernels were compiled in that first run
         # a fresh tensor: callers keep outputs while the next call reuses the buffers
         return bound.outputs["out"].to(device=x.device, dtype=x.dtype, copy=True)
 
@@ -213,6 +249,7 @@ class TensorRTEngine(Engine):
             if array.size != prototype.size:
                 raise RefitError(f"{self.name}: weight {name} has {array.size} values {list(array.shape)}, "
                                  f"the engine's has {prototype.size}")
+            # in the engine's own type: a strongly typed fp16 engine holds fp16 weights
             arrays[name] = np.ascontiguousarray(array.astype(trt.nptype(prototype.dtype)).reshape(-1))
         if self.device.type == "cuda":
             torch.cuda.current_stream(self.device).synchronize()  # no run may read weights mid-refit
@@ -231,8 +268,11 @@ class TensorRTEngine(Engine):
             bound.graph = None  # captured graphs hold the old weights' launch parameters
 
     def close(self) -> None:
+        if self.context is not None:
+            self.save_runtime_cache()
         self._bound.clear()
         self._active = None
         self.context = None
+        self._runtime_config = None
         self.cuda_engine = None
         self._runtime = None
