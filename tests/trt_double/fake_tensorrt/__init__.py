@@ -19,22 +19,27 @@ with an underscore.
 from __future__ import annotations
 
 from tests.trt_double.fake_tensorrt import _state
-from tests.trt_double.fake_tensorrt._builder import (Builder, IBuilderConfig, IOptimizationProfile,  # noqa: F401
+from tests.trt_double.fake_tensorrt._builder import (Builder, IBuilderConfig, IOptimizationProfile,
                                                      ITimingCache)
 from tests.trt_double.fake_tensorrt._builder import plan_info as _plan_info
-from tests.trt_double.fake_tensorrt._network import (ILayer, INetworkDefinition, ITensor, OnnxParser,  # noqa: F401
+from tests.trt_double.fake_tensorrt._network import (ILayer, INetworkDefinition, ITensor, OnnxParser,
                                                      ParserError)
-from tests.trt_double.fake_tensorrt._runtime import (ICudaEngine, IExecutionContext, Refitter, Runtime,  # noqa: F401
-                                                     Weights)
+from tests.trt_double.fake_tensorrt._refit import Refitter, Weights
+from tests.trt_double.fake_tensorrt._runtime import ICudaEngine, IExecutionContext, Runtime
 from tests.trt_double.fake_tensorrt._runtime import IRuntimeCache as _IRuntimeCache
 from tests.trt_double.fake_tensorrt._runtime import IRuntimeConfig as _IRuntimeConfig
 from tests.trt_double.fake_tensorrt._state import FLAVORS as _FLAVORS
 from tests.trt_double.fake_tensorrt._state import State as _State
-from tests.trt_double.fake_tensorrt._types import (DataType, DeviceType, ExecutionContextAllocationStrategy,  # noqa: F401
+from tests.trt_double.fake_tensorrt._types import (DataType, DeviceType, ExecutionContextAllocationStrategy,
                                                   IHostMemory, ILogger, IProgressMonitor, Logger, MemoryPoolType,
                                                   ProfilingVerbosity, TensorIOMode, nptype)
 from tests.trt_double.fake_tensorrt import _types
 
+__all__ = ["Builder", "IBuilderConfig", "IOptimizationProfile", "ITimingCache", "ILayer", "INetworkDefinition",
+           "ITensor", "OnnxParser", "ParserError", "Refitter", "Weights", "ICudaEngine", "IExecutionContext", "Runtime",
+           "DataType", "DeviceType", "ExecutionContextAllocationStrategy", "IHostMemory", "ILogger", "IProgressMonitor",
+           "Logger", "MemoryPoolType", "ProfilingVerbosity", "TensorIOMode", "nptype", "init_libnvinfer_plugins",
+           "_plan_info", "_state"]
 __version__ = _State.flavor.version
 _stats = _State.stats
 _used_names = _State.used_names
