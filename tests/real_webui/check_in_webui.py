@@ -15,7 +15,10 @@ on a hidden `models.blip`; with engines active (ONNX Runtime, then the torch bac
 and without LoRA (weights 1 and 0.5, two LoRAs, switched on and off, the functional mode, hires
 fix) match the built-in UNet's within 2/255; an export made right after a LoRA generation holds the
 checkpoint's own weights; a refiner's own engines serve its steps and the infotext says which
-served each pass; a build started after a refiner generation is for the selected checkpoint.
+served each pass; a build started after a refiner generation is for the selected checkpoint;
+with TensorRT for RTX added to the venv, the TensorRT library setting exists, bf16 is refused, a
+real engine is built in the WebUI's process without a GPU and listed as unable to run here, and
+generations go on.
 """
 from __future__ import annotations
 
@@ -80,6 +83,50 @@ def install(harness: Path, extension: Path) -> None:
     check(freeze(python) == after and "installing" not in second,
           f"a second install.py run changed nothing ({second.strip().splitlines()[-1] if second.strip() else 'silent'})")
     print("install.py said:\n  " + "\n  ".join(first.strip().splitlines()), flush=True)
+
+
+def install_tensorrt_rtx(harness: Path, extension: Path) -> bool:
+    """TensorRT for RTX into the WebUI's venv as install.py installs it on a GeForce card (its own
+    plan and pip call: nothing installed changes). install.py skips it here by itself: the WebUI's
+    torch has no CUDA. Its builder runs without a GPU, so the tab's builds run for real."""
+    python = harness / "venv" / "bin" / "python"
+    before = freeze(python)
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import install; "
+            "p = install.plan(install.tensorrt_requirements('tensorrt_rtx', '13.0'), install.installed_versions(), "
+            "[], ignore_installed=False); "
+            "print(json.dumps([p.packages, p.problem, [] if p.problem else install.pip_install(p.packages)]))")
+    done = subprocess.run([str(python), "-c", code, str(extension)], capture_output=True, text=True, timeout=3600)
+    after = freeze(python)
+    changed = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}
+    added = sorted(f"{n}=={v}" for n, v in after.items() if n not in before)
+    return check(not changed and any(n.startswith("tensorrt-rtx-cu13-bindings") for n in added),
+                 f"TensorRT for RTX installed by install.py's plan, nothing changed (added: {', '.join(added)}; "
+                 f"{done.stdout.strip()[-300:] or done.stderr.strip()[-300:]})")
+
+
+def tensorrt_checks(webui: WebUI) -> None:
+    """TensorRT for RTX inside the WebUI, no GPU: the setting, a refused precision, a real build in
+    the WebUI's process, its status, and generations going on around it."""
+    _, options = webui.request("GET", "/sdapi/v1/options")
+    check(options.get("trt_unet_tensorrt_library") == "Automatic",
+          f"the TensorRT library setting is registered ({options.get('trt_unet_tensorrt_library')})")
+    status, answer = webui.request("POST", "/trt-unet/v1/builds", {"backend": "tensorrt", "precision": "bf16",
+                                                                   "profile": profile(64, 128)})
+    check(status == 400 and "precision from the export" in str(answer), f"bf16 for TensorRT is refused at once "
+                                                                        f"({status}: {str(answer)[:120]})")
+    engine = built(webui, "TensorRT for RTX fp16, 64-128 px, in the WebUI's process without a GPU",
+                   {"backend": "tensorrt", "precision": "fp16", "profile": profile(64, 128)})
+    if engine:
+        check(engine["gpu_arch"] == "portable" and engine["details"]["refittable"] is False
+              and engine["backend_version"].startswith("tensorrt_rtx 1."),
+              f"a portable engine ({', '.join(engine['details']['targets'])}), not refittable, "
+              f"{engine['file_size'] / 2**20:.1f} MiB")
+        _, engines = webui.request("GET", "/trt-unet/v1/engines")
+        ours = [e for e in engines if e["backend"] == "tensorrt"]
+        check(len(ours) == 1 and ours[0]["status"] == "cannot-run" and "has none" in ours[0]["status_reason"],
+              f"listed as cannot-run: {ours[0]['status_reason'] if ours else 'missing'}")
+    compare(webui, "a generation beside the TensorRT engine (ONNX Runtime serves it)", "a cat",
+            expect=("[onnxruntime fp32] 64-128x64-128 px",))
 
 
 def make_data_dir(harness: Path) -> Path:
@@ -201,6 +248,7 @@ def main(argv: list[str]) -> int:
     extension = Path(tempfile.mkdtemp(prefix="trt-ext-")) / "sd-unet-trt"
     subprocess.run(["git", "clone", "-q", str(REPO), str(extension)], check=True)
     install(harness, extension)
+    rtx = install_tensorrt_rtx(harness, extension)
     data = make_data_dir(harness)
     proc, log = start_webui(harness, extension, data, args.port)
     webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
@@ -245,6 +293,10 @@ def main(argv: list[str]) -> int:
               f"a build right after the refiner generation is for the selected checkpoint ({answer.get('checkpoint')})")
         if status == 202:
             webui.request("DELETE", f"/trt-unet/v1/builds/{answer['job_id']}")
+            while webui.request("GET", f"/trt-unet/v1/builds/{answer['job_id']}")[1]["state"] == "running":
+                time.sleep(1)
+        if rtx:
+            tensorrt_checks(webui)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
