@@ -125,8 +125,8 @@ def tensorrt_checks(webui: WebUI) -> None:
         ours = [e for e in engines if e["backend"] == "tensorrt"]
         check(len(ours) == 1 and ours[0]["status"] == "cannot-run" and "has none" in ours[0]["status_reason"],
               f"listed as cannot-run: {ours[0]['status_reason'] if ours else 'missing'}")
-    compare(webui, "a generation beside the TensorRT engine (ONNX Runtime serves it)", "a cat",
-            expect=("[onnxruntime fp32] 64-128x64-128 px",))
+    compare(webui, "96 px beside the TensorRT engine, which covers it but cannot run (ONNX Runtime serves it)",
+            "a cat", expect=("[onnxruntime fp32] 64-128x64-128 px",), width=96, height=96)
 
 
 def make_data_dir(harness: Path) -> Path:
