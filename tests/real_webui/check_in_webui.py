@@ -99,7 +99,7 @@ def install_tensorrt_rtx(harness: Path, extension: Path) -> bool:
     after = freeze(python)
     changed = {n: (v, after.get(n)) for n, v in before.items() if after.get(n) != v}
     added = sorted(f"{n}=={v}" for n, v in after.items() if n not in before)
-    return check(not changed and any(n.startswith("tensorrt-rtx-cu13-bindings") for n in added),
+    return check(not changed and any(n.replace("_", "-").startswith("tensorrt-rtx-cu13-bindings") for n in added),
                  f"TensorRT for RTX installed by install.py's plan, nothing changed (added: {', '.join(added)}; "
                  f"{done.stdout.strip()[-300:] or done.stderr.strip()[-300:]})")
 
