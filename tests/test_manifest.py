@@ -156,3 +156,23 @@ def test_the_weights_record_goes_with_the_last_engine_that_shares_it(tmp_path):
     assert record.is_file()  # "b" holds the same weights
     m.remove("b")
     assert not record.exists()
+
+
+def test_a_portable_engine_is_not_tied_to_one_gpu_arch(tmp_path):
+    m = Manifest(tmp_path)
+    m.add(replace(make_entry(m, "p"), gpu_arch="portable"))
+    assert engine_status(m.get("p"), m, "1.0", "sm_89").ready  # its backend's file check decides (catalog)
+
+
+def test_removing_an_engine_removes_its_companions_and_only_its_own(tmp_path):
+    m = Manifest(tmp_path)
+    m.add(make_entry(m, "a"))
+    m.add(make_entry(m, "ab"))
+    cache = m.dir / "a.plan.sm_89-NVIDIA-GeForce-RTX-4090.runtime-cache"
+    cache.write_bytes(b"kernels")
+    other = m.dir / "ab.plan.sm_89-NVIDIA-GeForce-RTX-4090.runtime-cache"
+    other.write_bytes(b"kernels")
+    m.remove("a")
+    assert not cache.exists() and not (m.dir / "a.plan.json").exists() and other.exists()
+    (m.dir / "ab.plan").unlink()
+    assert [e.id for e in m.prune()] == ["ab"] and not other.exists()

@@ -149,3 +149,15 @@ def test_estimate_uses_earlier_builds_when_there_are_some(tmp_path: Path):
     onnx.parent.mkdir(parents=True)
     onnx.write_bytes(b"x")
     assert estimate(10_000_000, TINY, profile, "fp32", "onnxruntime", "cpu", workspace, checkpoint, []).onnx_bytes == 0
+
+
+def test_the_result_panel_says_when_an_engine_was_not_checked(tmp_path):
+    from sd_unet_trt.trt_core.jobs import JobStatus
+    from sd_unet_trt.ui.render import result_panel
+
+    entry = EngineEntry(id="e", checkpoint=CheckpointId.of("ab" * 32, "tiny"), family="tiny", backend="tensorrt",
+                        backend_version="tensorrt_rtx 1.7.1.116", gpu_arch="portable", profile=Profile.static(1, 64, 64),
+                        precision="fp16", file="e.trt", file_size=1,
+                        details={"unverified": "no GPU here", "notes": ["built without a GPU: not refittable"]})
+    panel = result_panel(JobStatus("1", "t", "done", result=entry), Workspace(tmp_path))
+    assert "not checked: no GPU here" in panel and "built without a GPU: not refittable" in panel

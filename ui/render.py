@@ -60,6 +60,9 @@ def result_panel(status: JobStatus | None, workspace: Workspace) -> str:
             verdict = "passed" if accuracy["max_rel"] <= accuracy["tolerance"] else "FAILED"
             rows.append((name, f"{verdict}: relative error {accuracy['max_rel']:.2e} "
                                f"(allowed {accuracy['tolerance']:.0e}), max abs {accuracy['max_abs']:.2e}"))
+    if entry.details.get("unverified"):  # built where it cannot run (TensorRT for RTX without a GPU)
+        rows.append(("Engine vs PyTorch", f"not checked: {entry.details['unverified']}"))
+    rows += [("Note", note) for note in entry.details.get("notes", [])]
     body = "".join(f"<tr><th style='text-align:left;padding-right:12px'>{escape(k)}</th><td>{escape(v)}</td></tr>"
                    for k, v in rows)
     return f'<div class="trt-result" data-engine="{escape(entry.id)}"><table>{body}</table></div>'
