@@ -114,7 +114,8 @@ def test_names_touched_during_a_build_and_run_exist_in_that_version(fake_trt, ti
 
 @pytest.fixture(scope="module")
 def real_rtx():
-    return pytest.importorskip("tensorrt_rtx")
+    """The bindings module: the `tensorrt_rtx` wrapper (a source package) only re-exports it."""
+    return pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT for RTX is not installed (pip install -e '.[test]')")
 
 
 @pytest.fixture
