@@ -1,6 +1,8 @@
 """Model families: what each UNet takes, and how to tell them apart from weights or a module."""
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, replace
 from typing import Mapping
 
@@ -118,14 +120,24 @@ def config_from_state_dict(sd: Mapping[str, torch.Tensor]) -> arch.UNetConfig:
 
 
 def family_of_config(config: arch.UNetConfig, prediction: str = "eps") -> ModelFamily:
-    """The family whose architecture is exactly `config`."""
+    """The family whose architecture is exactly `config`; else an error naming the closest family
+    and what differs from it."""
     for family in FAMILIES.values():
         if family.prediction == prediction and family.unet_config() == config:
             return family
-    raise UnsupportedModelError(
-        f"not supported: UNet with context {config.context_dim}, y {config.adm_in_channels}, "
-        f"{config.in_channels} input channels, {config.model_channels} base channels "
-        f"and levels {config.channel_mult} matches no known family (SD1.x, SD2.x, SDXL base/refiner, inpaint)")
+
+    def differences(family: ModelFamily) -> list[str]:
+        theirs = family.unet_config()
+        return [f"{f.name} {getattr(config, f.name)} (it has {getattr(theirs, f.name)})"
+                for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(theirs, f.name)]
+
+    known = [f for f in FAMILIES.values() if not f.name.startswith("tiny")]
+    closest = min(known, key=lambda f: (len(differences(f)), f.prediction != prediction))
+    found = differences(closest)
+    if not found:
+        raise UnsupportedModelError(f"not supported: a {closest.label} UNet with {prediction}-prediction")
+    raise UnsupportedModelError(f"not supported: the closest known family is {closest.label}, and this UNet differs "
+                                f"in {'; '.join(found)}")
 
 
 def detect_family(state_dict: Mapping[str, torch.Tensor], prediction: str = "eps") -> ModelFamily:

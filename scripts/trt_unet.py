@@ -49,6 +49,7 @@ class TrtUnetScript(scripts.Script):
 
 
 callbacks.choose_tensorrt_library()
+callbacks.sweep_leftovers()
 script_callbacks.on_list_unets(callbacks.list_unets)
 script_callbacks.on_ui_tabs(callbacks.ui_tabs)
 script_callbacks.on_ui_settings(callbacks.ui_settings)

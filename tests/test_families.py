@@ -39,8 +39,12 @@ def test_unknown_architectures_are_refused_with_a_message():
     with pytest.raises(UnsupportedModelError, match="not supported: no SD UNet weights"):
         detect_family({"first_stage_model.encoder.conv_in.weight": torch.zeros(1)})
     odd = replace(arch.SD15, context_dim=512)
-    with pytest.raises(UnsupportedModelError, match="context 512"):
+    with pytest.raises(UnsupportedModelError, match=r"closest known family is SD 1.x, and this UNet differs in "
+                                                    r"context_dim 512 \(it has 768\)"):
         detect_family_of_module(meta_unet(odd))
+    deeper = replace(arch.SD15, num_res_blocks=3)  # context, channels and levels all as SD 1.x: say what differs
+    with pytest.raises(UnsupportedModelError, match=r"SD 1.x, and this UNet differs in num_res_blocks 3 \(it has 2\)$"):
+        detect_family_of_module(meta_unet(deeper))
     with pytest.raises(UnsupportedModelError, match="unknown model family 'sd3'"):
         family_named("sd3")
 

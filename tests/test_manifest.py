@@ -63,9 +63,9 @@ def test_recover_rebuilds_from_sidecars_and_keeps_the_broken_index(tmp_path):
     m.add(make_entry(m, "b"))
     (tmp_path / "b.plan").unlink()
     (tmp_path / INDEX_NAME).write_text("{truncated")
-    entries, kept = m.recover()
-    assert [e.id for e in entries] == ["a"] and [e.id for e in m.entries()] == ["a"]
-    assert kept.read_text() == "{truncated"
+    report = m.recover()
+    assert [e.id for e in report.entries] == ["a"] and [e.id for e in m.entries()] == ["a"]
+    assert report.kept.read_text() == "{truncated" and report.notes == ["b.plan.json: its engine file b.plan is gone"]
 
 
 def test_entries_outside_the_folder_are_refused(tmp_path):
@@ -81,7 +81,8 @@ def test_entries_outside_the_folder_are_refused(tmp_path):
     data["entries"].append({"id": "half"})
     m.path.write_text(json.dumps(data))
     assert [e.id for e in m.entries()] == ["good"]
-    assert len(m.problems) == 4 and any("points outside" in p for p in m.problems)
+    assert len(m.problems) == 4 and sum("must be a plain file name inside the engine folder" in p
+                                        for p in m.problems) == 3
 
 
 def test_missing_files_are_pruned_and_status_says_why(tmp_path):

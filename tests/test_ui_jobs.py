@@ -68,7 +68,8 @@ def test_failures_become_one_line_messages():
 @pytest.mark.parametrize("exc, expected", [
     (BuildBusy("another engine build is running; wait"), "another engine build is running; wait"),
     (BackendUnavailable("tensorrt: pip install tensorrt"), "tensorrt: pip install tensorrt"),
-    (OSError(errno.ENOSPC, "No space left on device", "/x/engine.trt"), "disk full: /x/engine.trt"),
+    (OSError(errno.ENOSPC, "No space left on device", "/x/engine.trt"),
+     "disk full while writing /x/engine.trt; nothing was changed"),
     (BuildCancelled("build cancelled"), "cancelled; nothing was written"),
 ])
 def test_user_messages(exc, expected):

@@ -99,7 +99,7 @@ def test_disk_full_during_the_build(tmp_path, monkeypatch):
     tab = create_tab(tiny_source(tmp_path, "cpu"))
     steps = run_export(tab, TINY_FIELDS)
     progress, result = steps[-1][1], steps[-1][2]
-    assert 'data-state="failed"' in progress and "disk full: " in progress and "x.ort.onnx" in progress
+    assert 'data-state="failed"' in progress and "disk full while writing" in progress and "x.ort.onnx" in progress
     assert "disk full" in result and "Traceback" not in progress + result
     assert jobs.current() is None
 

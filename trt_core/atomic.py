@@ -13,8 +13,40 @@ from typing import Iterator
 TEMP_MARK = ".partial-"
 
 
+# "No space left", "file too large" (a size limit, e.g. ulimit -f) and "quota exceeded": the disk is full for us
+FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
 class DiskFullError(OSError):
-    pass
+    def __str__(self) -> str:  # the sentence, without "[Errno 28]" and the path again
+        return self.strerror or super().__str__()
+
+
+def disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in FULL_ERRNOS
+
+
+NEARLY_FULL = 64 * 1024**2  # free bytes below which a failed write is taken for a full disk
+
+
+def as_disk_full(error: BaseException, folder: Path) -> DiskFullError | None:
+    """The failure as a DiskFullError when the disk is what failed: an ENOSPC/EFBIG anywhere, or any
+    error while `folder`'s disk is nearly full (libraries word it otherwise, e.g. "Protobuf
+    serialization failed"). None when the disk is not to blame."""
+    if isinstance(error, DiskFullError):
+        return None
+    if disk_full(error):
+        where = getattr(error, "filename", None) or folder
+        return DiskFullError(error.errno, f"disk full while writing {where}; nothing was changed", str(where))
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if free < NEARLY_FULL:
+        return DiskFullError(errno.ENOSPC, f"disk full in {folder} ({free // 1024**2} MiB left) and the build failed "
+                                           f"({type(error).__name__}: {str(error)[:120]}); nothing was changed",
+                             str(folder))
+    return None
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -47,12 +79,38 @@ def atomic_output(path: Path | str) -> Iterator[Path]:
         _fsync_dir(path.parent)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise DiskFullError(errno.ENOSPC, f"disk full while writing {path}; nothing was changed") from e
+        if disk_full(e):
+            raise DiskFullError(e.errno, f"disk full while writing {path}; nothing was changed", str(path)) from e
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_output(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path next to `path`, for the caller to fill and then move into place itself
+    (e.g. under a lock, with `fsync_file` first); whatever is still there when the block ends is
+    removed, and a full disk is reported as such."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_MARK}{os.getpid()}-{path.name}.", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    os.chmod(tmp, 0o644)
+    try:
+        yield tmp
+    except OSError as e:
+        if disk_full(e) and not isinstance(e, DiskFullError):
+            raise DiskFullError(e.errno, f"disk full while writing {path}; nothing was changed", str(path)) from e
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 from sd_unet_trt.models.families import UnsupportedModelError, family_named
 from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, Engine
+from sd_unet_trt.trt_core.file_digest import require_built_file
 from sd_unet_trt.trt_core.manifest import EngineEntry, EngineStatus, Manifest, engine_status
 from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.router import EngineRecord, Router
@@ -35,11 +37,21 @@ def status_here(entry: EngineEntry, manifest: Manifest, backend: Backend | None,
                            backend.device_arch(device) if available else None)
     if not status.ready:
         return status
+    path = manifest.file_path(entry)
+    if not entry.file_sha256:
+        return EngineStatus("stale", f"{entry.file} was built before engine files were fingerprinted; rebuild it")
+    if path.stat().st_size != entry.file_size:  # the full sha256 is checked when it loads
+        return EngineStatus("stale", f"{entry.file} changed size since it was built (changed or damaged); rebuild it")
     reason = backend.can_run(device)
     if reason:
         return EngineStatus("cannot-run", reason)
-    reason = backend.file_problem(manifest.file_path(entry), device)
+    reason = backend.file_problem(path, device)
     return EngineStatus("stale", reason) if reason else status
+
+
+def built_file(manifest: Manifest, entry: EngineEntry) -> Path:
+    """The entry's file, once its sha256 shows it is the file that was built (UntrustedFile if not)."""
+    return require_built_file(manifest.file_path(entry), entry.file_sha256, entry.file_size)
 
 
 def catalog(workspace: Workspace, device: str = "cuda") -> list[CatalogItem]:
@@ -75,8 +87,8 @@ def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda
     ready.sort(key=lambda item: order.index(item.entry.backend) if item.entry.backend in order else len(order))
 
     def loader(entry: EngineEntry) -> Callable[[], Engine]:
-        return lambda: make_backend(entry.backend).load(manifest.file_path(entry), entry.id, family_named(entry.family),
-                                                        entry.profile, device=device)
+        return lambda: make_backend(entry.backend).load(built_file(manifest, entry), entry.id,
+                                                        family_named(entry.family), entry.profile, device=device)
     records = [EngineRecord(item.entry.id, family_named(item.entry.family), item.entry.profile, loader(item.entry),
                             label=engine_label(item.entry), weights=item.entry.checkpoint.weights) for item in ready]
     return Router(records, memory_budget_bytes), left_out

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from sd_unet_trt.models.families import UnsupportedModelError
-from sd_unet_trt.trt_core.atomic import DiskFullError
+from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled, CancelToken, ProgressFn
 from sd_unet_trt.trt_core.export import ExportError
 from sd_unet_trt.trt_core.manifest import ManifestError
@@ -93,8 +93,8 @@ def user_message(exc: BaseException) -> str:
         text = str(exc)
     elif isinstance(exc, MemoryError):
         text = "out of memory; try a smaller profile or close other programs"
-    elif isinstance(exc, OSError) and exc.errno == 28:
-        text = f"disk full: {exc.filename or exc}"
+    elif disk_full(exc):
+        text = f"disk full while writing {exc.filename or 'the output folder'}; nothing was changed"
     else:
         text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no details'} (see the log)"
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__

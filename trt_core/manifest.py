@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,7 +16,8 @@ from typing import Any, Iterable
 
 from filelock import FileLock, Timeout
 
-from sd_unet_trt.trt_core.atomic import atomic_write_text, remove_stale_temps
+from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_bytes, atomic_write_text, remove_stale_temps
+from sd_unet_trt.trt_core.manifest_schema import entry_problem
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError
 
 SCHEMA = "sd-unet-engines"
@@ -25,6 +27,18 @@ SIDECAR_SUFFIX = ".json"
 WEIGHTS_DIR = "weights"  # one record per weights digest (trt_core.weights), shared by its engines
 LOCK_TIMEOUT_S = 60
 PORTABLE_ARCH = "portable"  # gpu_arch of an engine built for several GPUs
+
+
+def _keep_previous(path: Path) -> Path | None:
+    """A second name for the engine file a rebuild replaces, to put it back if registering fails."""
+    if not path.is_file():
+        return None
+    previous = path.with_name(f"{TEMP_MARK}{os.getpid()}-{path.name}.previous")
+    try:
+        os.link(path, previous)
+    except OSError:  # no hard links on this file system: a failed rebuild then loses the old engine
+        return None
+    return previous
 
 
 class ManifestError(RuntimeError):
@@ -53,8 +67,9 @@ class EngineEntry:
     gpu_arch: str
     profile: Profile
     precision: str
-    file: str  # relative to the engine folder
+    file: str  # a plain name inside the engine folder
     file_size: int = 0
+    file_sha256: str = ""  # of the engine file as built: nothing else is ever loaded (torch's files are code)
     build_seconds: float = 0.0
     created: str = ""
     accuracy: dict[str, float] = field(default_factory=dict)
@@ -66,14 +81,18 @@ class EngineEntry:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EngineEntry":
+    def from_dict(cls, data: Any) -> "EngineEntry":
+        problem = entry_problem(data)
+        name = data.get("id") if isinstance(data, dict) and isinstance(data.get("id"), str) else "?"
+        if problem:
+            raise ValueError(f"malformed entry {name[:80]!r}: {problem}")
         try:
             fields = dict(data)
             fields["checkpoint"] = CheckpointId(**fields["checkpoint"])
             fields["profile"] = Profile.from_dict(fields["profile"])
             return cls(**fields)
         except (KeyError, TypeError, ProfileError) as e:
-            raise ValueError(f"malformed entry: {e}") from None
+            raise ValueError(f"malformed entry {name[:80]!r}: {e}") from None
 
 
 def engine_id(checkpoint: CheckpointId, family: str, backend: str, precision: str, profile: Profile) -> str:
@@ -117,12 +136,19 @@ class Manifest:
             raise ValueError(f"entry {entry.id!r} points outside {root}: {entry.file!r}")
         return path
 
+    def recover_hint(self) -> str:
+        # `--dir` takes the workspace, the folder that holds this engine folder
+        return (f"run `python -m sd_unet_trt recover --dir {self.dir.resolve().parent}` to rebuild it from the "
+                f"engines' sidecar files")
+
     def _read_index(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        recover = f"run `python -m sd_unet_trt recover --dir {self.dir}` to rebuild it from the engines' sidecar files"
+        recover = self.recover_hint()
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
+        except RecursionError:
+            raise ManifestError(f"{self.path} is nested too deeply to be a manifest; {recover}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ManifestError(f"{self.path} is corrupt ({e}); {recover}") from None
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
@@ -157,16 +183,38 @@ class Manifest:
         data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "entries": [e.to_dict() for e in entries]}
         atomic_write_text(self.path, json.dumps(data, indent=1))
 
-    def add(self, entry: EngineEntry) -> None:
-        """Register an engine whose file is already in place (replacing an entry of the same id)."""
+    def add(self, entry: EngineEntry, staged: Path | None = None) -> None:
+        """Register an engine (replacing an entry of the same id). With `staged`, the engine is moved
+        into place here, under the lock, between its sidecar and the index: a process killed on the
+        way leaves a sidecar without a file, or a file with its sidecar that `recover` and `prune`
+        register; never an engine nothing knows about. On failure, what was there before is back."""
         path = self.file_path(entry)
-        if not path.is_file():
+        if staged is None and not path.is_file():
             raise ValueError(f"cannot register {entry.id}: {path} does not exist")
         entry.created = entry.created or time.strftime("%Y-%m-%dT%H:%M:%S")
         with self._locked():
-            atomic_write_text(self.sidecar(entry), json.dumps(entry.to_dict(), indent=1))
-            entries = [e for e in self._parse(self._read_index()) if e.id != entry.id]
-            self._write(entries + [entry])
+            sidecar = self.sidecar(entry)
+            old_sidecar = sidecar.read_bytes() if sidecar.is_file() else None
+            previous = _keep_previous(path) if staged is not None else None
+            try:
+                atomic_write_text(sidecar, json.dumps(entry.to_dict(), indent=1))
+                if staged is not None:
+                    os.replace(staged, path)
+                entries = [e for e in self._parse(self._read_index()) if e.id != entry.id]
+                self._write(entries + [entry])
+            except BaseException:
+                if old_sidecar is None:
+                    sidecar.unlink(missing_ok=True)
+                else:
+                    atomic_write_bytes(sidecar, old_sidecar)
+                if previous is not None:
+                    os.replace(previous, path)
+                elif staged is not None:
+                    path.unlink(missing_ok=True)
+                raise
+            finally:
+                if previous is not None:
+                    previous.unlink(missing_ok=True)
 
     def weights_record_path(self, weights_digest: str) -> Path:
         return self.dir / WEIGHTS_DIR / f"{weights_digest[:16]}.json"
@@ -198,40 +246,81 @@ class Manifest:
         return entry
 
     def prune(self) -> list[EngineEntry]:
-        """Drop entries whose engine file is gone; clear temp files of killed builds."""
+        """Drop entries whose engine file is gone, register engines a killed build left with only their
+        sidecar, and clear temp files of killed builds. Returns the entries dropped."""
         with self._locked():
             remove_stale_temps(self.dir)
             entries = self._parse(self._read_index())
             gone = [e for e in entries if not self.file_path(e).is_file()]
-            if gone:
-                self._write([e for e in entries if e not in gone])
+            known = {e.id for e in entries}
+            adopted = [e for e in self._sidecar_entries()[0] if e.id not in known]
+            if gone or adopted:
+                self._write([e for e in entries if e not in gone] + adopted)
                 for e in gone:
                     for path in self.companions(e):
                         path.unlink(missing_ok=True)
         return gone
 
-    def recover(self) -> tuple[list[EngineEntry], Path | None]:
-        """Rebuild the index from the sidecars; a broken index is kept aside, not deleted."""
+    def _sidecar_entries(self) -> tuple[list[EngineEntry], list[str]]:
+        """Entries of the sidecars whose engine file is there, and what is wrong with the others."""
+        found, problems = [], []
+        for sidecar in sorted(self.dir.glob(f"*{SIDECAR_SUFFIX}")):
+            if sidecar.name == INDEX_NAME:
+                continue
+            try:
+                entry = EngineEntry.from_dict(json.loads(sidecar.read_text(encoding="utf-8")))
+                path = self.file_path(entry)
+            except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+                problems.append(f"{sidecar.name}: {e}")
+                continue
+            if sidecar != self.sidecar(entry):
+                problems.append(f"{sidecar.name}: describes {entry.file}, not its own engine")
+            elif not path.is_file():
+                problems.append(f"{sidecar.name}: its engine file {entry.file} is gone")
+            else:
+                found.append(entry)
+        return found, problems
+
+    def recover(self) -> "RecoverReport":
+        """Rebuild the index from the sidecars and the index's own readable entries. It never leaves
+        less than it found: a broken index is copied aside before the new one replaces it, and if
+        the new one cannot be written the old one stays."""
         with self._locked():
-            kept = None
+            kept, indexed = None, []
             if self.path.exists():
                 try:
-                    self._read_index()
+                    indexed = self._parse(self._read_index())
                 except ManifestError:
                     kept = self.path.with_name(f"{INDEX_NAME}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
-                    self.path.replace(kept)
-            found, sidecar_problems = [], []
-            for sidecar in sorted(self.dir.glob(f"*{SIDECAR_SUFFIX}")):
-                if sidecar.name == INDEX_NAME:
-                    continue
-                try:
-                    found.append(json.loads(sidecar.read_text(encoding="utf-8")))
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                    sidecar_problems.append(f"{sidecar.name}: {e}")
-            entries = [e for e in self._parse(found) if self.file_path(e).is_file()]
-            self.problems = sidecar_problems + self.problems
-            self._write(entries)
-        return entries, kept
+                    try:
+                        atomic_write_bytes(kept, self.path.read_bytes())
+                    except OSError as e:
+                        raise ManifestError(f"could not keep a copy of the broken {INDEX_NAME} as {kept.name} "
+                                            f"({e.strerror or e}); nothing was changed") from None
+            found, notes = self._sidecar_entries()
+            notes += self.problems
+            by_id = {e.id: e for e in indexed if self.file_path(e).is_file()}
+            by_id.update({e.id: e for e in found})
+            registered = {e.file for e in by_id.values()}
+            for path in sorted(self.dir.iterdir()):
+                if path.is_file() and path.suffix != SIDECAR_SUFFIX and not path.name.startswith((".", INDEX_NAME)) \
+                        and path.name not in registered and not any(path.name.startswith(f + ".") for f in registered):
+                    notes.append(f"{path.name}: a file no sidecar describes (from an earlier version, or copied "
+                                 f"in); delete it or rebuild that engine")
+            try:
+                self._write(list(by_id.values()))
+            except BaseException:
+                if kept is not None:
+                    kept.unlink(missing_ok=True)
+                raise
+        return RecoverReport(list(by_id.values()), kept, notes)
+
+
+@dataclass
+class RecoverReport:
+    entries: list[EngineEntry]
+    kept: Path | None  # the copy of a broken index
+    notes: list[str]  # sidecars and files that could not be registered, and why
 
 
 def engine_status(entry: EngineEntry, manifest: Manifest, backend_version: str | None, device_arch: str | None) -> EngineStatus:

@@ -20,12 +20,13 @@ import torch
 from filelock import FileLock, Timeout
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.atomic import atomic_output
+from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, remove_stale_temps, staged_output
 from sd_unet_trt.trt_core.backends.base import (Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
                                                 no_progress)
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
-from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
+from sd_unet_trt.trt_core.file_digest import file_sha256
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, ManifestError, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require
@@ -58,6 +59,17 @@ class Workspace:
 
     def manifest(self) -> Manifest:
         return Manifest(self.engine_dir)
+
+    def sweep(self) -> list[Path]:
+        """Remove what killed builds left (temp files and folders of processes that are gone) in both
+        folders, and register engines a killed build left with only their sidecar."""
+        swept = remove_stale_temps(self.onnx_dir) + remove_stale_temps(self.engine_dir)
+        if self.engine_dir.is_dir():
+            try:
+                self.manifest().prune()
+            except ManifestError:  # a broken index is for `recover`, which says so; temps are gone anyway
+                pass
+        return swept
 
     def weights_record_path(self, weights_digest: str) -> Path:
         """The weights record of engines whose identity carries this digest."""
@@ -147,6 +159,7 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
         raise BuildBusy("another engine build is running; wait for it to finish") from None
     try:
         started = time.monotonic()
+        workspace.sweep()  # what killed builds left; this build holds the lock, so none is running
         weights = onnx_weights(precision)
         exported = ensure_onnx(source, workspace, weights, device, _scaled(progress, 0.0, 0.3), cancel)
         checkpoint = replace(source.checkpoint, weights=exported.record.digest)
@@ -161,28 +174,32 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
         request = BuildRequest(exported.onnx_path, family, profile, precision, module=reference,
                                device=device.type, options=dict(options or {}))
         cannot_run = backend.can_run(device.type)  # e.g. TensorRT for RTX building without a GPU
-        with atomic_output(manifest.dir / file_name) as tmp:
-            outcome = backend.build(request, tmp, _scaled(progress, 0.4, 0.9), cancel)
+        with staged_output(manifest.dir / file_name) as staged:
+            outcome = backend.build(request, staged, _scaled(progress, 0.4, 0.9), cancel)
             cancel.raise_if_cancelled()
-            accuracy = None if cannot_run else verify_engine(backend, tmp, entry_id, reference, request, outcome, device,
-                                                             progress)
-        details = {**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
-                   "onnx_accuracy": onnx_accuracy.as_dict()}
-        if cannot_run:
-            details["unverified"] = cannot_run
-        entry = EngineEntry(
-            id=entry_id, checkpoint=checkpoint, family=family.name, backend=backend.name,
-            backend_version=backend.version(), gpu_arch=outcome.details.get("gpu_arch") or backend.device_arch(device.type),
-            profile=profile, precision=outcome.precision, file=file_name,
-            file_size=(manifest.dir / file_name).stat().st_size, build_seconds=round(time.monotonic() - started, 2),
-            accuracy=accuracy.as_dict() if accuracy else {}, details=details)
-        try:
+            accuracy = None if cannot_run else verify_engine(backend, staged, entry_id, reference, request, outcome,
+                                                             device, progress)
+            details = {**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
+                       "onnx_accuracy": onnx_accuracy.as_dict()}
+            if cannot_run:
+                details["unverified"] = cannot_run
+            progress("registering the engine", 0.97)
+            fsync_file(staged)
+            entry = EngineEntry(
+                id=entry_id, checkpoint=checkpoint, family=family.name, backend=backend.name,
+                backend_version=backend.version(),
+                gpu_arch=outcome.details.get("gpu_arch") or backend.device_arch(device.type), profile=profile,
+                precision=outcome.precision, file=file_name, file_size=staged.stat().st_size,
+                file_sha256=file_sha256(staged), build_seconds=round(time.monotonic() - started, 2),
+                accuracy=accuracy.as_dict() if accuracy else {}, details=details)
             exported.record.save(workspace.weights_record_path(checkpoint.weights))
-            manifest.add(entry)
-        except BaseException:
-            (manifest.dir / file_name).unlink(missing_ok=True)
-            raise
+            manifest.add(entry, staged=staged)
         progress("done", 1.0)
         return entry
+    except Exception as e:
+        full = as_disk_full(e, workspace.root)
+        if full is not None:
+            raise full from e
+        raise
     finally:
         lock.release()

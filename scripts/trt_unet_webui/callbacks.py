@@ -46,6 +46,15 @@ def ui_settings() -> None:
     settings.register()
 
 
+@guarded("clearing what killed builds left")
+def sweep_leftovers() -> None:
+    """At load: temp files of builds whose process is gone, in Unet-onnx/ and Unet-trt/."""
+    from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
+    swept = workspace().sweep()
+    if swept:
+        log.info("TensorRT: removed %d leftovers of killed builds", len(swept))
+
+
 @guarded("reading the TensorRT library setting")
 def choose_tensorrt_library() -> None:
     """At load, before any backend is made: the library serves the whole run (restart to change)."""

@@ -4,7 +4,10 @@ compares outputs at even and odd latent sizes. Needs a WebUI v1.10.1 checkout wi
 repositories/ and a Python that can import them (the WebUI's venv); CI has neither.
 
 usage: WEBUI_VENV_PYTHON tests/real_webui/compare_unet_with_webui.py WEBUI_DIR [CHECKPOINT.safetensors CONFIG.yaml]
+
+The checkpoint may be SD1/SD2 (its config has model.params.unet_config) or SDXL (network_config).
 """
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,7 +17,11 @@ import torch.nn.functional as F
 webui = Path(sys.argv[1])
 repo = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(webui / "repositories" / "stable-diffusion-stability-ai"),
-                str(webui / "repositories" / "generative-models"), str(repo)]
+                str(webui / "repositories" / "generative-models")]
+# the extension's one import name, loaded from this checkout by path (as the WebUI loads it)
+_spec = importlib.util.spec_from_file_location("sd_unet_trt", repo / "__init__.py", submodule_search_locations=[str(repo)])
+sys.modules["sd_unet_trt"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sys.modules["sd_unet_trt"])
 
 from ldm.modules.diffusionmodules import openaimodel as ldm_openaimodel  # noqa: E402
 from sgm.modules.diffusionmodules import openaimodel as sgm_openaimodel  # noqa: E402
@@ -62,12 +69,18 @@ worst = 0.0
 if len(sys.argv) > 3:
     from omegaconf import OmegaConf
     from safetensors.torch import load_file
-    config = OmegaConf.load(sys.argv[3]).model.params.unet_config.params
+    # SD1/SD2 configs (ldm) call the UNet `unet_config`, SDXL configs (sgm) `network_config`
+    params = OmegaConf.load(sys.argv[3]).model.params
+    unet = params.get("unet_config") or params.get("network_config")
+    if unet is None:
+        sys.exit(f"{sys.argv[3]} has neither model.params.unet_config nor model.params.network_config")
+    module = sgm_openaimodel if str(unet.target).startswith("sgm.") else ldm_openaimodel
     checkpoint = load_file(sys.argv[2])
     state = {k[len("model.diffusion_model."):]: v for k, v in checkpoint.items() if k.startswith("model.diffusion_model.")}
-    ldm = ldm_openaimodel.UNetModel(**config).eval()
-    ldm.load_state_dict(state)
-    worst = max(worst, compare("ldm, checkpoint", ldm, state))
+    theirs = module.UNetModel(**unet.params).eval()
+    theirs.load_state_dict(state)
+    worst = max(worst, compare(f"{module.__name__.split('.')[0]}, checkpoint", theirs, state,
+                               unet.params.get("adm_in_channels")))
 
 sdxl_shaped = sgm_openaimodel.UNetModel(
     adm_in_channels=2816, num_classes="sequential", in_channels=4, out_channels=4, model_channels=32,

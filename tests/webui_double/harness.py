@@ -19,6 +19,7 @@ from modules import (devices, errors, hashes, lowvram, paths_internal, processin
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
 from sd_unet_trt.trt_core.export import ExportResult  # noqa: E402
+from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, engine_id  # noqa: E402
 from sd_unet_trt.trt_core.pipeline import Workspace  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
@@ -162,7 +163,8 @@ def register_ort_engines(workspace: Workspace, onnx_path: Path, family_name: str
         entry = EngineEntry(id=entry_id, checkpoint=checkpoint_id, family=family.name, backend=backend.name,
                             backend_version=backend.version(), gpu_arch=backend.device_arch("cpu"), profile=profile,
                             precision=outcome.precision, file=file_name,
-                            file_size=(manifest.dir / file_name).stat().st_size)
+                            file_size=(manifest.dir / file_name).stat().st_size,
+                            file_sha256=file_sha256(manifest.dir / file_name))
         manifest.add(entry)
         entries.append(entry)
     built.unlink()

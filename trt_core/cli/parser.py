@@ -1,0 +1,105 @@
+"""The command line's arguments: every command and option with its help and default."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from sd_unet_trt.trt_core.backends import REGISTRY
+from sd_unet_trt.trt_core.cli import commands, demo
+from sd_unet_trt.trt_core.profiles import BATCH_LIMITS
+
+DEFAULT_DIR = "./artifacts"
+MAX_STEPS = 1000
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help (where there is one; an option without says what
+    happens then), descriptions kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def bounded_int(low: int, high: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+    return parse
+
+
+def device_name(text: str) -> str:
+    if text == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"no CUDA GPU here (torch {torch.__version__} sees none); use --device cpu")
+    return text
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sd_unet_trt", description=sys.modules[__package__].__doc__,
+                                formatter_class=Formatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details, and tracebacks of errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def command(name: str, run, help_text: str, needs_dir: bool = True):
+        cmd = sub.add_parser(name, help=help_text, description=help_text, formatter_class=Formatter)
+        cmd.set_defaults(run=run)
+        if needs_dir:
+            cmd.add_argument("--dir", default=DEFAULT_DIR, help="the workspace: holds Unet-onnx/ and Unet-trt/")
+        cmd.add_argument("--device", type=device_name, default=default_device, choices=["cpu", "cuda"],
+                         help="where engines are checked and run")
+        return cmd
+
+    def source_options(cmd) -> None:
+        cmd.add_argument("--checkpoint", help="a .safetensors or .ckpt file (default: the built-in tiny model)")
+        cmd.add_argument("--prediction", default="eps", choices=["eps", "v"], help="v for SD2.x 768-v models")
+
+    d = command("demo", demo.cmd_demo, demo.cmd_demo.__doc__, needs_dir=False)
+    d.add_argument("--dir", help="keep the artifacts in this folder (default: a temp folder, removed afterwards)")
+    d.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=8, help="sampling steps per run")
+    d.add_argument("--seed", type=int, default=0, help="seed of the noise and prompts")
+    d.add_argument("--backends", help=f"comma-separated, of {', '.join(REGISTRY)} (default: every one available "
+                                      f"here, the torch backend only on a GPU)")
+
+    b = command("build", commands.cmd_build, commands.cmd_build.__doc__)
+    source_options(b)
+    b.add_argument("--backend", choices=list(REGISTRY),
+                   help="default: the best one that builds and runs here (tensorrt, then torch on a GPU, "
+                        "then onnxruntime)")
+    b.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"],
+                   help="fp16 for GPUs; the CPU runs fp32 best; TensorRT takes fp16 or fp32")
+    size = b.add_mutually_exclusive_group()
+    size.add_argument("--preset", type=bounded_int(0, 99), help="index of the family's preset (0 = the default one)")
+    size.add_argument("--profile", help="BATCH,HEIGHT,WIDTH,TOKENS as min:opt:max each, e.g. "
+                                        "1:1:4,512:512:768,512:512:768,75:75:150 (default: preset 0); batch "
+                                        f"{BATCH_LIMITS[0]}-{BATCH_LIMITS[1]} images, pixels multiples of 8, tokens "
+                                        "multiples of 75")
+
+    v = command("verify", commands.cmd_verify, commands.cmd_verify.__doc__)
+    source_options(v)
+
+    e = command("export", commands.cmd_export, commands.cmd_export.__doc__)
+    e.add_argument("--checkpoint", required=True, help="a .safetensors or .ckpt file")
+    e.add_argument("--out", help="the export folder (default: the one builds use, under --dir)")
+    e.add_argument("--weights", default="fp16", choices=["fp16", "fp32"], help="the dtype stored in the ONNX")
+    e.add_argument("--prediction", default="eps", choices=["eps", "v"], help="v for SD2.x 768-v models")
+    e.add_argument("--family", help="the model family (default: read off the weights)")
+    e.add_argument("--sha256", help="the file's sha256, when already known (default: hash it)")
+    e.add_argument("--expect-stamp", help=argparse.SUPPRESS)  # SIZE:MTIME_NS the caller hashed
+    e.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)
+
+    command("list", commands.cmd_list, commands.cmd_list.__doc__)
+    r = command("remove", commands.cmd_remove, commands.cmd_remove.__doc__)
+    r.add_argument("id", help="the engine's id, as `list` shows it")
+    command("recover", commands.cmd_recover, commands.cmd_recover.__doc__)
+    u = command("ui", commands.cmd_ui, commands.cmd_ui.__doc__)
+    u.add_argument("--port", type=bounded_int(1024, 65535), default=7861, help="port on 127.0.0.1")
+    return p
