@@ -20,6 +20,35 @@ LATENT_SCALE = 8
 PX_LIMITS = (64, 4096)
 TOKEN_LIMITS = (75, 750)
 BATCH_LIMITS = (1, 32)
+DIMENSION_NAMES = ("batch", "height", "width", "tokens")
+RANGE_KEYS = ("min", "opt", "max")
+
+
+def whole_number(value: Any) -> int | None:
+    """A whole number from what a form or a JSON request sends (int, integral float, numeric
+    text), else None: no bool, no fraction, no NaN or infinity."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(number) if number.is_integer() else None
+
+
+def shown(value: Any, limit: int = 100) -> str:
+    """A value a request sent, for a message: short whatever was sent (hundreds of digits, a
+    megabyte of text, something nested deep), so that answers stay one readable line."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**12:
+        return f"{value:.2e}" if abs(value) < 1e300 else ("a number over 1e300" if value > 0 else "a number below -1e300")
+    if value is None or isinstance(value, (bool, int, float)):
+        return str(value)
+    if isinstance(value, str):
+        text = value[:limit] if value[:limit].isprintable() else repr(value[:limit])  # no line breaks
+        return text if len(value) <= limit else f"{text}... ({len(value)} characters)"
+    return f"a {type(value).__name__}"
 
 
 class ProfileError(ValueError):
@@ -97,14 +126,16 @@ class Profile:
             ("tokens", self.tokens, TOKEN_LIMITS, TOKENS_PER_CHUNK, "tokens"),
         ]:
             values = (rng.min, rng.opt, rng.max)
-            if not all(isinstance(v, int) for v in values):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 out[field] = "min, opt and max must be whole numbers"
-            elif not rng.min <= rng.opt <= rng.max:
-                out[field] = f"needs min <= opt <= max, got {rng.min} / {rng.opt} / {rng.max}"
+                continue
+            got = " / ".join(map(shown, values))
+            if not rng.min <= rng.opt <= rng.max:
+                out[field] = f"needs min <= opt <= max, got {got}"
             elif any(v % step for v in values):
-                out[field] = f"must be multiples of {step} {unit}, got {rng.min} / {rng.opt} / {rng.max}"
+                out[field] = f"must be multiples of {step} {unit}, got {got}"
             elif rng.min < lo or rng.max > hi:
-                out[field] = f"must lie within {lo}-{hi} {unit}, got {rng.min} / {rng.opt} / {rng.max}"
+                out[field] = f"must lie within {lo}-{hi} {unit}, got {got}"
         return out
 
     def validate(self) -> "Profile":
@@ -166,12 +197,28 @@ class Profile:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Profile":
-        try:
-            return cls(**{k: Range(int(data[k]["min"]), int(data[k]["opt"]), int(data[k]["max"]))
-                          for k in ("batch", "height", "width", "tokens")})
-        except (KeyError, TypeError, ValueError) as e:
-            raise ProfileError({"profile": f"malformed profile {data!r}: {e}"}) from None
+    def from_dict(cls, data: Any) -> "Profile":
+        """The profile a manifest or a request holds. Whatever else it holds (wrong types, missing
+        keys, fractions, text) is a ProfileError naming the field; the message never repeats the
+        input, which may be huge or nested deep."""
+        if not isinstance(data, Mapping):
+            raise ProfileError({"profile": f"malformed profile: expected an object with {', '.join(DIMENSION_NAMES)}, "
+                                           f"got {shown(data)}"})
+        ranges, problems = {}, {}
+        for field in DIMENSION_NAMES:
+            rng = data.get(field)
+            if not isinstance(rng, Mapping) or any(key not in rng for key in RANGE_KEYS):
+                problems[field] = "malformed profile: expected an object with min, opt and max"
+                continue
+            values = [whole_number(rng[key]) for key in RANGE_KEYS]
+            if None in values:
+                problems[field] = "min, opt and max must be whole numbers, got " + " / ".join(
+                    shown(rng[key]) for key in RANGE_KEYS)
+            else:
+                ranges[field] = Range(*values)
+        if problems:
+            raise ProfileError(problems)
+        return cls(**ranges)
 
 
 @dataclass(frozen=True)

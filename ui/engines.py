@@ -5,7 +5,8 @@ from typing import Sequence
 
 from sd_unet_trt.models.families import UnsupportedModelError, family_named
 from sd_unet_trt.trt_core.catalog import CatalogItem
-from sd_unet_trt.trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape, Range
+from sd_unet_trt.trt_core.profiles import (BATCH_LIMITS, CONTEXT_PER_CHUNK, LATENT_SCALE, PX_LIMITS, TOKEN_LIMITS,
+                                           TOKENS_PER_CHUNK, CallShape, Range, shown)
 from sd_unet_trt.trt_core.router import EngineRecord, Router
 from sd_unet_trt.ui.estimate import human_bytes
 
@@ -40,11 +41,17 @@ def which_engine(items: Sequence[CatalogItem], width: int, height: int, batch: i
                  checkpoint_sha: str | None = None) -> str:
     """Which ready engine a generation of batch x width x height would run on, and how; or why none.
 
-    The call is the WebUI's default one: cond and uncond rows together (2 x batch rows)."""
-    for name, value, step in (("width", width, LATENT_SCALE), ("height", height, LATENT_SCALE),
-                              ("batch", batch, 1), ("tokens", tokens, TOKENS_PER_CHUNK)):
-        if not isinstance(value, int) or value <= 0 or value % step:
-            return f"{name} must be a positive multiple of {step}, got {value}"
+    The call is the WebUI's default one: cond and uncond rows together (2 x batch rows). A query
+    outside what any engine can be built for is answered before planning: no plan is made (or
+    text written) in proportion to a huge batch."""
+    for name, value, step, (lo, hi), unit in (("width", width, LATENT_SCALE, PX_LIMITS, "px"),
+                                              ("height", height, LATENT_SCALE, PX_LIMITS, "px"),
+                                              ("batch", batch, 1, BATCH_LIMITS, "images"),
+                                              ("tokens", tokens, TOKENS_PER_CHUNK, TOKEN_LIMITS, "tokens")):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0 or value % step:
+            return f"{name} must be a positive multiple of {step}, got {shown(value)}"
+        if not lo <= value <= hi:
+            return f"{name} must lie within {lo}-{hi} {unit} (what an engine can cover), got {shown(value)}"
     candidates = [i for i in items if checkpoint_sha is None or i.entry.checkpoint.sha256 == checkpoint_sha]
     if not candidates:
         return "no engines for this checkpoint yet; the built-in UNet will run"

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends import all_backends
 from sd_unet_trt.trt_core.backends.base import Backend
-from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for
+from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for, shown, whole_number
 
 # (field, label, unit) in the order the editor shows them; each has min / opt / max.
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
@@ -37,17 +37,6 @@ def profile_fields(profile: Profile) -> list[int]:
             (getattr(profile, field).min, getattr(profile, field).opt, getattr(profile, field).max)]
 
 
-def _whole(value: Any) -> int | None:
-    """A whole number from what a number box sends (int, float, numeric text), else None."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return int(number) if number.is_integer() else None
-
-
 @dataclass
 class FormCheck:
     """The profile the fields describe, or a message per dimension that is wrong."""
@@ -72,7 +61,7 @@ def check_fields(values: Sequence[Any]) -> FormCheck:
         raise ValueError(f"expected {3 * len(DIMENSIONS)} values, got {len(values)}")
     ranges, problems = {}, {}
     for i, (field, _, _) in enumerate(DIMENSIONS):
-        numbers = [_whole(v) for v in values[3 * i:3 * i + 3]]
+        numbers = [whole_number(v) for v in values[3 * i:3 * i + 3]]
         if any(n is None for n in numbers):
             problems[field] = "min, opt and max must be whole numbers"
         else:
@@ -82,6 +71,16 @@ def check_fields(values: Sequence[Any]) -> FormCheck:
     profile = Profile(**ranges)
     problems = profile.problems()
     return FormCheck(None if problems else profile, problems)
+
+
+def choice_problem(backend_name: Any, precision: Any, known_backends: Sequence[str]) -> str:
+    """Why the backend or precision a request sent is not one the form offers ("" when both are;
+    no backend means the default). A crafted request can send anything in their place."""
+    if backend_name is not None and backend_name not in known_backends:
+        return f"unknown backend {shown(backend_name)}; the backends are {', '.join(known_backends)}"
+    if precision not in PRECISIONS:
+        return f"precision must be one of {', '.join(PRECISIONS)}, got {shown(precision)}"
+    return ""
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,25 @@
 """The tab on its own, without the WebUI: the built-in tiny model, a folder of your choice, 127.0.0.1.
 
     python -m sd_unet_trt.ui.standalone --dir ./artifacts --port 7861      (or: python -m sd_unet_trt ui ...)
+
+Any web page the user opens can send requests to 127.0.0.1, and nothing asks for a login, so the
+server answers only its own page (SameOriginOnly) and serves no files.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import tempfile
 import threading
 from functools import lru_cache
 from pathlib import Path
 
 import torch
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import PlainTextResponse
 
 from sd_unet_trt.models.families import TINY
 from sd_unet_trt.models.unet import seeded_unet
@@ -20,6 +29,42 @@ from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.ui.source import ModelSource
 
 TINY_NAME = "tiny-builtin"
+MAX_BODY = 2**20  # bytes; the tab's requests are small JSON, and Gradio reads a body whole
+
+
+class SameOriginOnly:
+    """ASGI middleware: 403 for any request another web page could make the browser send (an Origin
+    that is not this server's, a browser's own cross-site mark, a Host of another name that
+    resolves here: DNS rebinding), the queue's websocket included; 413 for bodies over MAX_BODY."""
+
+    def __init__(self, app, port: int):
+        self.app = app
+        self.hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+        self.origins = {f"http://{host}" for host in self.hosts}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        origin, length = headers.get("origin"), headers.get("content-length", "0")
+        if (headers.get("host") not in self.hosts or (origin is not None and origin not in self.origins)
+                or headers.get("sec-fetch-site", "none") not in ("same-origin", "none")):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})  # before accepting: the server answers 403
+            else:
+                await PlainTextResponse("only this server's own page may call it", 403)(scope, receive, send)
+        elif "transfer-encoding" in headers or not length.isdigit() or len(length) > 12 or int(length) > MAX_BODY:
+            await PlainTextResponse(f"request bodies are limited to {MAX_BODY} bytes", 413)(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def served_roots(root: Path) -> list[str]:
+    """For `blocked_paths`: the file-system roots of the folders Gradio 3.41 serves /file= requests
+    from (any file below the working folder, its temp folders) and of the engines' folder. Blocking
+    them serves nothing: the tab shows no file, and those folders hold code, models, anything."""
+    folders = [Path.cwd(), Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir()), root]
+    return sorted({folder.resolve().anchor for folder in folders})
 
 
 @lru_cache(maxsize=1)
@@ -41,11 +86,21 @@ def launch(root: Path, port: int, device: str, block: bool = True):
     from sd_unet_trt.ui.tab import create_tab
 
     root.mkdir(parents=True, exist_ok=True)
+    Workspace(root).sweep()  # what killed builds left
     demo = create_tab(tiny_source(root, device))
     demo.title = "SD UNet engines (standalone)"
     demo.queue(concurrency_count=4)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=not block,
-                show_api=False, inbrowser=False, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False,
+                inbrowser=False, quiet=True, blocked_paths=served_roots(root),
+                app_kwargs={"middleware": [Middleware(SameOriginOnly, port=port)]})
+    # Gradio adds a CORS middleware that allows any origin, outside ours: it would answer other
+    # pages' preflight requests itself. Drop it from the app uvicorn serves (demo.server_app;
+    # demo.app is another, unserved one) and rebuild the stack, which Gradio's start-up call built.
+    app = demo.server_app
+    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
+    app.middleware_stack = app.build_middleware_stack()
+    if block:
+        demo.block_thread()
     return demo
 
 

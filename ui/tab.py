@@ -21,8 +21,9 @@ from sd_unet_trt.trt_core.jobs import user_message
 from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
 from sd_unet_trt.ui.estimate import estimate, human_bytes
-from sd_unet_trt.ui.form import (DIMENSIONS, PRECISIONS, FormCheck, backend_choices, check_fields, default_precision,
-                     preset_named, presets, profile_fields)
+from sd_unet_trt.trt_core.profiles import shown
+from sd_unet_trt.ui.form import (DIMENSIONS, PRECISIONS, FormCheck, backend_choices, check_fields, choice_problem,
+                                 default_precision, preset_named, presets, profile_fields)
 from sd_unet_trt.ui.render import estimate_panel, field_message, message, progress_bar, result_panel
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.ui.source import ModelSource, NoModelLoaded
@@ -108,6 +109,9 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         check = check_fields(values)
         if not check.ok:
             return ""
+        problem = choice_problem(backend_name, precision, [b.name for b in backends])
+        if problem:
+            return message(problem, "error")
         try:
             model = current()
         except NoModelLoaded:
@@ -146,10 +150,11 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             yield say(str(e))
             return
         if backend_name not in installed:
-            yield say(f"backend {backend_name or '(none)'} is not available here. {missing_note}".strip())
+            yield say(f"backend {shown(backend_name) if backend_name else '(none)'} is not available here. "
+                      f"{missing_note}".strip())
             return
         if precision not in PRECISIONS:
-            yield say(f"precision must be one of {', '.join(PRECISIONS)}")
+            yield say(f"precision must be one of {', '.join(PRECISIONS)}, got {shown(precision)}")
             return
         backend = get_backend(backend_name)
         profile = check.profile
@@ -201,14 +206,16 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             return gr.update(visible=False), "", message("choose an engine to delete first", "warn")
         entry = workspace.manifest().get(engine_id)
         if entry is None:
-            return gr.update(visible=False), "", message(f"{engine_id} is no longer in the manifest; refresh", "warn")
+            return gr.update(visible=False), "", message(f"{shown(engine_id)} is no longer in the manifest; refresh",
+                                                         "warn")
         text = (f'<div class="trt-confirm">Delete <b>{escape(entry.id)}</b> and its file '
                 f"({escape(human_bytes(entry.file_size))})? This cannot be undone.</div>")
         return gr.update(visible=True), text, ""
 
     def delete(engine_id):
         if not engine_id or workspace.manifest().get(engine_id) is None:
-            return engine_views(f"{engine_id or 'that engine'} is no longer in the manifest", "warn")
+            return engine_views(f"{shown(engine_id) if engine_id else 'that engine'} is no longer in the manifest",
+                                "warn")
         entry = workspace.manifest().remove(engine_id)
         return engine_views(f"deleted {entry.id} and {entry.file}", "ok")
 

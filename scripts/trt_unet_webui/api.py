@@ -7,11 +7,12 @@ turn in the WebUI's queue. Error texts name files, never server paths.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from typing import Any
 
-from fastapi import Body, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.routing import APIRoute
 
 from modules import sd_unet
@@ -19,12 +20,13 @@ from modules import sd_unet
 from sd_unet_trt.models.families import UnsupportedModelError
 from sd_unet_trt.scripts.trt_unet_webui.source import current_model, model_source, run_exclusive
 from sd_unet_trt.trt_core import jobs
-from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable
 from sd_unet_trt.trt_core.catalog import catalog, engine_label
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import build_engine
-from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for
+from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for, shown
+from sd_unet_trt.ui.form import PRECISIONS
 from sd_unet_trt.ui.source import NoModelLoaded
 
 log = logging.getLogger("sd_unet_trt")
@@ -32,6 +34,8 @@ PREFIX = "/trt-unet/v1"
 WEBUI_API_PREFIX = "/sdapi/v1/"
 # an absolute path (POSIX or Windows) of two or more parts: shown by its last part only
 _PATH = re.compile(r"(?<![\w.-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:;,()]+){2,}")
+MAX_BODY = 64 * 1024  # bytes; a build request is a few hundred
+BUILD_FIELDS = ("backend", "precision", "profile", "preset")
 
 
 def public(text: str) -> str:
@@ -63,16 +67,54 @@ def job_json(status) -> dict[str, Any]:
     return data
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+async def build_request(request: Request) -> dict[str, Any]:
+    """The body of POST /builds, read within bounds (size, nesting, numbers): a JSON object of
+    BUILD_FIELDS, or a 400 whose detail is one short line (never the input echoed back)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise HTTPException(400, f"the request body is over {MAX_BODY // 1024} KiB; a build request is a few "
+                                     "hundred bytes")
+    if not body.strip():
+        return {}
+    try:
+        data = json.loads(bytes(body), parse_constant=_no_constant)
+    except RecursionError:
+        raise HTTPException(400, "the request body is nested too deeply") from None
+    except ValueError as e:  # not JSON, not UTF-8, NaN or Infinity, a number of thousands of digits
+        raise HTTPException(400, f"the request body is not valid JSON: {str(e).split(';')[0]}") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, f"the request body must be a JSON object, got {shown(data)}")
+    unknown = [key for key in data if key not in BUILD_FIELDS]
+    if unknown:
+        raise HTTPException(400, f"unknown field {shown(unknown[0])}; a build request takes {', '.join(BUILD_FIELDS)}")
+    return data
+
+
+def _text(body: dict[str, Any], field: str, default: str | None) -> str | None:
+    value = body.get(field, default)
+    if value is not None and not isinstance(value, str):
+        raise ProfileError({field: f"must be text, got {shown(value)}"})
+    return value
+
+
 def requested_profile(body: dict[str, Any], family) -> Profile:
+    if "profile" in body and "preset" in body:
+        raise ProfileError({"profile": "give a profile or a preset, not both"})
     if "profile" in body:
         return Profile.from_dict(body["profile"]).validate()
     presets = presets_for(family)
-    name = body.get("preset")
+    name = _text(body, "preset", None)
     if name is None:
         return presets[0].profile
     match = next((p for p in presets if p.name == name), None)
     if match is None:
-        raise ProfileError({"preset": f"unknown preset {name!r}; presets for {family.label}: "
+        raise ProfileError({"preset": f"unknown preset {shown(name)}; presets for {family.label}: "
                                       + ", ".join(repr(p.name) for p in presets)})
     return match.profile
 
@@ -81,11 +123,14 @@ def start_build(body: dict[str, Any]) -> dict[str, Any]:
     source = model_source()
     target = current_model()  # the selected checkpoint's file: no model load, no wait for the queue
     profile = requested_profile(body, target.family)
-    backend = get_backend(str(body.get("backend", "tensorrt")))
+    backend_name = _text(body, "backend", "tensorrt")
+    if backend_name not in REGISTRY:
+        raise ProfileError({"backend": f"unknown backend {shown(backend_name)}; the backends are {', '.join(REGISTRY)}"})
+    backend = get_backend(backend_name)
     backend.require()
-    precision = str(body.get("precision", "fp16"))
-    if precision not in ("fp16", "bf16", "fp32"):
-        raise ProfileError({"precision": f"must be fp16, bf16 or fp32, got {precision!r}"})
+    precision = _text(body, "precision", "fp16")
+    if precision not in PRECISIONS:
+        raise ProfileError({"precision": f"must be {', '.join(PRECISIONS)}, got {shown(precision)}"})
     problem = backend.precision_problem(precision)
     if problem:
         raise ProfileError({"precision": problem})
@@ -129,8 +174,10 @@ def register(app: FastAPI) -> bool:
         except ManifestError as e:
             raise HTTPException(500, public(e)) from None
 
-    @route("/builds", ["POST"], status_code=202)
-    def build(body: dict[str, Any] = Body(default={})) -> dict[str, Any]:
+    # the body is read by build_request, within bounds; the docs still show what it takes
+    @route("/builds", ["POST"], status_code=202, openapi_extra={"requestBody": {"content": {"application/json": {
+        "schema": {"type": "object", "properties": {field: {} for field in BUILD_FIELDS}}}}}})
+    def build(body: dict[str, Any] = Depends(build_request)) -> dict[str, Any]:
         """Start building an engine for the selected checkpoint (one build at a time)."""
         try:
             return start_build(body)
@@ -143,13 +190,13 @@ def register(app: FastAPI) -> bool:
     def build_status(job_id: str) -> dict[str, Any]:
         status = jobs.status(job_id)
         if status is None:
-            raise HTTPException(404, f"no build {job_id!r}")
+            raise HTTPException(404, f"no build {shown(job_id)}")
         return job_json(status)
 
     @route("/builds/{job_id}", ["DELETE"])
     def cancel_build(job_id: str) -> dict[str, Any]:
         if not jobs.cancel(job_id):
-            raise HTTPException(404, f"no running build {job_id!r}")
+            raise HTTPException(404, f"no running build {shown(job_id)}")
         return job_json(jobs.status(job_id))
 
     @route("/engines/{engine_id}", ["DELETE"])
@@ -164,8 +211,8 @@ def register(app: FastAPI) -> bool:
             return source.workspace.manifest().remove(engine_id)
         try:
             entry = run_exclusive(remove)
-        except KeyError as e:
-            raise HTTPException(404, public(e.args[0])) from None
+        except KeyError:
+            raise HTTPException(404, f"no engine {shown(engine_id)} in the manifest") from None
         except ManifestError as e:
             raise HTTPException(500, public(e)) from None
         sd_unet.list_unets()
