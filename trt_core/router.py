@@ -4,7 +4,11 @@ falls back. It never raises for a call it cannot serve; an engine that fails is 
 
 `set_weights` tells the router which UNet weights differ from the ones its engines were built
 with (a LoRA): every loaded engine takes them at once, every engine loaded later on loading, and
-an engine that cannot is not used until the weights change again (its reason is in the plan)."""
+an engine that cannot is not used until the weights change again (its reason is in the plan).
+
+Callers may share one router across threads (API callers, the tab, library users). An engine
+stays open while a call runs on it: unload, eviction and close take it out of use at once and
+close it when its last running call ends; unload and close return only then."""
 from __future__ import annotations
 
 import logging
@@ -21,6 +25,9 @@ from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
 from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 log = logging.getLogger(__name__)
+# Runs of one engine per call: twice what batch 32 (64 rows) needs on the smallest engine (2 rows);
+# a call beyond it is no real generation and would only make a list that eats memory and time.
+MAX_CHUNKS = 64
 
 
 @dataclass
@@ -85,7 +92,10 @@ class Router:
         self._weights: dict[str, torch.Tensor] = {}
         self._given: set[str] = set()  # weights some engine was given values for since it loaded
         self._loaded: OrderedDict[str, Engine] = OrderedDict()
-        self._lock = threading.RLock()
+        self._running: dict[int, int] = {}  # id(engine) -> calls running on it
+        self._retired: dict[int, Engine] = {}  # out of use, closed when its last running call ends
+        self._lock = threading.RLock()  # guards all of the above; engines run without it
+        self._closed = threading.Condition(self._lock)  # notified when a retired engine is closed
 
     @classmethod
     def from_engines(cls, engines: Sequence[Engine], memory_budget_bytes: int | None = None) -> "Router":
@@ -96,39 +106,47 @@ class Router:
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._loaded)
+        with self._lock:
+            return list(self._loaded)
 
     @property
     def loaded_bytes(self) -> int:
         """Device memory the loaded engines hold."""
-        return sum(engine.memory_bytes for engine in self._loaded.values())
+        with self._lock:
+            return sum(engine.memory_bytes for engine in self._loaded.values())
 
     def plan(self, call: CallShape) -> Plan:
-        candidates, reasons, unfit = [], [], []
-        for record in self.records:
-            if record.id in self.failed:
-                reasons.append(f"{record.label}: set aside ({self.failed[record.id]})")
-                continue
-            coverage = record.profile.covers(call, record.family)
-            if not coverage:
-                reasons.append(f"{record.label}: {coverage.reason}")
-                continue
-            if record.id in self.unfit:
-                reasons.append(f"{record.label}: cannot take the changed weights ({self.unfit[record.id]})")
-                unfit.append(self.unfit[record.id])
-                continue
-            chunks = split_rows(call.rows, record.profile.rows.max) if coverage.needs_split else [call.rows]
-            if min(chunks) < record.profile.rows.min:
-                reasons.append(f"{record.label}: {call.rows} rows cannot be split into chunks of "
-                               f"{record.profile.rows.min}-{record.profile.rows.max}")
-                continue
-            key = (coverage.needs_split, record.id not in self._loaded, _distance(call, record.profile))
-            candidates.append((key, record, chunks))
-        if not candidates:
-            detail = "; ".join(reasons) if reasons else "no engines"
-            return Plan(None, reason=f"no engine covers {call.describe()} ({detail})", unfit=unfit[0] if unfit else "")
-        _, record, chunks = min(candidates, key=lambda c: c[0])
-        return Plan(record, chunks)
+        with self._lock:
+            candidates, reasons, unfit = [], [], []
+            for record in self.records:
+                if record.id in self.failed:
+                    reasons.append(f"{record.label}: set aside ({self.failed[record.id]})")
+                    continue
+                coverage = record.profile.covers(call, record.family)
+                if not coverage:
+                    reasons.append(f"{record.label}: {coverage.reason}")
+                    continue
+                if record.id in self.unfit:
+                    reasons.append(f"{record.label}: cannot take the changed weights ({self.unfit[record.id]})")
+                    unfit.append(self.unfit[record.id])
+                    continue
+                if call.rows > MAX_CHUNKS * record.profile.rows.max:
+                    reasons.append(f"{record.label}: {call.rows} rows would need more than {MAX_CHUNKS} runs "
+                                   f"of at most {record.profile.rows.max} rows")
+                    continue
+                chunks = split_rows(call.rows, record.profile.rows.max) if coverage.needs_split else [call.rows]
+                if min(chunks) < record.profile.rows.min:
+                    reasons.append(f"{record.label}: {call.rows} rows cannot be split into chunks of "
+                                   f"{record.profile.rows.min}-{record.profile.rows.max}")
+                    continue
+                key = (coverage.needs_split, record.id not in self._loaded, _distance(call, record.profile))
+                candidates.append((key, record, chunks))
+            if not candidates:
+                detail = "; ".join(reasons) if reasons else "no engines"
+                return Plan(None, reason=f"no engine covers {call.describe()} ({detail})",
+                            unfit=unfit[0] if unfit else "")
+            _, record, chunks = min(candidates, key=lambda c: c[0])
+            return Plan(record, chunks)
 
     def set_weights(self, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
         """From now on engines run with these values for the weights they name. Returns the engines
@@ -164,9 +182,12 @@ class Router:
             return False
         return True
 
-    def _engine(self, record: EngineRecord) -> Engine | None:
-        """The record's engine, loaded if need be; None when it cannot take the current weights."""
+    def _checkout(self, record: EngineRecord) -> Engine | None:
+        """The record's engine, loaded if need be and kept open until `_release`; None when it was set
+        aside or cannot take the current weights (another thread's doing since the plan)."""
         with self._lock:
+            if record.id in self.failed or record.id in self.unfit:
+                return None
             engine = self._loaded.get(record.id)
             if engine is None:
                 engine = record.load()
@@ -175,7 +196,31 @@ class Router:
                 if not self._give_weights(record.id, engine):
                     return None
             self._loaded.move_to_end(record.id)
+            self._running[id(engine)] = self._running.get(id(engine), 0) + 1
             return engine
+
+    def _release(self, engine: Engine) -> None:
+        with self._lock:
+            key = id(engine)
+            self._running[key] -= 1
+            if self._running[key]:
+                return
+            del self._running[key]
+            retired = self._retired.pop(key, None)
+            if retired is not None:
+                retired.close()
+                self._closed.notify_all()
+
+    def _take_out(self, engine_id: str) -> Engine | None:
+        """No new call gets the engine; it is closed now, or by its last running call. Under the lock."""
+        engine = self._loaded.pop(engine_id, None)
+        if engine is None:
+            return None
+        if id(engine) in self._running:
+            self._retired[id(engine)] = engine
+        else:
+            engine.close()
+        return engine
 
     def _evict(self, keep: str) -> None:
         if self.memory_budget_bytes is None:
@@ -185,7 +230,7 @@ class Router:
             if victim is None:
                 return
             log.info("unloading engine %s to stay within the memory budget", victim)
-            self._loaded.pop(victim).close()
+            self._take_out(victim)
 
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
             y: torch.Tensor | None = None) -> RouteResult:
@@ -197,14 +242,21 @@ class Router:
                 return RouteResult(None, reason=plan.reason, unfit=plan.unfit)
             record = plan.record
             try:
-                engine = self._engine(record)
+                engine = self._checkout(record)
                 if engine is None:
-                    continue  # now in `unfit`: plan again without it
-                output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y)
+                    continue  # now in `failed` or `unfit`: plan again without it
+                try:
+                    output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y)
+                finally:
+                    self._release(engine)
             except Exception as e:  # one bad engine must not take the generation down
-                log.exception("engine %s failed; it is set aside for this session", record.label)
-                self.failed[record.id] = f"{type(e).__name__}: {e}"
-                self.unload(record.id)
+                if isinstance(e, ValueError):  # a file that is not the one built, or for another engine: one line
+                    log.warning("engine %s set aside for this session: %s", record.label, e)
+                else:
+                    log.exception("engine %s failed; it is set aside for this session", record.label)
+                with self._lock:
+                    self.failed[record.id] = f"{type(e).__name__}: {e}"
+                    self._take_out(record.id)
                 continue
             return RouteResult(output, record.label, chunks=len(plan.chunks))
 
@@ -222,12 +274,17 @@ class Router:
         return torch.cat(outputs)
 
     def unload(self, engine_id: str) -> None:
+        """Unload the engine; returns once it is closed (after the calls running on it end)."""
         with self._lock:
-            engine = self._loaded.pop(engine_id, None)
-            if engine is not None:
-                engine.close()
+            self._await_closed([self._take_out(engine_id)])
 
     def close(self) -> None:
+        """Unload every engine; returns once all are closed, those retired earlier too."""
         with self._lock:
             for engine_id in list(self._loaded):
-                self.unload(engine_id)
+                self._take_out(engine_id)
+            self._await_closed(list(self._retired.values()))
+
+    def _await_closed(self, engines: list[Engine | None]) -> None:
+        # holding the engines keeps their ids from being reused while we wait (which frees the lock)
+        self._closed.wait_for(lambda: not any(id(e) in self._retired for e in engines if e is not None))

@@ -36,6 +36,8 @@ class OnnxRuntimeEngine(Engine):
         self._make_session = make_session  # (replacements: name -> array) -> InferenceSession
         self.name, self.family, self.profile = name, family, profile
         self._size = size_bytes
+        # One I/O binding per session: two calls binding at once would run on each other's inputs and
+        # leave an output unwritten. Calls, new weights and close take turns.
         self._lock = threading.Lock()
         self._replaced: dict[str, np.ndarray] = {}
         self._use(make_session({}))
@@ -59,7 +61,9 @@ class OnnxRuntimeEngine(Engine):
         return tensor
 
     def __call__(self, x, timesteps, context, y=None):
-        with self._lock:  # one I/O binding per engine
+        with self._lock:
+            if self.session is None:
+                raise RuntimeError(f"engine {self.name} is closed")
             held = [self._bind("x", x), self._bind("timesteps", timesteps.float()), self._bind("context", context)]
             if "y" in self.input_dtypes:
                 if y is None:
@@ -92,8 +96,10 @@ class OnnxRuntimeEngine(Engine):
                 replaced[name] = value.detach().to("cpu", dtype).contiguous().numpy()
         if replaced.keys() == self._replaced.keys() and all(np.array_equal(replaced[k], self._replaced[k]) for k in replaced):
             return
-        session = self._make_session(replaced)
+        session = self._make_session(replaced)  # calls go on meanwhile; a running call ends on the old weights
         with self._lock:
+            if self.session is None:
+                raise WeightsUnsupported(f"engine {self.name} is closed")
             self._replaced = replaced
             self._use(session)
 

@@ -15,6 +15,7 @@ whenever the compile finishes), and the runtime cache that keeps those kernels f
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from types import ModuleType
@@ -52,11 +53,12 @@ def current_stream_handle(device: torch.device) -> int:
 class ActivationMemory:
     """The activation ("device") memory of every engine of one backend: one buffer per device from
     PyTorch's allocator, grown to the largest engine's need. Engines run one at a time on the
-    current stream, so they can share it."""
+    current stream, so they can share it: `lock` makes them take turns when callers are threads."""
 
     def __init__(self) -> None:
         self._buffers: dict[str, torch.Tensor] = {}
         self.generation = 0  # bumps when a buffer moves; contexts and CUDA graphs must follow
+        self.lock = threading.Lock()
 
     def address(self, nbytes: int, device: torch.device) -> int:
         key = str(device)
@@ -91,6 +93,9 @@ class TensorRTEngine(Engine):
         self.trt, self._runtime, self.cuda_engine, self.logger = trt, runtime, cuda_engine, logger
         self.name, self.family, self.profile, self.device = name, family, profile, device
         self._memory, self._plan_bytes = memory, plan_bytes
+        # A call, a refit and close take turns: a call fills the shape's kept buffers and reads the
+        # shared activation memory, so it excludes every engine of the backend, not just this one.
+        self._lock = memory.lock
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
         self.input_names = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
@@ -215,6 +220,12 @@ class TensorRTEngine(Engine):
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  y: torch.Tensor | None = None) -> torch.Tensor:
         feeds = self._feeds(x, timesteps, context, y)
+        with self._lock:
+            if self.context is None:
+                raise EngineRunError(f"{self.name} is closed")
+            return self._run(feeds, x)
+
+    def _run(self, feeds: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         key = tuple(tuple(t.shape) for t in feeds.values())
         new_shape = key not in self._bound
         bound = self._bind(key, feeds)
@@ -232,7 +243,14 @@ class TensorRTEngine(Engine):
 
     def set_weights(self, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         """Refit the named weights (ONNX initializer names = the UNet's state-dict names) from
-        tensors in memory: no export, no ONNX read. Checks everything before touching the engine."""
+        tensors in memory: no export, no ONNX read. Checks everything before touching the engine.
+        A running call ends on the weights it began with."""
+        with self._lock:
+            if self.context is None:
+                raise RefitError(f"{self.name} is closed")
+            self._refit(weights)
+
+    def _refit(self, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         trt = self.trt
         if not self.cuda_engine.refittable:
             raise RefitError(f"{self.name} was built without refit support; rebuild it to apply LoRA")
@@ -268,11 +286,12 @@ class TensorRTEngine(Engine):
             bound.graph = None  # captured graphs hold the old weights' launch parameters
 
     def close(self) -> None:
-        if self.context is not None:
-            self.save_runtime_cache()
-        self._bound.clear()
-        self._active = None
-        self.context = None
-        self._runtime_config = None
-        self.cuda_engine = None
-        self._runtime = None
+        with self._lock:
+            if self.context is not None:
+                self.save_runtime_cache()
+            self._bound.clear()
+            self._active = None
+            self.context = None
+            self._runtime_config = None
+            self.cuda_engine = None
+            self._runtime = None

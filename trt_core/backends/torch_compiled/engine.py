@@ -50,6 +50,8 @@ class TorchCompiledEngine(Engine):
                 self._targets.setdefault(unet_name, []).append((index, start, end - start))
         self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = torch.cuda.graph_pool_handle() if cuda_graphs else None
+        # Calls, weight writes and close take turns: a call fills a graph's static inputs and reads
+        # its one output buffer; a weight write mid-run would mix old and new weights.
         self._lock = threading.Lock()
 
     @property
@@ -106,10 +108,11 @@ class TorchCompiledEngine(Engine):
                  y: torch.Tensor | None = None) -> torch.Tensor:
         inputs = self._inputs(x, timesteps, context, y)
         rows = x.shape[0]
-        if not self.cuda_graphs:
-            with self._lock:
-                return self._run(inputs)[:rows].to(x.device, x.dtype, memory_format=torch.contiguous_format)
         with self._lock:
+            if self._runner is None:
+                raise RuntimeError(f"engine {self.name} is closed")
+            if not self.cuda_graphs:
+                return self._run(inputs)[:rows].to(x.device, x.dtype, memory_format=torch.contiguous_format)
             key = tuple(tuple(t.shape) for t in inputs)
             entry = self._graphs.get(key)
             if entry is None:
