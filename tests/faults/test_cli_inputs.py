@@ -9,7 +9,6 @@ import time
 
 import pytest
 
-from sd_unet_trt.trt_core.cli.parser import parser
 from tests.faults.helpers import REPO, cli, leftovers, one_line_error, unregistered
 
 
@@ -38,6 +37,8 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line():
 
 
 def test_every_command_and_option_has_help():
+    from sd_unet_trt.trt_core.cli.parser import parser
+
     p = parser()
     commands = p._subparsers._group_actions[0].choices
     missing = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.items()
