@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from starlette.datastructures import Headers
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import PlainTextResponse
 
 from sd_unet_trt.models.families import TINY
@@ -82,26 +81,27 @@ def tiny_source(root: Path, device: str) -> ModelSource:
     return ModelSource(Workspace(root), tiny_model, device, run_exclusive)
 
 
-def launch(root: Path, port: int, device: str, block: bool = True):
+def serve(root: Path, port: int, device: str):
+    """Serves the tab until interrupted. Our app is the outer one and Gradio's is mounted inside it,
+    so SameOriginOnly sees every request before anything of Gradio's does: Gradio adds a CORS
+    middleware that allows any origin and would answer other pages' preflight requests itself."""
+    import gradio as gr
+    import uvicorn
+    from fastapi import FastAPI
+
     from sd_unet_trt.ui.tab import create_tab
 
     root.mkdir(parents=True, exist_ok=True)
     Workspace(root).sweep()  # what killed builds left
     demo = create_tab(tiny_source(root, device))
     demo.title = "SD UNet engines (standalone)"
+    demo.show_api = False
+    demo.blocked_paths = served_roots(root)
     demo.queue(concurrency_count=4)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, show_api=False,
-                inbrowser=False, quiet=True, blocked_paths=served_roots(root),
-                app_kwargs={"middleware": [Middleware(SameOriginOnly, port=port)]})
-    # Gradio adds a CORS middleware that allows any origin, outside ours: it would answer other
-    # pages' preflight requests itself. Drop it from the app uvicorn serves (demo.server_app;
-    # demo.app is another, unserved one) and rebuild the stack, which Gradio's start-up call built.
-    app = demo.server_app
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not CORSMiddleware]
-    app.middleware_stack = app.build_middleware_stack()
-    if block:
-        demo.block_thread()
-    return demo
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
+                  middleware=[Middleware(SameOriginOnly, port=port)])
+    app = gr.mount_gradio_app(app, demo, "/", gradio_api_url=f"http://127.0.0.1:{port}/")
+    uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(f"engines in {Path(args.dir).resolve()}; open http://127.0.0.1:{args.port}", flush=True)
-    launch(Path(args.dir), args.port, args.device)
+    serve(Path(args.dir), args.port, args.device)
     return 0
 
 

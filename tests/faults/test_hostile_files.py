@@ -48,7 +48,7 @@ def only_entry(root):
     ("{truncated", "is corrupt"),
     ('{"schema": "something-else"}', "not an engine manifest"),
     ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-])
+], ids=["truncated", "foreign", "nested"])  # ids: some pytest versions put the whole value in tmp_path's name
 def test_a_broken_manifest_is_one_line_and_its_hint_repairs_the_right_one(workspace, content, words):
     index(workspace).write_text(content)
     proc = cli("list", "--dir", workspace)

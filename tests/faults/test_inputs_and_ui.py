@@ -96,6 +96,9 @@ def request(port: int, method: str, path: str, headers: dict[str, str] | None = 
         conn.close()
 
 
+EVIL = {"Origin": "http://evil.example"}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`python -m sd_unet_trt ui` started from the repository folder, as a user starts it."""
@@ -116,8 +119,11 @@ def server(tmp_path_factory):
         while True:
             assert proc.poll() is None, f"the server exited with {proc.returncode}: {log_path.read_text()}"
             try:
-                if request(port, "GET", "/config", timeout=2)[0] == 200:
-                    break
+                # the first answer the server gives at all, to another page's preflight, is a refusal
+                first = request(port, "OPTIONS", "/run/predict", {**EVIL, "Access-Control-Request-Method": "POST"},
+                                timeout=2)[0]
+                assert first == 403, f"the starting server answered another origin's preflight with {first}"
+                break
             except OSError:
                 pass
             assert time.monotonic() < deadline, f"the server did not answer in 90 s: {log_path.read_text()}"
@@ -144,7 +150,6 @@ def test_the_server_serves_no_files(server):
             assert b"sd_unet_trt" not in body and b"a file in the --dir folder" not in body
 
 
-EVIL = {"Origin": "http://evil.example"}
 PREDICT = json.dumps({"fn_index": 0, "data": [], "session_hash": "evil"}).encode()
 
 
