@@ -17,6 +17,7 @@ import pytest
 
 from tests.e2e.browser import (attr, choose, click_button, click_radio, click_tab, element, find_binaries,
                                start_browser, text, wait_for)
+from tests.faults.helpers import stop
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts"
@@ -51,11 +52,7 @@ def server(tmp_path):
         wait_for(up, 60, "the standalone tab to answer", poll=0.5)
         yield url, root
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         log.close()
 
 

@@ -20,6 +20,16 @@ def killed_build(phase: str, root: Path, timeout: float = 600) -> subprocess.Com
                           capture_output=True, text=True, timeout=timeout)
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a server started by a test, then kill it if it does not exit within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def one_line_error(proc: subprocess.CompletedProcess) -> str:
     """stderr's one error line; fails the test when there is a traceback or more than one line."""
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "%|" not in line]

@@ -25,6 +25,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.faults.helpers import stop
 from tests.webui_double import harness
 from tests.webui_double.harness import checkpoint_file, webui_unet
 from modules import call_queue, errors, shared
@@ -130,12 +131,7 @@ def server(tmp_path_factory):
             time.sleep(0.5)
         yield port, root, proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         log.close()
     assert proc.poll() is not None
 
