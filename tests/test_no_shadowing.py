@@ -53,7 +53,8 @@ def test_loading_the_extension_keeps_blips_models_package_and_sys_path(tmp_path)
         import models.blip
         assert models.blip.WHO == "BLIP", models.blip.__file__
         added = [p for p in sys.path if p not in before]  # libraries may add their own (setuptools' _vendor)
-        assert not [p for p in added if p.startswith({str(ROOT)!r})], added
+        root = {str(ROOT)!r}
+        assert not [p for p in added if p == root or p.startswith(root + "/")], added  # not a sibling like root + "venv"
         assert all(p in sys.path for p in before)
         ours = [name for name in {OUR_FOLDERS!r} if name in sys.modules and name != "models"]
         assert not ours, ours

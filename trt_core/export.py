@@ -27,6 +27,7 @@ from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, fam
 from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.quantize import QUANTIZED, QUANTIZED_OPSET, calibration_inputs, quantized_unet
 from sd_unet_trt.trt_core.weights import RECORD_NAME, WeightsRecord
 
 OPSET = 17
@@ -45,7 +46,7 @@ class ExportError(RuntimeError):
 class ExportResult:
     onnx_path: Path
     family: ModelFamily
-    weights: str  # "fp32" or "fp16": the dtype stored in the ONNX
+    weights: str  # "fp32" or "fp16": the dtype stored in the ONNX; "int8"/"fp8": fp32 weights behind Q/DQ nodes
     seconds: float
     record: WeightsRecord  # what the export holds
 
@@ -154,20 +155,27 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
     """Write `out_dir/unet.onnx` (and `unet.onnx.data` when over protobuf's 2 GB) and its weights
     record. The folder appears whole or not at all: it is assembled in a temp folder and renamed
     into place."""
-    if weights not in ("fp32", "fp16"):
-        raise ExportError(f"ONNX weights must be fp32 or fp16, not {weights!r}")
+    if weights not in ("fp32", "fp16", *QUANTIZED):
+        raise ExportError(f"ONNX weights must be fp32, fp16, int8 or fp8, not {weights!r}")
     started = time.monotonic()
     cancel = cancel or CancelToken()
     first = next(source.parameters(), None)
     device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     if device.type == "meta":
         raise ExportError("the UNet's weights are not loaded (meta device); load the checkpoint first")
-    dtype = DTYPES[weights]
+    quantized = weights in QUANTIZED
+    dtype = torch.float32 if quantized else DTYPES[weights]
     progress("export: preparing the UNet", 0.02)
     unet = shadow_unet(source, family, dtype)
     state = unet.state_dict()
     record = WeightsRecord.of(state, source_label, checkpoint_sha256, dtype=weights)
     unet_on_device = unet.to(device)  # no-op for tensors already there; copies only offloaded ones
+    if quantized:
+        progress(f"export: calibrating {weights} quantizers on the UNet's own activations", 0.03)
+        latent = family.native_px // 8
+        unet_on_device = quantized_unet(unet_on_device, weights, calibration_inputs(family, (latent, latent)),
+                                        in_place=True)
+        cancel.raise_if_cancelled()
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}{os.getpid()}-{out_dir.name}.", dir=out_dir.parent))
@@ -179,7 +187,8 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
         progress("export: tracing the UNet to ONNX", 0.05)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(unet_on_device, args, str(raw_dir / ONNX_NAME), dynamo=False, opset_version=OPSET,
+            torch.onnx.export(unet_on_device, args, str(raw_dir / ONNX_NAME), dynamo=False,
+                              opset_version=QUANTIZED_OPSET[weights] if quantized else OPSET,
                               input_names=list(family.input_names), output_names=["out"],
                               dynamic_axes=dynamic_axes(family), do_constant_folding=False)
         del unet_on_device, unet
@@ -188,7 +197,8 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
         final = work / "final"
         final.mkdir()
         size = sum(f.stat().st_size for f in raw_dir.iterdir())
-        _clean_and_save(raw_dir / ONNX_NAME, final, size < PROTOBUF_LIMIT, record,
+        # a quantized graph keeps its Q/DQ pairs as exported: TensorRT fuses them itself
+        _clean_and_save(raw_dir / ONNX_NAME, final, size < PROTOBUF_LIMIT and not quantized, record,
                         {name: list(t.shape) for name, t in state.items()})
         del state
         record.save(final / RECORD_NAME)

@@ -28,6 +28,7 @@ from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, ManifestError, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.quantize import QUANTIZED
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require
 from sd_unet_trt.trt_core.weights import WeightsRecord
@@ -148,6 +149,9 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
     problem = backend.precision_problem(precision) or backend.profile_problem(profile)
     if problem:
         raise ValueError(f"{backend.name}: {problem}")
+    if precision in QUANTIZED:  # the export and the TensorRT build exist (trt_core/quantize.py)
+        raise ValueError(f"{precision} engines are not offered yet: their check against the PyTorch UNet "
+                         "over a denoising loop is still being built (issue #12)")
     cancel = cancel or CancelToken()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     manifest = workspace.manifest()

@@ -16,6 +16,7 @@ import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.quantize import QUANTIZED
 
 # progress(phase, fraction of the whole job in [0, 1])
 ProgressFn = Callable[[str, float], None]
@@ -68,7 +69,7 @@ class BuildRequest:
     onnx_path: Path
     family: ModelFamily
     profile: Profile
-    precision: str = "fp16"  # "fp16", "bf16" or "fp32"
+    precision: str = "fp16"  # "fp16", "bf16", "fp32"; TensorRT also "int8", "fp8"
     module: Optional[torch.nn.Module] = None
     device: str = "cuda"
     options: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +131,8 @@ class Backend(ABC):
 
     def precision_problem(self, precision: str) -> str | None:
         """Why this backend cannot build in `precision`, or None when it can."""
+        if precision in QUANTIZED:
+            return f"{precision} engines are built by the TensorRT backend (from an ONNX export with Q/DQ nodes)"
         return None
 
     def can_run(self, device: str = "cuda") -> str:

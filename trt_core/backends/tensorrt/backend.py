@@ -26,16 +26,18 @@ from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, Ten
 from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile, runtime_cache_path
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
 
 HEADER_PEEK = 64 * 1024
-PRECISIONS = ("fp16", "fp32")  # strongly typed: the export's own (a bf16 export is not made)
+PRECISIONS = ("fp16", "fp32", *QUANTIZED)  # strongly typed: the export's own (a bf16 export is not made)
 
 
-def portable_targets(library: libraries.Library) -> tuple[tuple[int, int], ...]:
-    """The compute capabilities this TensorRT for RTX builds for and runs on."""
+def portable_targets(library: libraries.Library, precision: str = "fp16") -> tuple[tuple[int, int], ...]:
+    """The compute capabilities this TensorRT for RTX builds for and runs on, of those whose tensor
+    cores have `precision` (FP8 from Ada on)."""
     known = {(int(name[2:-1]), int(name[-1])) for name in dir(library.module.ComputeCapability)
              if name.startswith("SM") and name[2:].isdigit()}
-    return tuple(sorted(known & libraries.RTX_RUNS_ON))
+    return tuple(sorted(c for c in known & libraries.RTX_RUNS_ON if capability_problem(precision, c) is None))
 
 
 class TensorRTBackend(Backend):
@@ -81,9 +83,10 @@ class TensorRTBackend(Backend):
 
     def precision_problem(self, precision: str) -> str | None:
         if precision not in PRECISIONS:
-            return (f"TensorRT engines take their precision from the export, which is fp16 or fp32 "
+            return (f"TensorRT engines take their precision from the export, which is fp16, fp32, int8 or fp8 "
                     f"({precision} is not offered)")
-        return None
+        gpu = self._gpu()
+        return capability_problem(precision, gpu.capability) if gpu.available else None
 
     def can_run(self, device: str = "cuda") -> str:
         """Why engines cannot run here ("" when they can)."""
@@ -134,9 +137,12 @@ class TensorRTBackend(Backend):
         else:
             workspace = options.get("workspace_bytes")
         portable = library.rtx and not (options.get("target") == "current" and gpu.available)
+        quantized = request.precision in QUANTIZED
+        # a quantized engine's weight scales were calibrated on the export's weights: new weights
+        # (a LoRA) would need new scales, so it is not refittable and such calls run on the WebUI's UNet
         settings = BuildSettings(workspace, int(options.get("optimization_level", DEFAULT_OPTIMIZATION_LEVEL)),
-                                 bool(options.get("refittable", True)) and gpu.available,
-                                 portable_targets(library) if portable else None)
+                                 bool(options.get("refittable", True)) and gpu.available and not quantized,
+                                 portable_targets(library, request.precision) if portable else None)
         arch = PORTABLE if portable else arch_tag(gpu.capability)
         targets = [arch_tag(c) for c in settings.compute_capabilities] if portable else []
         cache_dir = Path(options.get("timing_cache_dir") or Path(out_path).parent / "timing-cache")
@@ -153,7 +159,10 @@ class TensorRTBackend(Backend):
             for piece in plan_file.pack(header, plan):
                 f.write(piece)
         progress("tensorrt: done", 1.0)
-        if not settings.refittable and library.rtx and not gpu.available:
+        if quantized:
+            notes.append(f"{request.precision}: not refittable (its weight scales were calibrated on the export's "
+                         "weights; changed weights such as a LoRA run on the WebUI's UNet)")
+        elif not settings.refittable and library.rtx and not gpu.available:
             notes.append("built without a GPU: not refittable (changed weights such as a LoRA run on the WebUI's UNet)")
         return BuildOutcome(request.precision, {
             "library": library.name, "library_version": library.version, "gpu_arch": arch, "targets": targets,

@@ -23,7 +23,8 @@ from sd_unet_trt.trt_core.backends.tensorrt.progress import make_progress_monito
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's default; 4-5 search longer for a few percent
-ONNX_TYPES = {"fp16": "HALF", "fp32": "FLOAT"}  # the export's input type for each engine precision
+# the export's input type for each engine precision (quantized exports compute in fp32 between Q/DQ pairs)
+ONNX_TYPES = {"fp16": "HALF", "fp32": "FLOAT", "int8": "FLOAT", "fp8": "FLOAT"}
 
 
 class EngineBuildError(RuntimeError):

@@ -1,0 +1,93 @@
+"""How far a UNet's images drift from a reference UNet's over a whole denoising loop, not one step:
+quantization errors compound (or wash out) across steps, and the final latent is what is decoded.
+
+The loop is the WebUI's default kind: Euler over the model's discrete schedule (SD's scaled-linear
+betas), the input scaled by c_in = 1/sqrt(sigma^2 + 1) as the WebUI's CompVis denoiser does, with
+classifier-free guidance (an unconditional and a conditional row per image)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from sd_unet_trt.models.families import ModelFamily
+
+UNetFn = Callable[..., torch.Tensor]  # (x, timesteps, context[, y]) -> eps or v, as the family predicts
+
+
+def discrete_sigmas(train_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """sigma per training timestep for SD's scaled-linear schedule (float64, ascending)."""
+    betas = torch.linspace(beta_start ** 0.5, beta_end ** 0.5, train_steps, dtype=torch.float64) ** 2
+    alphas_cumprod = torch.cumprod(1 - betas, dim=0)
+    return ((1 - alphas_cumprod) / alphas_cumprod) ** 0.5
+
+
+def euler_schedule(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`steps` sigmas from the largest down, a final 0, and the timestep of each (k-diffusion's
+    `get_sigmas` for a discrete model, without interpolation between timesteps)."""
+    all_sigmas = discrete_sigmas()
+    timesteps = torch.linspace(len(all_sigmas) - 1, 0, steps, dtype=torch.float64).round().long()
+    return torch.cat([all_sigmas[timesteps], torch.zeros(1, dtype=torch.float64)]), timesteps
+
+
+def denoise(unet: UNetFn, family: ModelFamily, latent_hw: tuple[int, int], context: torch.Tensor,
+            uncond: torch.Tensor, y: torch.Tensor | None = None, steps: int = 20, cfg_scale: float = 7.0,
+            seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The final latent (float32) of one image: `context`/`uncond` are (1, tokens, dim)."""
+    device = context.device
+    sigmas, timesteps = euler_schedule(steps)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, *latent_hw, generator=generator, dtype=torch.float64).to(device) * sigmas[0]
+    conds = torch.cat([uncond, context]).to(dtype)
+    ys = None if y is None else torch.cat([y, y]).to(dtype)
+    for i in range(steps):
+        sigma = sigmas[i].item()
+        c_in = 1.0 / (sigma ** 2 + 1) ** 0.5
+        x_in = torch.cat([x, x]).mul(c_in).to(dtype)
+        if family.in_channels != 4:  # inpainting/depth: the extra channels are held at zero
+            x_in = torch.cat([x_in, x_in.new_zeros(2, family.in_channels - 4, *latent_hw)], dim=1)
+        t = torch.full((2,), float(timesteps[i]), device=device)
+        args = (x_in, t, conds) if ys is None else (x_in, t, conds, ys)
+        with torch.no_grad():
+            out = unet(*args).double()
+        x2 = torch.cat([x, x])
+        if family.prediction == "v":  # k-diffusion's VDenoiser, sigma_data = 1
+            denoised = x2 / (sigma ** 2 + 1) - out * sigma * c_in
+        else:
+            denoised = x2 - out * sigma
+        uncond_d, cond_d = denoised.chunk(2)
+        guided = uncond_d + cfg_scale * (cond_d - uncond_d)
+        x = x + (x - guided) / sigma * (sigmas[i + 1].item() - sigma)  # Euler on dx/dsigma
+    return x.float()
+
+
+@dataclass(frozen=True)
+class LoopQuality:
+    """The candidate's final latents against the reference's, over several seeds and prompts."""
+    latent_rel_error: float  # worst ||x_c - x_r|| / ||x_r|| over the cases
+    mean_rel_error: float
+    cases: int
+    steps: int
+
+    def as_dict(self) -> dict:
+        return {"latent_rel_error": self.latent_rel_error, "mean_rel_error": self.mean_rel_error,
+                "cases": self.cases, "steps": self.steps}
+
+
+def loop_quality(candidate: UNetFn, reference: UNetFn, family: ModelFamily, latent_hw: tuple[int, int],
+                 seeds: int = 2, prompts: int = 2, steps: int = 20, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> LoopQuality:
+    """Both UNets from the same noise and conditionings; prompts are random embeddings of CLIP's
+    statistics (unit variance after its final layer norm), 77 tokens."""
+    errors = []
+    for p in range(prompts):
+        generator = torch.Generator().manual_seed(1000 + p)
+        context = torch.randn(1, 77, family.context_dim, generator=generator).to(device)
+        uncond = torch.randn(1, 77, family.context_dim, generator=generator).to(device)
+        y = torch.randn(1, family.y_dim, generator=generator).to(device) if family.y_dim else None
+        for seed in range(seeds):
+            ref = denoise(reference, family, latent_hw, context, uncond, y, steps, seed=seed, dtype=dtype)
+            got = denoise(candidate, family, latent_hw, context, uncond, y, steps, seed=seed, dtype=dtype)
+            errors.append(((got - ref).norm() / ref.norm().clamp_min(1e-12)).item())
+    return LoopQuality(max(errors), sum(errors) / len(errors), len(errors), steps)
