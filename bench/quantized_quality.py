@@ -20,7 +20,7 @@ import torch
 import checkout  # noqa: F401  (sd_unet_trt from this checkout)
 from sd_unet_trt.models.families import FAMILIES  # noqa: E402
 from sd_unet_trt.models.unet import seeded_unet  # noqa: E402
-from sd_unet_trt.trt_core.quality import denoise  # noqa: E402
+from sd_unet_trt.trt_core.quality import conditionings, denoise  # noqa: E402
 from sd_unet_trt.trt_core.quantize import calibration_inputs, quantized_unet  # noqa: E402
 
 MODELS = {"sd15": "sd1", "sdxl": "sdxl", "tiny": "tiny"}  # tiny: a CPU smoke run
@@ -31,17 +31,6 @@ def cast_call(module: torch.nn.Module, dtype: torch.dtype):
     def call(*args):
         return module(*[a.to(dtype) if a.is_floating_point() and a.dim() > 1 else a for a in args]).float()
     return call
-
-
-def conditionings(family, prompts: int, device) -> list[tuple]:
-    out = []
-    for p in range(prompts):
-        g = torch.Generator().manual_seed(1000 + p)
-        context = torch.randn(1, 77, family.context_dim, generator=g).to(device)
-        uncond = torch.randn(1, 77, family.context_dim, generator=g).to(device)
-        y = torch.randn(1, family.y_dim, generator=g).to(device) if family.y_dim else None
-        out.append((context, uncond, y))
-    return out
 
 
 def measure(model_key: str, steps: int, seeds: int, prompts: int, device: str) -> dict:

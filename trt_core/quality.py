@@ -75,17 +75,25 @@ class LoopQuality:
                 "cases": self.cases, "steps": self.steps}
 
 
-def loop_quality(candidate: UNetFn, reference: UNetFn, family: ModelFamily, latent_hw: tuple[int, int],
-                 seeds: int = 2, prompts: int = 2, steps: int = 20, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> LoopQuality:
-    """Both UNets from the same noise and conditionings; prompts are random embeddings of CLIP's
-    statistics (unit variance after its final layer norm), 77 tokens."""
-    errors = []
+def conditionings(family: ModelFamily, prompts: int, device: str | torch.device = "cpu") -> list[tuple]:
+    """(context, uncond, y) per prompt: random embeddings of CLIP's statistics (unit variance after
+    its final layer norm), 77 tokens; y (SDXL's pooled vector and sizes) likewise, else None."""
+    out = []
     for p in range(prompts):
         generator = torch.Generator().manual_seed(1000 + p)
         context = torch.randn(1, 77, family.context_dim, generator=generator).to(device)
         uncond = torch.randn(1, 77, family.context_dim, generator=generator).to(device)
         y = torch.randn(1, family.y_dim, generator=generator).to(device) if family.y_dim else None
+        out.append((context, uncond, y))
+    return out
+
+
+def loop_quality(candidate: UNetFn, reference: UNetFn, family: ModelFamily, latent_hw: tuple[int, int],
+                 seeds: int = 2, prompts: int = 2, steps: int = 20, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> LoopQuality:
+    """Both UNets from the same noise and conditionings."""
+    errors = []
+    for context, uncond, y in conditionings(family, prompts, device):
         for seed in range(seeds):
             ref = denoise(reference, family, latent_hw, context, uncond, y, steps, seed=seed, dtype=dtype)
             got = denoise(candidate, family, latent_hw, context, uncond, y, steps, seed=seed, dtype=dtype)
