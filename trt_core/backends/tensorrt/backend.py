@@ -83,7 +83,7 @@ class TensorRTBackend(Backend):
 
     def precision_problem(self, precision: str) -> str | None:
         if precision not in PRECISIONS:
-            return (f"TensorRT engines take their precision from the export, which is fp16, fp32, int8 or fp8 "
+            return (f"TensorRT engines take their precision from the export, which is fp16 or fp32 "
                     f"({precision} is not offered)")
         gpu = self._gpu()
         return capability_problem(precision, gpu.capability) if gpu.available else None
