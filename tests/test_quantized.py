@@ -20,13 +20,9 @@ from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
 from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo
 from sd_unet_trt.trt_core.export import sample_inputs
-from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.quality import euler_schedule, loop_quality
 from sd_unet_trt.trt_core.quantize import capability_problem
-from sd_unet_trt.trt_core.unet_source import ModuleUNet
-from tests.trt_double.fixtures import double_importer, fake_trt  # noqa: F401
 
 pytest.importorskip("modelopt.torch.quantization", reason="nvidia-modelopt is not installed (pip install -e '.[test]')")
 REPO = Path(__file__).resolve().parents[1]
@@ -87,18 +83,6 @@ def test_fp8_needs_ada_or_newer_and_says_so():
     ampere = TensorRTBackend(gpu_probe=lambda device: GpuInfo(True, (8, 6), 2**34, 2**35, "A10"))
     assert "8.9 or newer" in ampere.precision_problem("fp8")
     assert ampere.precision_problem("int8") is None and "not offered" in ampere.precision_problem("bf16")
-
-
-def test_the_pipeline_does_not_offer_quantized_engines_yet(tmp_path, fake_trt):
-    unet = seeded_unet(TINY.unet_config()).eval()
-    source = ModuleUNet(unet, checkpoint_of_module(unet, "tiny"), TINY)
-    with pytest.raises(ValueError, match="onnxruntime: int8 engines are built by the TensorRT backend"):
-        build_engine(source, Profile.static(1, 64, 64), OnnxRuntimeBackend(), Workspace(tmp_path), precision="int8")
-    tensorrt = TensorRTBackend(gpu_probe=lambda device: GpuInfo(True, (9, 0), 2**36, 2**37, "H200"),
-                               importer=double_importer)
-    with pytest.raises(ValueError, match="int8 engines are not offered yet.*issue #12"):
-        build_engine(source, Profile.static(1, 64, 64), tensorrt, Workspace(tmp_path), precision="int8")
-    assert not (tmp_path / "Unet-onnx").exists()
 
 
 def test_the_loop_schedule_is_the_webuis_discrete_one():

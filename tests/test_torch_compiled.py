@@ -265,7 +265,7 @@ def test_build_rejects_bad_requests_before_compiling(tmp_path):
     with pytest.raises(ValueError, match="no module"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", device="cpu"), out)
     with pytest.raises(ValueError, match="unknown precision"):
-        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "int8", module=unet, device="cpu"), out)
+        backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "int4", module=unet, device="cpu"), out)
     with pytest.raises(ValueError, match="unknown torch backend options: speed .known: inductor, channels_last, attention"):
         backend.build(BuildRequest(tmp_path / "x.onnx", TINY, PROFILE, "fp32", module=unet, device="cpu",
                                    options={"speed": 1}), out)

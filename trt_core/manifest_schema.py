@@ -24,7 +24,7 @@ ENTRY = {
         "family": _TEXT, "backend": _TEXT, "backend_version": _TEXT, "gpu_arch": _TEXT,
         "profile": {"type": "object", "required": ["batch", "height", "width", "tokens"], "additionalProperties": False,
                     "properties": {k: _RANGE for k in ("batch", "height", "width", "tokens")}},
-        "precision": {"enum": ["fp16", "bf16", "fp32"]},
+        "precision": {"enum": ["fp16", "bf16", "fp32", "int8", "fp8"]},
         "file": {"type": "string", "pattern": FILE_NAME, "not": {"pattern": r"(^manifest\.json$|\.json$)"}},
         "file_size": {"type": "integer", "minimum": 0},
         "file_sha256": {"type": "string", "pattern": "^([0-9a-f]{64})?$"},

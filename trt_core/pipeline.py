@@ -30,6 +30,7 @@ from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, M
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.quantize import QUANTIZED
 from sd_unet_trt.trt_core.unet_source import UNetSource
+from sd_unet_trt.trt_core.quality import loop_quality, require_loop
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require
 from sd_unet_trt.trt_core.weights import WeightsRecord
 
@@ -88,7 +89,11 @@ def _scaled(progress: ProgressFn, start: float, end: float) -> ProgressFn:
     return lambda phase, fraction: progress(phase, start + (end - start) * min(max(fraction, 0.0), 1.0))
 
 
-def onnx_weights(precision: str) -> str:
+def onnx_weights(precision: str, quantizes_onnx: bool = False) -> str:
+    """What the ONNX export holds for a build in `precision`: INT8/FP8 Q/DQ nodes only for a backend
+    that builds from them (TensorRT); the torch backend quantizes the PyTorch UNet itself."""
+    if precision in QUANTIZED and quantizes_onnx:
+        return precision
     return "fp32" if precision == "fp32" else "fp16"
 
 
@@ -129,13 +134,24 @@ def verify_onnx(onnx_path: Path, reference: torch.nn.Module, family: ModelFamily
 
 
 def verify_engine(backend: Backend, path: Path, entry_id: str, reference: torch.nn.Module, request: BuildRequest,
-                  outcome: BuildOutcome, device: torch.device, progress: ProgressFn) -> Accuracy:
-    """The built engine against the PyTorch UNet, before it may replace anything."""
+                  outcome: BuildOutcome, device: torch.device, progress: ProgressFn) -> dict[str, float]:
+    """The built engine against the PyTorch UNet, before it may replace anything: one call at each
+    profile point, and for INT8/FP8 a whole denoising loop too (quality.py), whose final latent
+    must stay within the precision's tolerance."""
     progress(f"verify: {backend.name} engine against PyTorch", 0.9)
     engine = backend.load(path, entry_id, request.family, request.profile, device=device.type)
+    ref_dtype = next(reference.parameters()).dtype
+    what = f"the {backend.name} engine"
     try:
-        return require(compare(engine, reference, request.family, request.profile, outcome.precision, device=device,
-                               ref_dtype=next(reference.parameters()).dtype), f"the {backend.name} engine")
+        accuracy = require(compare(engine, reference, request.family, request.profile, outcome.precision,
+                                   device=device, ref_dtype=ref_dtype), what).as_dict()
+        if outcome.precision in QUANTIZED:
+            progress(f"verify: {backend.name} engine over a denoising loop", 0.93)
+            profile = request.profile
+            latent = (profile.latent(profile.height).opt, profile.latent(profile.width).opt)
+            loop = loop_quality(engine, reference, request.family, latent, device=device, dtype=ref_dtype)
+            accuracy.update(require_loop(loop, outcome.precision, what))
+        return accuracy
     finally:
         engine.close()
 
@@ -149,9 +165,6 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
     problem = backend.precision_problem(precision) or backend.profile_problem(profile)
     if problem:
         raise ValueError(f"{backend.name}: {problem}")
-    if precision in QUANTIZED:  # the export and the TensorRT build exist (trt_core/quantize.py)
-        raise ValueError(f"{precision} engines are not offered yet: their check against the PyTorch UNet "
-                         "over a denoising loop is still being built (issue #12)")
     cancel = cancel or CancelToken()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     manifest = workspace.manifest()
@@ -164,7 +177,7 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
     try:
         started = time.monotonic()
         workspace.sweep()  # what killed builds left; this build holds the lock, so none is running
-        weights = onnx_weights(precision)
+        weights = onnx_weights(precision, backend.quantizes_onnx)
         exported = ensure_onnx(source, workspace, weights, device, _scaled(progress, 0.0, 0.3), cancel)
         checkpoint = replace(source.checkpoint, weights=exported.record.digest)
         cancel.raise_if_cancelled()
@@ -195,7 +208,7 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
                 gpu_arch=outcome.details.get("gpu_arch") or backend.device_arch(device.type), profile=profile,
                 precision=outcome.precision, file=file_name, file_size=staged.stat().st_size,
                 file_sha256=file_sha256(staged), build_seconds=round(time.monotonic() - started, 2),
-                accuracy=accuracy.as_dict() if accuracy else {}, details=details)
+                accuracy=accuracy or {}, details=details)
             exported.record.save(workspace.weights_record_path(checkpoint.weights))
             manifest.add(entry, staged=staged)
         progress("done", 1.0)

@@ -15,6 +15,11 @@ from sd_unet_trt.models.families import ModelFamily
 
 UNetFn = Callable[..., torch.Tensor]  # (x, timesteps, context[, y]) -> eps or v, as the family predicts
 
+# The worst final-latent relative error over the loop an engine of each precision may have against
+# the PyTorch UNet it is built from; docs/BENCHMARKS.md ("The quality gate") gives the measurements
+# these come from.
+LOOP_TOLERANCE = {"int8": 0.15, "fp8": 0.25}
+
 
 def discrete_sigmas(train_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
     """sigma per training timestep for SD's scaled-linear schedule (float64, ascending)."""
@@ -73,6 +78,21 @@ class LoopQuality:
     def as_dict(self) -> dict:
         return {"latent_rel_error": self.latent_rel_error, "mean_rel_error": self.mean_rel_error,
                 "cases": self.cases, "steps": self.steps}
+
+
+def require_loop(quality: LoopQuality, precision: str, what: str) -> dict[str, float]:
+    """The figures the manifest keeps (with the "loop_" prefix), or VerificationError when the worst
+    case is over the precision's tolerance."""
+    from sd_unet_trt.trt_core.verify import VerificationError  # verify imports the export, heavy
+
+    tolerance = LOOP_TOLERANCE[precision]
+    if not quality.latent_rel_error <= tolerance:  # NaN fails too
+        raise VerificationError(
+            f"{what}'s images drift from the PyTorch UNet's by {quality.latent_rel_error:.1%} (final latent of a "
+            f"{quality.steps}-step loop, worst of {quality.cases} cases), over the {tolerance:.0%} allowed for "
+            f"{precision}; it was not registered")
+    return {"loop_rel_error": quality.latent_rel_error, "loop_mean_rel_error": quality.mean_rel_error,
+            "loop_tolerance": tolerance, "loop_cases": quality.cases, "loop_steps": quality.steps}
 
 
 def conditionings(family: ModelFamily, prompts: int, device: str | torch.device = "cpu") -> list[tuple]:

@@ -11,11 +11,13 @@ import statistics
 from dataclasses import dataclass
 
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry
 from sd_unet_trt.trt_core.pipeline import Workspace, onnx_weights
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.quantize import QUANTIZED
 
-BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}  # quantized: activations stay fp16
 # Peak activation bytes per latent pixel per row, in units of model_channels x element size:
 # the widest level keeps about this many feature maps alive at once (skip connections included).
 ACTIVATION_MAPS = 40
@@ -45,11 +47,12 @@ def _is_dynamic(profile: Profile) -> bool:
 def estimate(parameters: int, family: ModelFamily, profile: Profile, precision: str, backend: str,
              device: str, workspace: Workspace, checkpoint: CheckpointId,
              history: list[EngineEntry] | None = None) -> Estimate:
-    weights = onnx_weights(precision)
+    weights = onnx_weights(precision, precision in QUANTIZED and get_backend(backend).quantizes_onnx)
     onnx_there = (workspace.onnx_folder(checkpoint, family, weights) / "unet.onnx").is_file()
     engine_bytes = parameters * BYTES[precision]
     latent_px = (profile.height.max // 8) * (profile.width.max // 8)
-    activations = profile.rows.max * latent_px * family.base_config.model_channels * BYTES[precision] * ACTIVATION_MAPS
+    activations = (profile.rows.max * latent_px * family.base_config.model_channels * max(BYTES[precision], 2)
+                   * ACTIVATION_MAPS)
     memory = engine_bytes + activations
     if history is None:
         history = workspace.manifest().entries() if workspace.manifest().path.exists() else []
@@ -61,7 +64,7 @@ def estimate(parameters: int, family: ModelFamily, profile: Profile, precision: 
         fixed, per_billion = RATES.get(backend, (60, 500))
         seconds = (fixed + per_billion * parameters / 1e9) * (DYNAMIC_FACTOR if _is_dynamic(profile) else 1.0)
         basis = f"rough guess for {backend}; later estimates use your own build times"
-    return Estimate(engine_bytes, 0 if onnx_there else parameters * BYTES[weights], memory,
+    return Estimate(engine_bytes, 0 if onnx_there else parameters * BYTES[weights if weights in ('fp16', 'fp32') else 'fp32'], memory,
                     "VRAM" if device == "cuda" else "RAM", seconds, basis)
 
 

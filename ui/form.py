@@ -12,7 +12,7 @@ from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, 
 # (field, label, unit) in the order the editor shows them; each has min / opt / max.
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
               ("width", "Width", "px"), ("tokens", "Prompt tokens", "tokens"))
-PRECISIONS = ("fp16", "bf16", "fp32")
+PRECISIONS = ("fp16", "bf16", "fp32", "int8", "fp8")  # int8/fp8: torch and TensorRT backends
 
 
 def presets(family: ModelFamily) -> list[Preset]:

@@ -60,6 +60,12 @@ def result_panel(status: JobStatus | None, workspace: Workspace) -> str:
             verdict = "passed" if accuracy["max_rel"] <= accuracy["tolerance"] else "FAILED"
             rows.append((name, f"{verdict}: relative error {accuracy['max_rel']:.2e} "
                                f"(allowed {accuracy['tolerance']:.0e}), max abs {accuracy['max_abs']:.2e}"))
+    loop = entry.accuracy.get("loop_rel_error")
+    if loop is not None:  # INT8/FP8: the quality gate (trt_core/quality.py)
+        rows.append(("Denoising loop vs PyTorch",
+                     f"passed: final latent {loop:.1%} off at worst, {entry.accuracy['loop_mean_rel_error']:.1%} "
+                     f"on average ({entry.accuracy['loop_cases']:.0f} images of {entry.accuracy['loop_steps']:.0f} "
+                     f"steps; allowed {entry.accuracy['loop_tolerance']:.0%})"))
     if entry.details.get("unverified"):  # built where it cannot run (TensorRT for RTX without a GPU)
         rows.append(("Engine vs PyTorch", f"not checked: {entry.details['unverified']}"))
     rows += [("Note", note) for note in entry.details.get("notes", [])]

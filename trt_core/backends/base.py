@@ -116,6 +116,7 @@ class Engine(ABC):
 class Backend(ABC):
     name: str  # "tensorrt", "onnxruntime", "torch"
     file_suffix: str  # of engine files, e.g. ".trt"
+    quantizes_onnx = False  # INT8/FP8 engines are built from an ONNX export with Q/DQ nodes
 
     @abstractmethod
     def availability(self) -> Availability:
@@ -132,7 +133,7 @@ class Backend(ABC):
     def precision_problem(self, precision: str) -> str | None:
         """Why this backend cannot build in `precision`, or None when it can."""
         if precision in QUANTIZED:
-            return f"{precision} engines are built by the TensorRT backend (from an ONNX export with Q/DQ nodes)"
+            return f"{precision} engines are built by the torch and TensorRT backends"
         return None
 
     def can_run(self, device: str = "cuda") -> str:

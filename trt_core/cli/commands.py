@@ -129,6 +129,8 @@ def cmd_build(args) -> int:
         bar.close()
     checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy
                else f"not checked against PyTorch ({entry.details.get('unverified', 'no reason recorded')})")
+    if "loop_rel_error" in entry.accuracy:
+        checked += f"; over a {entry.accuracy['loop_steps']:.0f}-step loop {entry.accuracy['loop_rel_error']:.1%}"
     print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, {checked}")
     for note in entry.details.get("notes", []):
         print(f"  note: {note}")

@@ -74,8 +74,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", choices=list(REGISTRY),
                    help="default: the best one that builds and runs here (tensorrt, then torch on a GPU, "
                         "then onnxruntime)")
-    b.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32"],
-                   help="fp16 for GPUs; the CPU runs fp32 best; TensorRT takes fp16 or fp32")
+    b.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32", "int8", "fp8"],
+                   help="fp16 for GPUs; the CPU runs fp32 best; TensorRT takes fp16 or fp32; int8 and fp8 "
+                        "(torch and TensorRT backends; fp8 on Ada, Hopper and newer) are checked over a "
+                        "whole denoising loop before they are registered")
     size = b.add_mutually_exclusive_group()
     size.add_argument("--preset", type=bounded_int(0, 99), help="index of the family's preset (0 = the default one)")
     size.add_argument("--profile", help="BATCH,HEIGHT,WIDTH,TOKENS as min:opt:max each, e.g. "

@@ -43,6 +43,7 @@ def portable_targets(library: libraries.Library, precision: str = "fp16") -> tup
 class TensorRTBackend(Backend):
     name = "tensorrt"
     file_suffix = ".trt"
+    quantizes_onnx = True
 
     def __init__(self, cuda_graphs: bool = False, gpu_probe: Callable[[str], GpuInfo] = probe_gpu,
                  library_preference: str | None = None, importer=libraries.import_library):

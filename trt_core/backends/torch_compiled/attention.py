@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sd_unet_trt.models.unet import CrossAttention
+from sd_unet_trt.trt_core.backends.torch_compiled.quantized import QuantizedLinear
 
 # SDPA kernels by the names the `attention` build option takes
 SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
@@ -60,7 +61,9 @@ def fused_projections(module: torch.nn.Module) -> torch.nn.Module:
     module is untouched: containers on the way to an attention are shallow copies, every other
     layer (and its weights) is shared, so only the concatenated q/k/v weights take new memory."""
     if isinstance(module, CrossAttention):
-        return FusedProjectionAttention(module)
+        # quantized projections (quantized.py) stay as they are
+        plain = all(type(layer) is torch.nn.Linear for layer in (module.to_q, module.to_k, module.to_v))
+        return FusedProjectionAttention(module) if plain else module
     children = {name: fused_projections(child) for name, child in module.named_children()}
     if all(children[name] is child for name, child in module.named_children()):
         return module
@@ -73,11 +76,13 @@ def fused_projections(module: torch.nn.Module) -> torch.nn.Module:
 
 def weight_sources(module: torch.nn.Module, unet: torch.nn.Module) -> dict[str, list[tuple[str, int]]]:
     """For each parameter of `module` (by its name there), the weights of `unet` (by their state-dict
-    names) it holds and the row each starts at: itself, or the projections a fused attention
-    concatenated."""
+    names) it holds and the row each starts at: itself, the projections a fused attention
+    concatenated, or the float weight a quantized layer was made from."""
     names = {id(p): name for name, p in unet.named_parameters()}
     out = {name: [(names[id(p)], 0)] for name, p in module.named_parameters(remove_duplicate=False) if id(p) in names}
     for path, child in module.named_modules(remove_duplicate=False):
+        if isinstance(child, QuantizedLinear) and id(child.source) in names:
+            out[f"{path}.weight"] = [(names[id(child.source)], 0)]
         if isinstance(child, FusedProjectionAttention):
             for attr, parts in child.sources.items():
                 starts = [0]

@@ -38,6 +38,7 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (
     ARTIFACT,
     FORMAT,
     RECORD,
+    WEIGHT_DTYPES,
     WEIGHTS,
     EngineFileError,
     read_metadata,
@@ -45,10 +46,17 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (
     weights_for_compile,
     write_weights,
 )
+from sd_unet_trt.trt_core.backends.torch_compiled.quantized import (
+    DEFAULT_LAYERS,
+    compute_dtype,
+    quantized_linears,
+    quantized_weights,
+)
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BUILD_OPTIONS = ("inductor", "channels_last", "attention", "fuse_projections")
+BUILD_OPTIONS = ("inductor", "channels_last", "attention", "fuse_projections", "quantize_layers")
 # Inductor settings over its defaults; BuildRequest.options["inductor"] adds to them. The engine
 # replays its own CUDA graphs, so Inductor's are off.
 INDUCTOR_DEFAULTS: dict[str, Any] = {"triton.cudagraphs": False}
@@ -122,6 +130,13 @@ def _constants(exported: Any) -> tuple[list[str], list[torch.Tensor]]:
     return names, tensors
 
 
+def _quantized_index(index: list[dict[str, Any]]) -> dict[int, tuple[str, int]]:
+    """Stored weight -> (format, its scales' position) for the quantized ones."""
+    positions = {entry["name"]: i for i, entry in enumerate(index)}
+    return {i: (entry["quantized"]["format"], positions[entry["quantized"]["scale"]])
+            for i, entry in enumerate(index) if entry.get("quantized")}
+
+
 class TorchCompiledBackend(Backend):
     name = "torch"
     file_suffix = ".torch.zip"
@@ -146,18 +161,27 @@ class TorchCompiledBackend(Backend):
     def profile_problem(self, profile: Profile) -> str | None:
         return varying_size_problem(profile)
 
+    def precision_problem(self, precision: str) -> str | None:
+        if precision not in (*DTYPES, *QUANTIZED):
+            return f"unknown precision {precision!r} (known: {', '.join((*DTYPES, *QUANTIZED))})"
+        if precision in QUANTIZED and torch.cuda.is_available():
+            return capability_problem(precision, torch.cuda.get_device_capability())
+        return None
+
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
               cancel: CancelToken | None = None) -> BuildOutcome:
         self.require()
         cancel = cancel or CancelToken()
         if request.module is None:
             raise ValueError("the torch backend compiles the PyTorch UNet itself; the build request has no module")
-        if request.precision not in DTYPES:
-            raise ValueError(f"unknown precision {request.precision!r} (known: {', '.join(DTYPES)})")
+        problem = self.precision_problem(request.precision)
+        if problem:
+            raise ValueError(problem)
         device = torch.device(request.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("a CUDA build needs a CUDA GPU; none is visible to torch")
-        dtype = DTYPES[request.precision]
+        quantized = request.precision in QUANTIZED
+        dtype = compute_dtype(request.precision, device) if quantized else DTYPES[request.precision]
         profile = request.profile.validate()
         family = request.family
         shapes = _static_shapes(profile, family)
@@ -172,13 +196,15 @@ class TorchCompiledBackend(Backend):
         started = time.monotonic()
         progress("export: tracing the UNet with torch.export", 0.0)
         unet = _module_for(request.module, device, dtype)
-        module = _UNetCall(fused_projections(unet) if fuse else unet, family.y_dim is not None).eval()
-        sources = weight_sources(module, unet)
+        layers = request.options.get("quantize_layers", DEFAULT_LAYERS) if quantized else None
+        computed = quantized_linears(unet, request.precision, layers) if quantized else unet
+        module = _UNetCall(fused_projections(computed) if fuse else computed, family.y_dim is not None).eval()
+        sources, scaled = weight_sources(module, unet), quantized_weights(module)
         example = _example_inputs(family, shapes, device, dtype)
         with torch.no_grad(), sdpa_scope(preference):
             exported = torch.export.export(module, example, strict=False)
             attention = sdpa_choices(exported, device)
-        del module, unet
+        del module, unet, computed
         graph_module = exported.graph_module
         export_seconds = time.monotonic() - started
         cancel.raise_if_cancelled()
@@ -188,6 +214,7 @@ class TorchCompiledBackend(Backend):
         del exported
         weights = weights_for_compile(weights, channels_last)
         record = {"format": FORMAT, "family": family.name, "profile": profile.to_dict(), "precision": request.precision,
+                  "compute_dtype": str(dtype).removeprefix("torch."),
                   "device": device.type, "torch": torch.__version__, "fuse_projections": fuse, "attention": attention}
         inductor = {**INDUCTOR_DEFAULTS, **request.options.get("inductor", {})}
         compile_started = time.monotonic()
@@ -205,7 +232,7 @@ class TorchCompiledBackend(Backend):
             # stored, not deflated: the weights don't compress and loading stays a plain read
             with zipfile.ZipFile(out_path, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
                 with archive.open(WEIGHTS, "w", force_zip64=True) as f:
-                    record["weights"] = write_weights(f, weight_names, weights, sources)
+                    record["weights"] = write_weights(f, weight_names, weights, sources, scaled)
                 archive.write(artifact_path, ARTIFACT)
                 archive.writestr(RECORD, json.dumps(record, indent=1))
         progress("compile: done", 1.0)
@@ -213,6 +240,7 @@ class TorchCompiledBackend(Backend):
             "export_seconds": round(export_seconds, 2), "compile_seconds": round(compile_seconds, 2),
             "inductor": inductor, "channels_last": channels_last, "compiled_rows": shapes["x"][0],
             "fuse_projections": fuse, "attention": attention,
+            **({"quantized_layers": layers, "quantized_weights": len(scaled)} if quantized else {}),
         })
 
     def load(self, path: Path, name: str, family: ModelFamily, profile: Profile, device: str = "cuda",
@@ -237,6 +265,7 @@ class TorchCompiledBackend(Backend):
                 archive.extract(ARTIFACT, tmp)
                 artifact = torch._inductor.CompiledArtifact.load(path=str(Path(tmp) / ARTIFACT), format="binary")
             weights = read_weights(path, record["weights"], device)
+            quantized = _quantized_index(record["weights"])
         except EngineFileError as e:
             raise EngineFileError(f"{path} could not be loaded: {e}") from e
         except (OSError, RuntimeError, KeyError, ValueError, TypeError, AssertionError, struct.error,
@@ -247,8 +276,10 @@ class TorchCompiledBackend(Backend):
         def runner(*inputs: torch.Tensor) -> Any:
             return artifact(*weights, *inputs)
 
-        return TorchCompiledEngine(name, family, profile, runner, device, DTYPES[record["precision"]],
+        dtype = WEIGHT_DTYPES.get(record.get("compute_dtype")) or DTYPES[record["precision"]]
+        return TorchCompiledEngine(name, family, profile, runner, device, dtype,
                                    cuda_graphs=cuda_graphs and device.type == "cuda", weights_bytes=max(held, 0),
-                                   weights=weights, sources=[entry.get("sources", []) for entry in record["weights"]])
+                                   weights=weights, sources=[entry.get("sources", []) for entry in record["weights"]],
+                                   quantized=quantized)
 
 

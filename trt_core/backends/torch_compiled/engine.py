@@ -11,6 +11,7 @@ import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
+from sd_unet_trt.trt_core.backends.torch_compiled.quantized import quantize_rows
 from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 MAX_GRAPHS = 16  # CUDA graphs kept per engine (one per exact call shape), least recently used dropped
@@ -31,16 +32,20 @@ class TorchCompiledEngine(Engine):
 
     `weights` are the compiled graph's weight inputs and `sources` says, per weight, which UNet
     weights (state-dict name, first row) it holds: `set_weights` writes new values into them in
-    place, so the next run and every captured CUDA graph see them."""
+    place, so the next run and every captured CUDA graph see them. `quantized` maps a stored weight
+    that is INT8 or FP8 to its format and its scales' position: new values are quantized per row
+    into both (per-channel scales need no calibration)."""
 
     def __init__(self, name: str, family: ModelFamily, profile: Profile, runner: Any, device: torch.device,
                  dtype: torch.dtype, cuda_graphs: bool, weights_bytes: int = 0,
-                 weights: list[torch.Tensor] | None = None, sources: list[list[list]] | None = None):
+                 weights: list[torch.Tensor] | None = None, sources: list[list[list]] | None = None,
+                 quantized: Mapping[int, tuple[str, int]] | None = None):
         self.name, self.family, self.profile = name, family, profile
         self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
         self._runner = runner
         self._weights_bytes = weights_bytes
         self._weights = weights or []
+        self._quantized = dict(quantized or {})
         # UNet weight -> where it is: (graph weight, first row, rows); several parts of one graph
         # weight are the projections a fused attention concatenated
         self._targets: dict[str, list[tuple[int, int, int]]] = {}
@@ -91,7 +96,12 @@ class TorchCompiledEngine(Engine):
                 if part.shape != value.shape:
                     raise WeightsUnsupported(f"engine {self.name}: {name} is {list(part.shape)}, "
                                              f"the new value is {list(value.shape)}")
-                writes.append((part, value))
+                if index in self._quantized:
+                    precision, scale_index = self._quantized[index]
+                    values, scales = quantize_rows(value.to(part.device), precision)
+                    writes += [(part, values), (self._weights[scale_index][row:row + rows], scales)]
+                else:
+                    writes.append((part, value))
         with self._lock, torch.no_grad():
             for part, value in writes:
                 part.copy_(value)
@@ -101,7 +111,8 @@ class TorchCompiledEngine(Engine):
         for name in names:
             if name in self._targets and self._weights:
                 index, row, rows = self._targets[name][0]
-                out[name] = self._weights[index][row:row + rows]
+                if index not in self._quantized:  # a quantized copy is not the value it was built with
+                    out[name] = self._weights[index][row:row + rows]
         return out
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,

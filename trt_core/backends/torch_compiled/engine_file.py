@@ -15,7 +15,8 @@ FORMAT = "sd-unet-torch-inductor/3"  # /3: each stored weight names the UNet wei
 RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.bin"
 # dtypes a stored weight may have (the UNet's parameters and buffers), by name in the record
 WEIGHT_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16,
-                                                             torch.float64, torch.int64, torch.int32, torch.bool)}
+                                                             torch.float64, torch.int64, torch.int32, torch.bool,
+                                                             torch.int8, torch.float8_e4m3fn)}
 ALIGN = 256  # bytes; Inductor copies inputs that are not 16-byte aligned on every call
 READ_CHUNK = 64 << 20  # bytes per read from the engine file into pinned memory
 
@@ -59,10 +60,13 @@ def weights_for_compile(weights: list[torch.Tensor], channels_last: bool) -> lis
 
 
 def write_weights(f: Any, names: list[str], weights: list[torch.Tensor],
-                  sources: dict[str, list[tuple[str, int]]]) -> list[dict[str, Any]]:
+                  sources: dict[str, list[tuple[str, int]]],
+                  quantized: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
     """Writes the weights back to back, each at a multiple of ALIGN bytes; 4-d channels-last weights
     as their NHWC bytes. Returns the index the record keeps (graph order), with the UNet weights
-    (state-dict name, first row) each stored weight is made of."""
+    (state-dict name, first row) each stored weight is made of, and for a quantized weight its
+    format and the name of its scales."""
+    quantized = quantized or {}
     index, offset = [], 0
     for name, w in zip(names, weights):
         w = w.detach().to("cpu")
@@ -75,6 +79,8 @@ def write_weights(f: Any, names: list[str], weights: list[torch.Tensor],
         f.write(memoryview(raw.numpy()))
         index.append({"name": name, "dtype": str(w.dtype).removeprefix("torch."), "shape": list(data.shape),
                       "offset": offset, "nhwc": nhwc, "sources": [list(source) for source in sources.get(name, [])]})
+        if name in quantized:
+            index[-1]["quantized"] = quantized[name]
         offset += raw.numel()
     return index
 
