@@ -3,8 +3,8 @@ INT8/FP8 layer recipes), each timed through the router, with its build time, eng
 memory and quality; torchao's INT8/FP8 recipes under torch.compile beside them when torchao is
 importable.
 
-    python bench/quantized_speed.py --models sd15,sdxl --out DIR      (on a CUDA GPU)
-    python bench/quantized_speed.py --models tiny --device cpu --out DIR --rows fp32,int8   (smoke run)
+    python bench/quantized_speed.py --out DIR                                    (on a CUDA GPU)
+    python bench/quantized_speed.py --plan tiny:eager_fp16,int8 --device cpu --out DIR   (smoke run)
 
 One step = one UNet call of batch 2 (one image with CFG), random weights in the real architectures
 (bench/workloads.py), inputs in fp16 as the WebUI sends them. Quality, against the fp32 UNet of the
@@ -46,10 +46,10 @@ LOOP_SEEDS, LOOP_PROMPTS, LOOP_STEPS = 2, 2, 20
 
 
 class Ladder:
-    def __init__(self, key: str, device: torch.device, out_dir: Path, seconds: float):
+    def __init__(self, key: str, device: torch.device, out_dir: Path, engines: Path, seconds: float):
         self.key, self.work, self.device, self.seconds = key, WORKLOADS[key], device, seconds
         self.path = out_dir / f"{key}-precisions.json"
-        self.engines = out_dir / "engines"
+        self.engines = engines
         self.engines.mkdir(parents=True, exist_ok=True)
         self.result: dict[str, Any] = {"workload": self.work.name, "model": key, "env": environment(device),
                                        "loop": {"seeds": LOOP_SEEDS, "prompts": LOOP_PROMPTS, "steps": LOOP_STEPS,
@@ -80,7 +80,7 @@ class Ladder:
                 for c, u, y in self.conds for s in range(LOOP_SEEDS)]
 
     def quality(self, fn) -> dict[str, float]:
-        with torch.inference_mode():
+        with torch.no_grad():
             one = rel_error(fn(*self.check), self.ref_out)
             errors = [rel_error(got, ref) for got, ref in zip(self.loops(fn), self.ref_latents)]
         return {"rel_err": one, "loop_rel_error_max": max(errors), "loop_rel_error_mean": sum(errors) / len(errors)}
@@ -113,12 +113,24 @@ class Ladder:
         request = BuildRequest(Path("unused.onnx"), self.work.family, profile, precision, module=self.master,
                                device=self.device.type, options=options)
         t0 = time.monotonic()
-        outcome = backend.build(request, path)
-        build_s = time.monotonic() - t0
-        release(self.device)
-        memory = Footprint(self.device)
-        memory.start()
-        engine = backend.load(path, name, self.work.family, profile, device=self.device.type)
+        try:
+            outcome = backend.build(request, path)
+            build_s = time.monotonic() - t0
+            release(self.device)
+            memory = Footprint(self.device)
+            memory.start()
+            engine = backend.load(path, name, self.work.family, profile, device=self.device.type)
+            try:
+                self.add(self.measure_engine(name, engine, path, build_s, outcome.details, memory, breakdown, profile))
+            finally:
+                engine.close()
+        finally:
+            path.unlink(missing_ok=True)
+            release(self.device)
+
+    def measure_engine(self, name: str, engine, path: Path, build_s: float, details: dict, memory: Footprint,
+                       breakdown: bool, profile: Profile) -> dict[str, Any]:
+        precision, options = ENGINE_ROWS[name]
         router = Router.from_engines([engine])
 
         def step(inputs: tuple) -> torch.Tensor:
@@ -129,18 +141,16 @@ class Ladder:
 
         row = {"name": name, "precision": precision, "options": options, "label": f"torch backend {name} via router",
                "build_s": build_s, "file_mib": path.stat().st_size / 2**20,
-               **{k: v for k, v in outcome.details.items() if k in ("quantized_layers", "quantized_weights", "compile_seconds")}}
+               **{k: v for k, v in details.items() if k in ("quantized_layers", "quantized_weights", "compile_seconds")}}
         row.update(self.quality(lambda *a: step(a)))
         row.update(time_steps(step, self.timing, self.device, 20, self.seconds))
         row["vram_mib"] = memory.mib()
         if breakdown and self.device.type == "cuda":
-            plain = backend.load(path, "plain", self.work.family, profile, device=self.device.type, cuda_graphs=False)
+            plain = TorchCompiledBackend().load(path, "plain", self.work.family, profile, device=self.device.type,
+                                                cuda_graphs=False)
             row["breakdown"] = kernel_breakdown(lambda inputs: plain(*inputs), self.timing[0], self.device)
             plain.close()
-        self.add(row)
-        engine.close()
-        path.unlink()
-        release(self.device)
+        return row
 
     def run_torchao(self, name: str) -> None:
         from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
@@ -173,24 +183,36 @@ class Ladder:
         release(self.device)
 
 
+ROW_NEEDS_S = {"sd15": 60, "sdxl": 110, "tiny": 60}  # a build, its checks and timing, about
+DEFAULT_PLAN = ("sd15:eager_fp16,fp16,int8,fp8;sdxl:eager_fp16,fp16,int8,fp8;"
+                "sd15:fp8_feed_forward,int8_feed_forward,bf16,fp32;sdxl:fp8_feed_forward,int8_feed_forward,bf16,fp32;"
+                "sd15:torchao_int8,torchao_fp8;sdxl:torchao_int8,torchao_fp8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="sd15,sdxl")
-    parser.add_argument("--rows", default=",".join(["eager_fp16", *ENGINE_ROWS, *TORCHAO_ROWS]))
+    parser.add_argument("--plan", default=DEFAULT_PLAN,
+                        help="model:row,row;model:row,... in the order to run (rows: eager_fp16, "
+                             f"{', '.join(ENGINE_ROWS)}, {', '.join(TORCHAO_ROWS)})")
     parser.add_argument("--breakdown", default="fp16,fp8,int8", help="engine rows profiled kernel by kernel")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest"))
+    parser.add_argument("--engines", type=Path, default=Path("/tmp/quantized-speed-engines"))
     parser.add_argument("--seconds", type=float, default=2.0, help="timing seconds per row")
-    parser.add_argument("--budget-s", type=float, default=540, help="start no row after this many seconds")
+    parser.add_argument("--budget-s", type=float, default=540, help="start no row that would end after this")
     args = parser.parse_args()
     started = time.monotonic()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, breakdown = args.rows.split(","), set(args.breakdown.split(","))
-    for key in args.models.split(","):
-        ladder = Ladder(key, torch.device(args.device), args.out, args.seconds)
-        ladder.prepare()
-        for name in rows:
-            if time.monotonic() - started > args.budget_s:
+    breakdown = set(args.breakdown.split(","))
+    ladders: dict[str, Ladder] = {}
+    for part in args.plan.split(";"):
+        key, _, names = part.partition(":")
+        if key not in ladders:
+            ladders[key] = Ladder(key, torch.device(args.device), args.out, args.engines, args.seconds)
+            ladders[key].prepare()
+        ladder = ladders[key]
+        for name in names.split(","):
+            if time.monotonic() - started + ROW_NEEDS_S[key] > args.budget_s:
                 ladder.add({"name": name, "skipped": "the run's time budget was spent"})
                 continue
             try:
@@ -204,10 +226,7 @@ def main() -> None:
                 log(traceback.format_exc())
                 ladder.add({"name": name, "failed": f"{type(e).__name__}: {str(e)[:1500]}"})
                 release(ladder.device)
-        del ladder
-        release(torch.device(args.device))
     log(f"done in {time.monotonic() - started:.0f} s")
-
 
 if __name__ == "__main__":
     main()

@@ -14,6 +14,7 @@ from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core import quality
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
+from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import read_metadata
 from sd_unet_trt.trt_core.backends.torch_compiled.quantized import (LAYER_SETS, QuantizedLinear, quantize_rows,
                                                                     quantized_linears)
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
@@ -62,6 +63,7 @@ def test_rows_are_quantized_symmetrically_with_one_scale_each(precision, dtype, 
 def test_a_quantized_layer_is_the_scaled_product_of_its_quantized_operands(precision):
     linear = torch.nn.Linear(64, 48)
     layer = QuantizedLinear(linear, precision)
+    assert set(dict(layer.named_parameters())) == {"weight", "weight_scale", "bias"} and layer.source is linear.weight
     x = torch.randn(3, 10, 64)
     xq, xs = quantize_rows(x.reshape(-1, 64), precision)
     exact = (xq.float() * xs[:, None]) @ (layer.weight.float() * layer.weight_scale[:, None]).t() + linear.bias
@@ -103,6 +105,13 @@ def test_the_pipeline_builds_an_int8_engine_held_to_a_whole_denoising_loop(built
     assert (accuracy["loop_cases"], accuracy["loop_steps"]) == (4, 20)
     assert entry.details["quantized_layers"] == "transformer" and entry.details["quantized_weights"] > 0
     assert [e.id for e in workspace.manifest().entries()] == [entry.id]
+    stored = read_metadata(workspace.engine_dir / entry.file)["weights"]
+    quantized = [w for w in stored if w.get("quantized")]
+    assert len(quantized) == entry.details["quantized_weights"] and {w["dtype"] for w in quantized} == {"int8"}
+    assert all(w["sources"] for w in quantized)  # each names the UNet weight it was made from
+    # the float weights a quantized layer was made from are not stored beside it
+    float_copies = {w["sources"][0][0] for w in stored if not w.get("quantized") and w["sources"]}
+    assert not float_copies & {w["sources"][0][0] for w in quantized}
     engine = TorchCompiledBackend().load(workspace.engine_dir / entry.file, entry.id, TINY, PROFILE, device="cpu")
     try:
         x, t, c = _inputs(2)

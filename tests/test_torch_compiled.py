@@ -329,3 +329,16 @@ def test_engine_records_the_attention_kernels(built):
     workspace, entry, _ = built
     record = read_metadata(workspace.engine_dir / entry.file)
     assert record["attention"] == {"flash_attention": 32} and record["fuse_projections"] is True
+
+
+def test_graph_input_buffers_stay_ordinary_tensors_when_the_first_call_is_in_inference_mode():
+    """Seen on the H200: a graph captured under torch.inference_mode kept inference tensors as its
+    inputs, and the next call outside that mode could not copy into them (the engine was set aside)."""
+    from sd_unet_trt.trt_core.backends.torch_compiled.engine import static_copies
+
+    with torch.inference_mode():
+        first = torch.randn(2, 3)
+        buffers = static_copies((first,))
+    assert first.is_inference() and not buffers[0].is_inference()
+    buffers[0].copy_(torch.zeros(2, 3))
+    assert torch.equal(buffers[0], torch.zeros(2, 3))

@@ -24,6 +24,14 @@ class _Graph:
     output: torch.Tensor
 
 
+def static_copies(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """A graph's input buffers: ordinary tensors even when the first call came under
+    torch.inference_mode (its clones would be inference tensors, which later calls outside that
+    mode may not copy into)."""
+    with torch.inference_mode(False):
+        return tuple(t.clone() for t in inputs)
+
+
 class TorchCompiledEngine(Engine):
     """Runs calls inside its profile. The compiled graph takes the profile's most rows: a call with
     fewer is padded (by repeating its last row) and the padding cut off the output; rows are
@@ -142,7 +150,7 @@ class TorchCompiledEngine(Engine):
         return out[0] if isinstance(out, (list, tuple)) else out
 
     def _capture(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> _Graph:
-        static = tuple(t.clone() for t in inputs)
+        static = static_copies(inputs)
         # warm up off the capture: first runs load kernels and size workspaces, which capture forbids
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))

@@ -62,7 +62,9 @@ class QuantizedLinear(torch.nn.Module):
         self.weight = torch.nn.Parameter(values, requires_grad=False)
         self.weight_scale = torch.nn.Parameter(scale, requires_grad=False)
         self.bias = linear.bias
-        self.source = linear.weight
+        # not registered: as a parameter it would be exported, stored and held on the GPU beside its
+        # quantized copy (seen on the H200: SDXL's INT8 engine file 7.1 GB instead of about 3.6)
+        object.__setattr__(self, "source", linear.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
