@@ -18,7 +18,7 @@ UNetFn = Callable[..., torch.Tensor]  # (x, timesteps, context[, y]) -> eps or v
 # The worst final-latent relative error over the loop an engine of each precision may have against
 # the PyTorch UNet it is built from; docs/BENCHMARKS.md ("The quality gate") gives the measurements
 # these come from.
-LOOP_TOLERANCE = {"int8": 0.15, "fp8": 0.25}
+LOOP_TOLERANCE = {"int8": 0.20, "fp8": 0.40}
 
 
 def discrete_sigmas(train_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:

@@ -13,6 +13,12 @@ from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, 
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
               ("width", "Width", "px"), ("tokens", "Prompt tokens", "tokens"))
 PRECISIONS = ("fp16", "bf16", "fp32", "int8", "fp8")  # int8/fp8: torch and TensorRT backends
+# What a user should know before choosing a quantized precision (docs/BENCHMARKS.md has the figures).
+PRECISION_NOTES = {
+    precision: (f"{precision.upper()}: held to a whole 20-step denoising loop against the PyTorch UNet before it is "
+                "registered; smaller weights, but on an H200 the torch backend's quantized engines measured slower "
+                "than fp16 (SDXL: int8 38.4, fp8 33.8, fp16 31.8 ms/step)")
+    for precision in ("int8", "fp8")}
 
 
 def presets(family: ModelFamily) -> list[Preset]:

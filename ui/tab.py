@@ -22,7 +22,7 @@ from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
 from sd_unet_trt.ui.estimate import estimate, human_bytes
 from sd_unet_trt.trt_core.profiles import shown
-from sd_unet_trt.ui.form import (DIMENSIONS, PRECISIONS, FormCheck, backend_choices, check_fields, choice_problem,
+from sd_unet_trt.ui.form import (DIMENSIONS, PRECISION_NOTES, PRECISIONS, FormCheck, backend_choices, check_fields, choice_problem,
                                  default_precision, preset_named, presets, profile_fields)
 from sd_unet_trt.ui.render import estimate_panel, field_message, message, progress_bar, result_panel
 from sd_unet_trt.trt_core.unet_source import UNetSource
@@ -118,8 +118,10 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             return ""
         history = [i.entry for i in items()]
         params = model.parameters()
-        return estimate_panel(estimate(params, model.family, check.profile, precision, backend_name or "tensorrt",
-                                       source.device, workspace, model.checkpoint, history))
+        panel = estimate_panel(estimate(params, model.family, check.profile, precision, backend_name or "tensorrt",
+                                        source.device, workspace, model.checkpoint, history))
+        note = PRECISION_NOTES.get(precision)
+        return panel + message(note, "info") if note else panel
 
     def on_preset(name, backend_name, precision):
         model = current()
