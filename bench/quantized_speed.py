@@ -10,7 +10,7 @@ One step = one UNet call of batch 2 (one image with CFG), random weights in the 
 (bench/workloads.py), inputs in fp16 as the WebUI sends them. Quality, against the fp32 UNet of the
 same weights: one call's relative error, and the final latent of 20-step Euler loops with CFG 7
 (trt_core/quality.py: 2 seeds x 2 prompts). Results go to DIR/<model>-precisions.json row by row;
-bench/chart.py draws DIR/precisions.png from them."""
+and DIR/precisions.png is drawn from them (bench/chart.py)."""
 from __future__ import annotations
 
 import argparse
@@ -226,6 +226,11 @@ def main() -> None:
                 log(traceback.format_exc())
                 ladder.add({"name": name, "failed": f"{type(e).__name__}: {str(e)[:1500]}"})
                 release(ladder.device)
+    try:
+        from chart import draw
+        log(f"chart: {draw(args.out)}")
+    except ImportError as e:  # matplotlib is not on every GPU image: `python bench/chart.py DIR` later
+        log(f"no chart drawn here ({e})")
     log(f"done in {time.monotonic() - started:.0f} s")
 
 if __name__ == "__main__":

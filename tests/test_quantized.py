@@ -102,3 +102,18 @@ def test_the_loop_quality_is_zero_for_the_same_unet_and_grows_with_precision_los
     again = loop_quality(lambda *a: bf16(*[t.bfloat16() if t.dim() > 1 else t for t in a]).float(), unet, TINY,
                          (8, 8), seeds=1, prompts=1, steps=6)
     assert again == lossy  # same noise, same prompts: reproducible
+
+
+def test_tensorrt_says_at_once_when_model_optimizer_is_missing_where_the_export_runs(monkeypatch):
+    """Inside the WebUI (no Model Optimizer in its venv or the export-tools folder) an int8 request
+    gets one line before anything is exported, not a failure minutes into the build."""
+    import importlib.util
+
+    from sd_unet_trt.trt_core import export_process
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "modelopt" else real(name, *a))
+    monkeypatch.setattr(export_process, "export_tools_path", lambda: None)
+    hopper = TensorRTBackend(gpu_probe=lambda device: GpuInfo(True, (9, 0), 2**36, 2**37, "H200"))
+    for precision in ("int8", "fp8"):
+        assert "Model Optimizer, which is not installed where the export runs" in hopper.precision_problem(precision)
+    assert hopper.precision_problem("fp16") is None

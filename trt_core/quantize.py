@@ -11,6 +11,7 @@ of the activations, which these reproduce; the quality loop (quality.py) measure
 from __future__ import annotations
 
 import copy
+import importlib.util
 
 import torch
 
@@ -35,6 +36,18 @@ def _modelopt():
         raise QuantizationUnavailable(
             f"INT8 and FP8 exports need NVIDIA's Model Optimizer (pip install nvidia-modelopt): {e}") from e
     return mtq
+
+
+def exporter_problem() -> str | None:
+    """Why a Q/DQ export cannot be made here (Model Optimizer is missing where the export runs: this
+    Python, or install.py's export-tools folder the export child puts first on its path), or None."""
+    from sd_unet_trt.trt_core.export_process import export_tools_path
+
+    tools = export_tools_path()
+    if importlib.util.find_spec("modelopt") is not None or (tools is not None and (tools / "modelopt").is_dir()):
+        return None
+    return ("int8 and fp8 TensorRT engines are built from a Q/DQ export made by NVIDIA's Model Optimizer, "
+            "which is not installed where the export runs (pip install nvidia-modelopt)")
 
 
 def capability_problem(precision: str, capability: tuple[int, int] | None) -> str | None:

@@ -17,7 +17,7 @@ PRECISIONS = ("fp16", "bf16", "fp32", "int8", "fp8")  # int8/fp8: torch and Tens
 PRECISION_NOTES = {
     precision: (f"{precision.upper()}: held to a whole 20-step denoising loop against the PyTorch UNet before it is "
                 "registered; smaller weights, but on an H200 the torch backend's quantized engines measured slower "
-                "than fp16 (SDXL: int8 38.4, fp8 33.8, fp16 31.8 ms/step)")
+                "than fp16 (SDXL: int8 38.4, fp8 33.8, fp16 31.3 ms/step)")
     for precision in ("int8", "fp8")}
 
 

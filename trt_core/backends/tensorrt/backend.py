@@ -26,7 +26,7 @@ from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, Ten
 from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile, runtime_cache_path
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 from sd_unet_trt.trt_core.profiles import Profile
-from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
+from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem, exporter_problem
 
 HEADER_PEEK = 64 * 1024
 PRECISIONS = ("fp16", "fp32", *QUANTIZED)  # strongly typed: the export's own (a bf16 export is not made)
@@ -86,6 +86,8 @@ class TensorRTBackend(Backend):
         if precision not in PRECISIONS:
             return (f"TensorRT engines take their precision from the export, which is fp16 or fp32 "
                     f"({precision} is not offered)")
+        if precision in QUANTIZED and exporter_problem():
+            return exporter_problem()
         gpu = self._gpu()
         return capability_problem(precision, gpu.capability) if gpu.available else None
 
