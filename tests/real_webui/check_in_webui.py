@@ -18,7 +18,8 @@ checkpoint's own weights; a refiner's own engines serve its steps and the infote
 served each pass; a build started after a refiner generation is for the selected checkpoint;
 with TensorRT for RTX added to the venv, the TensorRT library setting exists, bf16 is refused, a
 real engine is built in the WebUI's process without a GPU and listed as unable to run here, and
-generations go on.
+generations go on; an INT8 torch engine is built in the WebUI's process and serves generations, a
+LoRA included.
 """
 from __future__ import annotations
 
@@ -114,6 +115,10 @@ def tensorrt_checks(webui: WebUI) -> None:
                                                                    "profile": profile(64, 128)})
     check(status == 400 and "precision from the export" in str(answer), f"bf16 for TensorRT is refused at once "
                                                                         f"({status}: {str(answer)[:120]})")
+    status, answer = webui.request("POST", "/trt-unet/v1/builds", {"backend": "tensorrt", "precision": "int8",
+                                                                   "profile": profile(64, 128)})
+    check(status == 400 and "Model Optimizer, which is not installed" in str(answer),
+          f"int8 for TensorRT without Model Optimizer is refused at once ({status}: {str(answer)[:160]})")
     engine = built(webui, "TensorRT for RTX fp16, 64-128 px, in the WebUI's process without a GPU",
                    {"backend": "tensorrt", "precision": "fp16", "profile": profile(64, 128)})
     if engine:
@@ -127,6 +132,32 @@ def tensorrt_checks(webui: WebUI) -> None:
               f"listed as cannot-run: {ours[0]['status_reason'] if ours else 'missing'}")
     compare(webui, "96 px beside the TensorRT engine, which covers it but cannot run (ONNX Runtime serves it)",
             "a cat", expect=("[onnxruntime fp32] 64-128x64-128 px",), width=96, height=96)
+
+
+def quantized_checks(webui: WebUI) -> None:
+    """An INT8 torch engine built in the WebUI's process (held to the denoising-loop gate), serving
+    generations alone: the tiny checkpoint's other engines are removed first, as the router picks
+    among all of a checkpoint's engines."""
+    _, engines = webui.request("GET", "/trt-unet/v1/engines")
+    for entry in engines:
+        if entry["checkpoint"]["name"] == "tiny":
+            webui.request("DELETE", f"/trt-unet/v1/engines/{entry['id']}")
+    engine = built(webui, "torch int8, 64 px, in the WebUI's process",
+                   {"backend": "torch", "precision": "int8", "profile": profile(64, 64, tokens=75)})
+    if not engine:
+        return
+    accuracy = engine["accuracy"]
+    check(engine["precision"] == "int8" and accuracy["loop_rel_error"] <= accuracy["loop_tolerance"],
+          f"registered with its loop figures: {accuracy['loop_rel_error']:.1%} at worst over "
+          f"{accuracy['loop_steps']:.0f} steps (allowed {accuracy['loop_tolerance']:.0%})")
+    fast, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic"})
+    ref, _, _ = webui.txt2img("a cat", {"sd_unet": "None"})
+    value = trt_value(info)
+    check("[torch int8] 64x64 px" in value and "fallback" not in value,
+          f"a generation runs on the INT8 engine ({value}); {max_diff(fast, ref)}/255 from the built-in UNet")
+    lora = trt_value(webui.txt2img("<lora:tinylora:1> a cat", {"sd_unet": "Automatic"})[1])
+    check("[torch int8]" in lora and "LoRA applied" in lora and "fallback" not in lora,
+          f"a LoRA is re-quantized into the INT8 engine, no calibration: {lora}")
 
 
 def make_data_dir(harness: Path) -> Path:
@@ -297,6 +328,7 @@ def main(argv: list[str]) -> int:
                 time.sleep(1)
         if rtx:
             tensorrt_checks(webui)
+        quantized_checks(webui)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
