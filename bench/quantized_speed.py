@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from measure import Footprint, environment, log, rel_error, release, sync, time_steps
-from steps import compiled_step, eager_step, kernel_breakdown
+from steps import compiled_step, eager_step, kernel_breakdown, router_step
 from workloads import WORKLOADS, make_inputs, make_unet
 
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
@@ -32,7 +32,6 @@ from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  #
 from sd_unet_trt.trt_core.backends.torch_compiled.quantized import LAYER_SETS  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 from sd_unet_trt.trt_core.quality import conditionings, denoise  # noqa: E402
-from sd_unet_trt.trt_core.router import Router  # noqa: E402
 
 # row name -> (precision, build options)
 ENGINE_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -131,14 +130,7 @@ class Ladder:
     def measure_engine(self, name: str, engine, path: Path, build_s: float, details: dict, memory: Footprint,
                        breakdown: bool, profile: Profile) -> dict[str, Any]:
         precision, options = ENGINE_ROWS[name]
-        router = Router.from_engines([engine])
-
-        def step(inputs: tuple) -> torch.Tensor:
-            result = router.run(*inputs)
-            if result.output is None:
-                raise AssertionError(f"the router did not cover the call: {result.reason}")
-            return result.output
-
+        step = router_step(engine)
         row = {"name": name, "precision": precision, "options": options, "label": f"torch backend {name} via router",
                "build_s": build_s, "file_mib": path.stat().st_size / 2**20,
                **{k: v for k, v in details.items() if k in ("quantized_layers", "quantized_weights", "compile_seconds")}}

@@ -39,6 +39,20 @@ def graph_step(unet: torch.nn.Module, example: tuple, device: torch.device) -> S
     return step
 
 
+def router_step(engine) -> Step:
+    """One engine behind trt_core's Router, as the WebUI's hook calls it; a call it does not cover fails."""
+    from sd_unet_trt.trt_core.router import Router
+
+    router = Router.from_engines([engine])
+
+    def step(inputs: tuple) -> torch.Tensor:
+        result = router.run(*inputs)
+        if result.output is None:
+            raise AssertionError(f"the router did not cover the call: {result.reason}")
+        return result.output
+    return step
+
+
 def compiled_step(unet: torch.nn.Module) -> Step:
     compiled = torch.compile(unet, mode="reduce-overhead", fullgraph=True)
 

@@ -16,7 +16,6 @@ import argparse
 import json
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,48 +23,12 @@ import torch
 
 from measure import (Checks, Footprint, Step, environment, log, matmul_ceiling, release, sync,
                      time_steps)
-from steps import compiled_step, eager_step, graph_step, kernel_breakdown
-from workloads import WORKLOADS, Workload, flop_count, make_inputs, make_unet
+from steps import compiled_step, eager_step, graph_step, kernel_breakdown, router_step
+from variants import VARIANTS, Variant, profile_for
+from workloads import WORKLOADS, flop_count, make_inputs, make_unet
 
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
-from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way of building the torch backend: build options (BuildRequest.options) over the
-    backend's defaults."""
-    build: dict[str, Any]
-    build_budget_s: dict[str, float]  # per model: time a build + check + timing may take
-
-    def build_key(self) -> str:
-        return json.dumps(self.build, sort_keys=True)
-
-
-PLAIN = {"sd15": 100, "sdxl": 170, "tiny": 150}
-SLOWER = {"sd15": 160, "sdxl": 260, "tiny": 300}
-# Measured: an SD1.5 build with GEMM/conv autotuning ran past 7 minutes (bench/NOTES.md)
-AUTOTUNE = {"sd15": 540, "sdxl": 1200, "tiny": 600}
-VARIANTS: dict[str, Variant] = {
-    "default": Variant({}, PLAIN),
-    "nchw": Variant({"channels_last": False}, PLAIN),
-    "conv1x1_mm": Variant({"inductor": {"conv_1x1_as_mm": True}}, PLAIN),
-    # Triton configs of the pointwise/reduction kernels tuned by coordinate descent
-    "coord_descent": Variant({"inductor": {"coordinate_descent_tuning": True}}, SLOWER),
-    # SDPA kernel fixed at compile time, cuDNN's first / FlashAttention-2's first
-    "cudnn_attn": Variant({"attention": ["cudnn", "flash", "efficient"]}, PLAIN),
-    "flash_attn": Variant({"attention": ["flash", "efficient"]}, PLAIN),
-    # q/k/v projections as three GEMMs (the default fuses them into one; k/v one in cross-attention)
-    "unfused": Variant({"fuse_projections": False}, PLAIN),
-    # Triton GEMM and convolution templates next to cuBLAS/cuDNN, with fused epilogues
-    "autotune": Variant({"inductor": {"max_autotune_gemm": True}}, AUTOTUNE),
-}
-
-def profile_for(work: Workload, kind: str) -> Profile:
-    if kind != "static":
-        raise ValueError(f"unknown profile kind {kind!r}")
-    return Profile.static(1, work.px, work.px)
 
 
 class Bench:
@@ -218,7 +181,6 @@ class Bench:
         if with_router and "median_ms" in row:
             self.run_router(engine, name, base, row["median_ms"])
         engine.close()
-        del engine
         release(self.device)
 
     def summary(self) -> list[str]:
@@ -232,20 +194,8 @@ class Bench:
         return lines
 
     def run_router(self, engine, variant: str, base: Footprint, direct_ms: float) -> None:
-        try:
-            from sd_unet_trt.trt_core.router import Router
-        except ImportError as e:
-            self.add_row({"name": f"router[{variant}]", "skipped": f"trt_core.router not importable: {e}"})
-            return
-        router = Router.from_engines([engine])
-
-        def step(inputs: tuple) -> torch.Tensor:
-            result = router.run(*inputs)
-            if result.output is None:
-                raise AssertionError(f"the router did not cover the call: {result.reason}")
-            return result.output
-
-        row = self.measure(f"router[{variant}]", step, {"label": f"torch backend ({variant}) through trt_core.router.Router"}, base)
+        row = self.measure(f"router[{variant}]", router_step(engine),
+                           {"label": f"torch backend ({variant}) through trt_core.router.Router"}, base)
         if "median_ms" in row:
             row["router_overhead"] = row["median_ms"] / direct_ms - 1
         self.add_row(row)
