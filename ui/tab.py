@@ -110,6 +110,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         if not check.ok:
             return ""
         problem = choice_problem(backend_name, precision, [b.name for b in backends])
+        if not problem and backend_name in installed:  # e.g. onnxruntime takes no int8: say so before a click
+            problem = get_backend(backend_name).precision_problem(precision) or ""
         if problem:
             return message(problem, "error")
         try:

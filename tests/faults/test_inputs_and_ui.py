@@ -300,7 +300,8 @@ def test_the_profile_fields_answer_short_messages_for_huge_and_strange_values(tm
     huge[2], huge[5], huge[8], huge[11] = 1e308, 1e300, -1e300, 9e15 * 75
     shown = [text_of(v) for v in on_input(*huge, "onnxruntime", "fp32")]
     assert all(len(s) < SHORT_HTML for s in shown) and all(shown[:4]), shown
-    for backend, precision, words in [("onnxruntime", "fp8", "precision"), ("x" * 100_000, "fp32", "backend"),
+    for backend, precision, words in [("onnxruntime", "int4", "precision"), ("onnxruntime", "fp8", "torch and TensorRT"),
+                                      ("x" * 100_000, "fp32", "backend"),
                                       (["onnxruntime"], "fp32", "backend"), ("onnxruntime", {"a": 1}, "precision")]:
         out = [text_of(v) for v in on_input(*TINY_FIELDS, backend, precision)]
         assert words in out[4] and "see the log" not in out[4] and len(out[4]) < SHORT_HTML, out[4][:300]
