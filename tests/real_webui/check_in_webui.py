@@ -153,8 +153,11 @@ def quantized_checks(webui: WebUI) -> None:
     fast, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic"})
     ref, _, _ = webui.txt2img("a cat", {"sd_unet": "None"})
     value = trt_value(info)
+    mse = float(np.mean((fast.astype(np.float64) - ref) ** 2))
+    psnr = 10 * np.log10(255.0 ** 2 / mse) if mse else float("inf")
     check("[torch int8] 64x64 px" in value and "fallback" not in value,
-          f"a generation runs on the INT8 engine ({value}); {max_diff(fast, ref)}/255 from the built-in UNet")
+          f"a generation runs on the INT8 engine ({value}); the decoded image is {max_diff(fast, ref)}/255 at "
+          f"most and {psnr:.1f} dB PSNR from the built-in UNet's")
     lora = trt_value(webui.txt2img("<lora:tinylora:1> a cat", {"sd_unet": "Automatic"})[1])
     check("[torch int8]" in lora and "LoRA applied" in lora and "fallback" not in lora,
           f"a LoRA is re-quantized into the INT8 engine, no calibration: {lora}")
