@@ -9,7 +9,8 @@ importable.
 One step = one UNet call of batch 2 (one image with CFG), random weights in the real architectures
 (bench/workloads.py), inputs in fp16 as the WebUI sends them. Quality, against the fp32 UNet of the
 same weights: one call's relative error, and the final latent of 20-step Euler loops with CFG 7
-(trt_core/quality.py: 2 seeds x 2 prompts). Results go to DIR/<model>-precisions.json row by row;
+(trt_core/quality.py: 2 seeds x 2 prompts) and those latents' images through SD's VAE decoder
+(random weights, models/vae.py) as PSNR. Results go to DIR/<model>-precisions.json row by row;
 and DIR/precisions.png is drawn from them (bench/chart.py)."""
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
 from sd_unet_trt.trt_core.backends.torch_compiled.quantized import LAYER_SETS  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
-from sd_unet_trt.trt_core.quality import conditionings, denoise  # noqa: E402
+from sd_unet_trt.models.vae import decode, seeded_decoder  # noqa: E402
+from sd_unet_trt.trt_core.quality import conditionings, denoise, psnr_db  # noqa: E402
 
 # row name -> (precision, build options)
 ENGINE_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -71,6 +73,8 @@ class Ladder:
         with torch.inference_mode():
             self.ref_out = self.master(*self.check).double()
             self.ref_latents = self.loops(self.master)
+        self.decoder = seeded_decoder().to(self.device)  # SD's VAE decoder, random weights: a relative PSNR
+        self.ref_images = [self.decode(latent) for latent in self.ref_latents]
         self.result["prepare_seconds"] = round(time.monotonic() - t0, 1)
         log(f"{work.name}: references ready in {self.result['prepare_seconds']} s")
 
@@ -81,8 +85,14 @@ class Ladder:
     def quality(self, fn) -> dict[str, float]:
         with torch.no_grad():
             one = rel_error(fn(*self.check), self.ref_out)
-            errors = [rel_error(got, ref) for got, ref in zip(self.loops(fn), self.ref_latents)]
-        return {"rel_err": one, "loop_rel_error_max": max(errors), "loop_rel_error_mean": sum(errors) / len(errors)}
+            latents = self.loops(fn)
+            errors = [rel_error(got, ref) for got, ref in zip(latents, self.ref_latents)]
+            psnrs = [psnr_db(self.decode(got), image) for got, image in zip(latents, self.ref_images)]
+        return {"rel_err": one, "loop_rel_error_max": max(errors), "loop_rel_error_mean": sum(errors) / len(errors),
+                "image_psnr_db_min": min(psnrs)}
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return decode(self.decoder, latent, self.work.family.name)
 
     def add(self, row: dict[str, Any]) -> None:
         eager = next((r for r in self.result["rows"] if r["name"] == "eager_fp16" and "median_ms" in r), None)

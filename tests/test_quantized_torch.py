@@ -11,6 +11,7 @@ import torch
 
 from sd_unet_trt.models.families import TINY
 from sd_unet_trt.models.unet import seeded_unet
+from sd_unet_trt.models.vae import decode, seeded_decoder
 from sd_unet_trt.trt_core import quality
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
@@ -103,6 +104,7 @@ def test_the_pipeline_builds_an_int8_engine_held_to_a_whole_denoising_loop(built
     assert 0 < accuracy["loop_rel_error"] <= accuracy["loop_tolerance"] == quality.LOOP_TOLERANCE["int8"]
     assert accuracy["loop_mean_rel_error"] <= accuracy["loop_rel_error"]
     assert (accuracy["loop_cases"], accuracy["loop_steps"]) == (4, 20)
+    assert 10 < accuracy["loop_image_psnr_db"] < quality.PSNR_CAP_DB  # decoded through SD's VAE decoder
     assert entry.details["quantized_layers"] == "transformer" and entry.details["quantized_weights"] > 0
     assert [e.id for e in workspace.manifest().entries()] == [entry.id]
     stored = read_metadata(workspace.engine_dir / entry.file)["weights"]
@@ -164,3 +166,18 @@ def test_onnx_runtime_says_which_backends_build_quantized_engines(unet, tmp_path
     with pytest.raises(ValueError, match="onnxruntime: int8 engines are built by the torch and TensorRT backends"):
         build_engine(source, PROFILE, OnnxRuntimeBackend(), Workspace(tmp_path), precision="int8")
     assert not (tmp_path / "Unet-onnx").exists()
+
+
+def test_the_decoder_is_sds_vae_decoder_and_psnr_reads_its_images():
+    """Checked once against ldm's own Decoder in the WebUI's repositories (ch 128, ch_mult 1,2,4,4, two
+    ResNet blocks a level, post_quant_conv): the same 49,490,199 parameters in the same shapes."""
+    decoder = seeded_decoder()
+    assert sum(p.numel() for p in decoder.parameters()) == 49_490_199
+    latent = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    image = decode(decoder, latent, "sd1")
+    assert image.shape == (1, 3, 64, 64) and 0 <= image.min() and image.max() <= 1 and image.std() > 0.05
+    assert quality.psnr_db(image, image) == quality.PSNR_CAP_DB
+    near = decode(decoder, latent + 0.01 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(1)), "sd1")
+    far = decode(decoder, latent + 0.5 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(1)), "sd1")
+    assert quality.PSNR_CAP_DB > quality.psnr_db(near, image) > quality.psnr_db(far, image) > 0
+    assert not torch.equal(decode(decoder, latent, "sdxl"), image)  # SDXL's latents are scaled differently

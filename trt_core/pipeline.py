@@ -20,6 +20,7 @@ import torch
 from filelock import FileLock, Timeout
 
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.models.vae import decode, seeded_decoder
 from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, remove_stale_temps, staged_output
 from sd_unet_trt.trt_core.backends.base import (Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
                                                 no_progress)
@@ -149,7 +150,9 @@ def verify_engine(backend: Backend, path: Path, entry_id: str, reference: torch.
             progress(f"verify: {backend.name} engine over a denoising loop", 0.93)
             profile = request.profile
             latent = (profile.latent(profile.height).opt, profile.latent(profile.width).opt)
-            loop = loop_quality(engine, reference, request.family, latent, device=device, dtype=ref_dtype)
+            decoder = seeded_decoder().to(device)  # random weights: the PSNR is a relative figure
+            loop = loop_quality(engine, reference, request.family, latent, device=device, dtype=ref_dtype,
+                                decoder=lambda z: decode(decoder, z, request.family.name))
             accuracy.update(require_loop(loop, outcome.precision, what))
         return accuracy
     finally:

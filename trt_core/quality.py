@@ -6,6 +6,7 @@ betas), the input scaled by c_in = 1/sqrt(sigma^2 + 1) as the WebUI's CompVis de
 classifier-free guidance (an unconditional and a conditional row per image)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,7 @@ UNetFn = Callable[..., torch.Tensor]  # (x, timesteps, context[, y]) -> eps or v
 # the PyTorch UNet it is built from; docs/BENCHMARKS.md ("The quality gate") gives the measurements
 # these come from.
 LOOP_TOLERANCE = {"int8": 0.20, "fp8": 0.40}
+PSNR_CAP_DB = 99.0
 
 
 def discrete_sigmas(train_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
@@ -69,11 +71,13 @@ def denoise(unet: UNetFn, family: ModelFamily, latent_hw: tuple[int, int], conte
 
 @dataclass(frozen=True)
 class LoopQuality:
-    """The candidate's final latents against the reference's, over several seeds and prompts."""
+    """The candidate's final latents against the reference's, over several seeds and prompts, and
+    (when a decoder is given) the decoded images' PSNR."""
     latent_rel_error: float  # worst ||x_c - x_r|| / ||x_r|| over the cases
     mean_rel_error: float
     cases: int
     steps: int
+    image_psnr_db: float | None = None  # worst (lowest) over the cases; PSNR_CAP_DB for identical images
 
     def as_dict(self) -> dict:
         return {"latent_rel_error": self.latent_rel_error, "mean_rel_error": self.mean_rel_error,
@@ -91,8 +95,17 @@ def require_loop(quality: LoopQuality, precision: str, what: str) -> dict[str, f
             f"{what}'s images drift from the PyTorch UNet's by {quality.latent_rel_error:.1%} (final latent of a "
             f"{quality.steps}-step loop, worst of {quality.cases} cases), over the {tolerance:.0%} allowed for "
             f"{precision}; it was not registered")
-    return {"loop_rel_error": quality.latent_rel_error, "loop_mean_rel_error": quality.mean_rel_error,
-            "loop_tolerance": tolerance, "loop_cases": quality.cases, "loop_steps": quality.steps}
+    figures = {"loop_rel_error": quality.latent_rel_error, "loop_mean_rel_error": quality.mean_rel_error,
+               "loop_tolerance": tolerance, "loop_cases": quality.cases, "loop_steps": quality.steps}
+    if quality.image_psnr_db is not None:
+        figures["loop_image_psnr_db"] = quality.image_psnr_db
+    return figures
+
+
+def psnr_db(image: torch.Tensor, reference: torch.Tensor) -> float:
+    """PSNR of two images in [0, 1], capped so identical images give a finite number (JSON has no inf)."""
+    mse = torch.mean((image.double() - reference.double()) ** 2).item()
+    return PSNR_CAP_DB if mse <= 10 ** (-PSNR_CAP_DB / 10) else 10 * math.log10(1 / mse)
 
 
 def conditionings(family: ModelFamily, prompts: int, device: str | torch.device = "cpu") -> list[tuple]:
@@ -110,12 +123,16 @@ def conditionings(family: ModelFamily, prompts: int, device: str | torch.device 
 
 def loop_quality(candidate: UNetFn, reference: UNetFn, family: ModelFamily, latent_hw: tuple[int, int],
                  seeds: int = 2, prompts: int = 2, steps: int = 20, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> LoopQuality:
-    """Both UNets from the same noise and conditionings."""
-    errors = []
+                 dtype: torch.dtype = torch.float32,
+                 decoder: Callable[[torch.Tensor], torch.Tensor] | None = None) -> LoopQuality:
+    """Both UNets from the same noise and conditionings; `decoder` (final latent -> image in [0, 1],
+    e.g. models.vae.decode) adds the decoded images' PSNR."""
+    errors, psnrs = [], []
     for context, uncond, y in conditionings(family, prompts, device):
         for seed in range(seeds):
             ref = denoise(reference, family, latent_hw, context, uncond, y, steps, seed=seed, dtype=dtype)
             got = denoise(candidate, family, latent_hw, context, uncond, y, steps, seed=seed, dtype=dtype)
             errors.append(((got - ref).norm() / ref.norm().clamp_min(1e-12)).item())
-    return LoopQuality(max(errors), sum(errors) / len(errors), len(errors), steps)
+            if decoder is not None:
+                psnrs.append(psnr_db(decoder(got), decoder(ref)))
+    return LoopQuality(max(errors), sum(errors) / len(errors), len(errors), steps, min(psnrs) if psnrs else None)

@@ -65,7 +65,9 @@ def result_panel(status: JobStatus | None, workspace: Workspace) -> str:
         rows.append(("Denoising loop vs PyTorch",
                      f"passed: final latent {loop:.1%} off at worst, {entry.accuracy['loop_mean_rel_error']:.1%} "
                      f"on average ({entry.accuracy['loop_cases']:.0f} images of {entry.accuracy['loop_steps']:.0f} "
-                     f"steps; allowed {entry.accuracy['loop_tolerance']:.0%})"))
+                     f"steps; allowed {entry.accuracy['loop_tolerance']:.0%})"
+                     + (f"; decoded image PSNR {entry.accuracy['loop_image_psnr_db']:.1f} dB at worst"
+                        if "loop_image_psnr_db" in entry.accuracy else "")))
     if entry.details.get("unverified"):  # built where it cannot run (TensorRT for RTX without a GPU)
         rows.append(("Engine vs PyTorch", f"not checked: {entry.details['unverified']}"))
     rows += [("Note", note) for note in entry.details.get("notes", [])]
