@@ -5,9 +5,11 @@ own engines, and only with the weights the WebUI would compute with now: once pe
 (and whenever the active networks change) it reads the live UNet (live_weights), gives the
 engines every weight that differs from what they were built with (a LoRA merge, an in-place
 change) through trt_core.weight_sync, or, when that cannot be reproduced, falls back for the
-pass. A call no engine covers, a call with inputs engines do not take (ControlNet's `control`,
-...), an engine that fails, or a model without engines also runs the built-in UNet for that
-call; the generation never sees an exception from here, and the infotext says what ran.
+pass. A call no engine covers, a call with inputs engines do not take (extra arguments such as
+Forge's `control`), an engine that fails, or a model without engines also runs the built-in UNet
+for that call; the generation never sees an exception from here, and the infotext says what ran.
+(sd-webui-controlnet replaces the UNet's forward itself, so its calls never reach this hook:
+docs/WEBUI.md.)
 """
 from __future__ import annotations
 
