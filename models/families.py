@@ -11,6 +11,7 @@ import torch
 from sd_unet_trt.models import unet as arch
 
 UNET_PREFIX = "model.diffusion_model."
+CONTROLNET_SUFFIX = "-controlnet"  # a family's name for its engines with ControlNet inputs
 
 
 class UnsupportedModelError(ValueError):
@@ -27,10 +28,34 @@ class ModelFamily:
     prediction: str  # "eps" or "v"
     native_px: int  # the training resolution, the default profile's size
     base_config: arch.UNetConfig
+    # engines of this family take ControlNet's residuals as inputs too (zeros when none is active)
+    controlnet: bool = False
 
     @property
     def input_names(self) -> tuple[str, ...]:
-        return ("x", "timesteps", "context", "y") if self.y_dim else ("x", "timesteps", "context")
+        names = ("x", "timesteps", "context", "y") if self.y_dim else ("x", "timesteps", "context")
+        return names + self.control_names
+
+    @property
+    def control_names(self) -> tuple[str, ...]:
+        if not self.controlnet:
+            return ()
+        return tuple(f"control_{i}" for i in range(len(self.base_config.skips()) + 1))
+
+    def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
+        return self.base_config.control_shapes(rows, latent_h, latent_w)
+
+    def with_controlnet(self) -> "ModelFamily":
+        """The same UNet, with inputs for ControlNet's residuals."""
+        if self.controlnet:
+            return self
+        return replace(self, name=self.name + CONTROLNET_SUFFIX, label=self.label + " + ControlNet inputs",
+                       controlnet=True)
+
+    @property
+    def plain(self) -> "ModelFamily":
+        """The family of the UNet's weights (without ControlNet inputs)."""
+        return family_named(self.name.removesuffix(CONTROLNET_SUFFIX)) if self.controlnet else self
 
     @property
     def is_inpaint(self) -> bool:
@@ -60,6 +85,8 @@ FAMILIES.update({f.name: f for f in (TINY, TINY_INPAINT, TINY_XL)})
 
 
 def family_named(name: str) -> ModelFamily:
+    if name.endswith(CONTROLNET_SUFFIX):
+        return family_named(name.removesuffix(CONTROLNET_SUFFIX)).with_controlnet()
     try:
         return FAMILIES[name]
     except KeyError:

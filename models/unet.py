@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,27 @@ class UNetConfig:
     num_head_channels: int = -1  # SD2.x / SDXL: 64 channels per head
     use_linear_in_transformer: bool = False
     adm_in_channels: int | None = None  # SDXL's pooled text + size conditioning (y)
+
+    def skips(self) -> list[tuple[int, int]]:
+        """(channels, downsamplings) of each input block's output: the skip connections the output
+        blocks take, in order, and where ControlNet adds its residuals."""
+        out = [(self.model_channels, 0)]
+        for level, mult in enumerate(self.channel_mult):
+            out += [(mult * self.model_channels, level)] * self.num_res_blocks
+            if level != len(self.channel_mult) - 1:
+                out.append((mult * self.model_channels, level + 1))
+        return out
+
+    def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
+        """Shapes of ControlNet's residuals for one call: one per skip connection, then the middle
+        block's (13 for SD1.x/SD2.x, 10 for SDXL), as diffusers' down/mid block residuals."""
+        def size(n: int, downsamplings: int) -> int:
+            for _ in range(downsamplings):
+                n = (n + 1) // 2  # a stride-2 convolution with padding 1
+            return n
+
+        skips = self.skips()
+        return [(rows, ch, size(latent_h, d), size(latent_w, d)) for ch, d in skips + [skips[-1]]]
 
     def heads(self, channels: int) -> tuple[int, int]:
         """(number of heads, channels per head) for a transformer of `channels` width."""
@@ -247,7 +269,9 @@ class UNetModel(nn.Module):
         self.out = nn.Sequential(group_norm(ch), nn.SiLU(), nn.Conv2d(mc, c.out_channels, 3, padding=1))
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, control: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """`control`: ControlNet's residuals (config.control_shapes), added to the skip connections
+        and to the middle block's output, as sd-webui-controlnet and diffusers add them."""
         dtype = self.out[2].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         if self.config.adm_in_channels:
@@ -261,11 +285,33 @@ class UNetModel(nn.Module):
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if control is not None:
+            if len(control) != len(skips) + 1:
+                raise ValueError(f"this UNet takes {len(skips) + 1} ControlNet residuals, got {len(control)}")
+            skips = [s + c.to(dtype) for s, c in zip(skips, control)]
+            h = h + control[-1].to(dtype)
         for i, block in enumerate(self.output_blocks):
             h = torch.cat([h, skips.pop()], dim=1)
             # an Upsample at the end of this block must land on the next skip's size
             h = block(h, emb, context, skips[-1].shape[-2:] if skips else None)
         return self.out(h).to(x.dtype)
+
+
+class UNetCall(nn.Module):
+    """A UNet with a flat signature, its inputs in the family's `input_names` order (x, timesteps,
+    context[, y][, control_0, ...]): what ONNX export and torch.export trace."""
+
+    def __init__(self, unet: nn.Module, has_y: bool):
+        super().__init__()
+        self.unet, self.has_y = unet, has_y
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                *rest: torch.Tensor) -> torch.Tensor:
+        y = rest[0] if self.has_y else None
+        control = list(rest[1:] if self.has_y else rest)
+        if control:
+            return self.unet(x, timesteps, context, y, control)
+        return self.unet(x, timesteps, context, y) if self.has_y else self.unet(x, timesteps, context)
 
 
 def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:

@@ -6,7 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from sd_unet_trt.models.families import UnsupportedModelError, family_named
+from sd_unet_trt.models.families import CONTROLNET_SUFFIX, UnsupportedModelError, family_named
 from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, Engine
 from sd_unet_trt.trt_core.file_digest import require_built_file
@@ -68,7 +68,8 @@ def catalog(workspace: Workspace, device: str = "cuda") -> list[CatalogItem]:
 
 
 def engine_label(entry: EngineEntry) -> str:
-    return f"[{entry.backend} {entry.precision}] {entry.profile.label()}"
+    inputs = ", ControlNet" if entry.family.endswith(CONTROLNET_SUFFIX) else ""
+    return f"[{entry.backend} {entry.precision}{inputs}] {entry.profile.label()}"
 
 
 def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda",

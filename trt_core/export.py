@@ -65,28 +65,40 @@ def dynamic_axes(family: ModelFamily) -> dict[str, dict[int, str]]:
             "context": {0: "rows", 1: "context_len"}, "out": {0: "rows", 2: "latent_height", 3: "latent_width"}}
     if family.y_dim:
         axes["y"] = {0: "rows"}
+    for i, name in enumerate(family.control_names):
+        axes[name] = {0: "rows", 2: f"control_{i}_height", 3: f"control_{i}_width"}
     return axes
 
 
 def sample_inputs(family: ModelFamily, rows: int, latent_h: int, latent_w: int, context_len: int,
                   dtype: torch.dtype, device: torch.device | str, generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
-    """Random inputs of one call; timesteps stay float32 (fp16 cannot hold 999.5 exactly)."""
+    """Random inputs of one call, in `family.input_names` order; timesteps stay float32 (fp16
+    cannot hold 999.5 exactly)."""
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator).to(device=device, dtype=dtype)
     x = randn(rows, family.in_channels, latent_h, latent_w)
     timesteps = (torch.rand(rows, generator=generator) * 999).to(device)
     context = randn(rows, context_len, family.context_dim)
-    if family.y_dim:
-        return x, timesteps, context, randn(rows, family.y_dim)
-    return x, timesteps, context
+    inputs = (x, timesteps, context) + ((randn(rows, family.y_dim),) if family.y_dim else ())
+    if family.controlnet:  # residuals of ControlNet's size: a tenth of the activations they join
+        inputs += tuple(randn(*shape) * 0.1 for shape in family.control_shapes(rows, latent_h, latent_w))
+    return inputs
+
+
+def unpack_inputs(family: ModelFamily, inputs: tuple[torch.Tensor, ...]) -> tuple:
+    """(x, timesteps, context, y or None, control residuals or None) of a call's flat inputs."""
+    x, timesteps, context, *rest = inputs
+    y = rest.pop(0) if family.y_dim else None
+    return x, timesteps, context, y, (rest or None)
 
 
 def shadow_unet(source: torch.nn.Module, family: ModelFamily, dtype: torch.dtype) -> UNetModel:
     """Our UNet class holding the source's weights: the same tensors where the dtype matches."""
     state = source.state_dict()
     config = config_from_state_dict({k: v for k, v in state.items()})
-    if family_of_config(config, family.prediction) != family:
-        raise ExportError(f"the UNet's weights are {family_of_config(config, family.prediction).label}, not {family.label}")
+    if family_of_config(config, family.prediction) != family.plain:
+        raise ExportError(f"the UNet's weights are {family_of_config(config, family.prediction).label}, "
+                          f"not {family.plain.label}")
     with torch.device("meta"):
         unet = UNetModel(config)
     with torch.no_grad():
@@ -187,6 +199,9 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
         progress("export: tracing the UNet to ONNX", 0.05)
         with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if family.controlnet:  # the residuals go in as forward's `control` list, one graph input each
+                *plain, control = unpack_inputs(family, args)
+                args = (*(t for t in plain if t is not None), {"control": list(control)})
             torch.onnx.export(unet_on_device, args, str(raw_dir / ONNX_NAME), dynamo=False,
                               opset_version=QUANTIZED_OPSET[weights] if quantized else OPSET,
                               input_names=list(family.input_names), output_names=["out"],

@@ -161,7 +161,12 @@ def verify_engine(backend: Backend, path: Path, entry_id: str, reference: torch.
 
 def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspace: Workspace,
                  precision: str = "fp16", device: torch.device | str | None = None, progress: ProgressFn = no_progress,
-                 cancel: CancelToken | None = None, options: dict | None = None) -> EngineEntry:
+                 cancel: CancelToken | None = None, options: dict | None = None,
+                 controlnet: bool = False) -> EngineEntry:
+    """`controlnet`: the engine takes ControlNet's residuals as inputs too (its family is the
+    checkpoint's `with_controlnet()`; its export and its checks include them)."""
+    if controlnet:
+        source = replace(source, family=source.family.with_controlnet())
     family = source.family
     profile.validate()
     backend.require()

@@ -82,12 +82,15 @@ class CallShape:
     context_len: int
     context_dim: int
     y_dim: int | None
+    control: tuple[tuple[int, ...], ...] | None = None  # shapes of ControlNet's residuals, when given
 
     @classmethod
-    def of(cls, x: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None) -> "CallShape":
+    def of(cls, x: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
+           control: "list[torch.Tensor] | None" = None) -> "CallShape":
         return cls(rows=x.shape[0], channels=x.shape[1], latent_height=x.shape[2], latent_width=x.shape[3],
                    context_len=context.shape[1], context_dim=context.shape[2],
-                   y_dim=None if y is None else y.shape[1])
+                   y_dim=None if y is None else y.shape[1],
+                   control=None if control is None else tuple(tuple(c.shape) for c in control))
 
     def describe(self) -> str:
         return (f"{self.latent_width * LATENT_SCALE}x{self.latent_height * LATENT_SCALE} px, {self.rows} rows, "
@@ -166,6 +169,8 @@ class Profile:
         }
         if family.y_dim:
             shapes["y"] = tuple((p(r), family.y_dim) for p in pick)
+        for i, name in enumerate(family.control_names):
+            shapes[name] = tuple(family.control_shapes(p(r), p(h), p(w))[i] for p in pick)
         return shapes
 
     def covers(self, call: CallShape, family: ModelFamily) -> Coverage:
@@ -175,6 +180,13 @@ class Profile:
         if call.context_dim != family.context_dim or call.y_dim != family.y_dim:
             return Coverage(False, f"context width {call.context_dim} / y {call.y_dim}, the engine is for "
                                    f"{family.label} ({family.context_dim} / {family.y_dim})")
+        if call.control is not None:
+            if not family.controlnet:
+                return Coverage(False, "ControlNet is active and the engine has no ControlNet inputs")
+            expected = tuple(shape[1:] for shape in family.control_shapes(call.rows, call.latent_height, call.latent_width))
+            if tuple(shape[1:] for shape in call.control) != expected or any(s[0] != call.rows for s in call.control):
+                return Coverage(False, f"ControlNet's residuals are not shaped as the engine's inputs "
+                                       f"({len(call.control)} tensors, {len(expected)} expected)")
         h_px, w_px = call.latent_height * LATENT_SCALE, call.latent_width * LATENT_SCALE
         if h_px not in self.height or w_px not in self.width:
             return Coverage(False, f"{w_px}x{h_px} px is outside {self.width}x{self.height} px")

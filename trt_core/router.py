@@ -139,7 +139,9 @@ class Router:
                     reasons.append(f"{record.label}: {call.rows} rows cannot be split into chunks of "
                                    f"{record.profile.rows.min}-{record.profile.rows.max}")
                     continue
-                key = (coverage.needs_split, record.id not in self._loaded, _distance(call, record.profile))
+                # a plain call prefers a plain engine: ControlNet inputs fed zeros still cost their copies
+                unused_inputs = call.control is None and record.family.controlnet
+                key = (coverage.needs_split, unused_inputs, record.id not in self._loaded, _distance(call, record.profile))
                 candidates.append((key, record, chunks))
             if not candidates:
                 detail = "; ".join(reasons) if reasons else "no engines"
@@ -233,9 +235,12 @@ class Router:
             self._take_out(victim)
 
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-            y: torch.Tensor | None = None) -> RouteResult:
-        """The engine's output for this call, or no output and the reason (the caller falls back)."""
-        call = CallShape.of(x, context, y)
+            y: torch.Tensor | None = None, control: Sequence[torch.Tensor] | None = None) -> RouteResult:
+        """The engine's output for this call, or no output and the reason (the caller falls back).
+        `control`: ControlNet's residuals (models.unet.UNetConfig.control_shapes); only engines with
+        ControlNet inputs serve such a call."""
+        control = None if control is None else list(control)
+        call = CallShape.of(x, context, y, control)
         while True:
             plan = self.plan(call)
             if not plan.covered:
@@ -246,7 +251,7 @@ class Router:
                 if engine is None:
                     continue  # now in `failed` or `unfit`: plan again without it
                 try:
-                    output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y)
+                    output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y, control)
                 finally:
                     self._release(engine)
             except Exception as e:  # one bad engine must not take the generation down
@@ -261,15 +266,18 @@ class Router:
             return RouteResult(output, record.label, chunks=len(plan.chunks))
 
     @staticmethod
-    def _run_chunks(engine: Engine, chunks: list[int], x, timesteps, context, y) -> torch.Tensor:
+    def _run_chunks(engine: Engine, chunks: list[int], x, timesteps, context, y, control) -> torch.Tensor:
         if timesteps.dim() == 0 or timesteps.shape[0] != x.shape[0]:
             timesteps = timesteps.reshape(-1).expand(x.shape[0])
+        extra = {} if control is None else {"control": control}  # plain engines keep their signature
         if len(chunks) == 1:
-            return engine(x, timesteps, context, y)
+            return engine(x, timesteps, context, y, **extra)
         outputs, start = [], 0
         for rows in chunks:
             part = slice(start, start + rows)
-            outputs.append(engine(x[part], timesteps[part], context[part], None if y is None else y[part]))
+            if control is not None:
+                extra = {"control": [c[part] for c in control]}
+            outputs.append(engine(x[part], timesteps[part], context[part], None if y is None else y[part], **extra))
             start += rows
         return torch.cat(outputs)
 

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.export import sample_inputs
+from sd_unet_trt.trt_core.export import sample_inputs, unpack_inputs
 from sd_unet_trt.trt_core.profiles import Profile
 
 # Norm-wise relative error ||out - ref|| / ||ref|| allowed per precision (METHOD.md's bands).
@@ -46,6 +46,16 @@ def profile_points(profile: Profile) -> list[tuple[int, int, int, int]]:
     return list(dict.fromkeys(points))
 
 
+def _call(unet: Runner, family: ModelFamily, inputs: tuple[torch.Tensor, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Run one call with its tensors cast to `dtype` (timesteps stay float32); ControlNet residuals
+    go in as `control` only where the family has them, so plain runners keep their signature."""
+    x, timesteps, context, y, control = unpack_inputs(family, inputs)
+    args = (x.to(dtype), timesteps, context.to(dtype)) + (() if y is None else (y.to(dtype),))
+    if control is None:
+        return unet(*args)
+    return unet(*args, control=[c.to(dtype) for c in control])
+
+
 def compare(runner: Runner, reference: Runner, family: ModelFamily, profile: Profile, precision: str,
             device: torch.device | str = "cpu", ref_dtype: torch.dtype = torch.float32, seed: int | None = None,
             input_dtype: torch.dtype | None = None) -> Accuracy:
@@ -59,9 +69,8 @@ def compare(runner: Runner, reference: Runner, family: ModelFamily, profile: Pro
     for rows, lh, lw, ctx in profile_points(profile):
         inputs = sample_inputs(family, rows, lh, lw, ctx, torch.float32, device, generator)
         with torch.no_grad():
-            ref = reference(*(t.to(ref_dtype) if t.is_floating_point() and i != 1 else t for i, t in enumerate(inputs))).double()
-            cast = input_dtype or ref_dtype
-            out = runner(*(t.to(cast) if i != 1 else t for i, t in enumerate(inputs))).double()
+            ref = _call(reference, family, inputs, ref_dtype).double()
+            out = _call(runner, family, inputs, input_dtype or ref_dtype).double()
         if out.shape != ref.shape:
             raise VerificationError(f"output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
         diff = (out.cpu() - ref.cpu())

@@ -91,8 +91,9 @@ class Engine(ABC):
 
     @abstractmethod
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None = None) -> torch.Tensor:
-        """The UNet's output for these rows, in x's dtype on x's device."""
+                 y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The UNet's output for these rows, in x's dtype on x's device. `control`: ControlNet's
+        residuals, for an engine whose family has ControlNet inputs (zeros go in without them)."""
 
     @property
     def memory_bytes(self) -> int:
@@ -111,6 +112,24 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release everything the engine holds; it is not called again afterwards."""
+
+
+def control_inputs(family: ModelFamily, x: torch.Tensor, control: list[torch.Tensor] | None,
+                   engine: str) -> list[torch.Tensor]:
+    """The tensors an engine of `family` takes for ControlNet's residual inputs: the given ones,
+    zeros when none are given (the same engine serves generations without ControlNet), nothing for
+    a family without them. A ValueError for residuals the engine cannot take."""
+    if control is not None and not family.controlnet:
+        raise ValueError(f"engine {engine} has no ControlNet inputs")
+    if not family.controlnet:
+        return []
+    shapes = family.control_shapes(x.shape[0], x.shape[2], x.shape[3])
+    if control is None:
+        return [torch.zeros(shape, dtype=x.dtype, device=x.device) for shape in shapes]
+    if [tuple(c.shape) for c in control] != shapes:
+        raise ValueError(f"engine {engine} takes ControlNet residuals shaped {shapes}, "
+                         f"got {[tuple(c.shape) for c in control]}")
+    return list(control)
 
 
 class Backend(ABC):

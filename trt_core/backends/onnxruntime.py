@@ -21,7 +21,7 @@ import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
-                                                ProgressFn, WeightsUnsupported, no_progress)
+                                                ProgressFn, WeightsUnsupported, control_inputs, no_progress)
 from sd_unet_trt.trt_core.export import DATA_NAME, WEIGHTS_METADATA
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.weights import fingerprint
@@ -60,7 +60,8 @@ class OnnxRuntimeEngine(Engine):
                                  tuple(tensor.shape), tensor.data_ptr())
         return tensor
 
-    def __call__(self, x, timesteps, context, y=None):
+    def __call__(self, x, timesteps, context, y=None, control=None):
+        residuals = control_inputs(self.family, x, control, self.name)
         with self._lock:
             if self.session is None:
                 raise RuntimeError(f"engine {self.name} is closed")
@@ -69,6 +70,7 @@ class OnnxRuntimeEngine(Engine):
                 if y is None:
                     raise ValueError(f"engine {self.name} needs y")
                 held.append(self._bind("y", y))
+            held += [self._bind(name, value) for name, value in zip(self.family.control_names, residuals)]
             out = torch.empty((x.shape[0], self.out_channels, x.shape[2], x.shape[3]),
                               dtype=self.output_dtype, device=self.device)
             self._binding.bind_output(self.output_name, self.device.type, self.device.index or 0,

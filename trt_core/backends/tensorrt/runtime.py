@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
+from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported, control_inputs
 from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile
 from sd_unet_trt.trt_core.profiles import Profile
 
@@ -138,10 +138,11 @@ class TensorRTEngine(Engine):
     def memory_bytes(self) -> int:
         return self._plan_bytes + self.activation_bytes
 
-    def _feeds(self, x, timesteps, context, y) -> dict[str, torch.Tensor]:
+    def _feeds(self, x, timesteps, context, y, control=None) -> dict[str, torch.Tensor]:
         given = {"x": x, "timesteps": timesteps, "context": context}
         if y is not None:
             given["y"] = y
+        given.update(zip(self.family.control_names, control_inputs(self.family, x, control, self.name)))
         if set(given) != set(self.input_names):
             raise ValueError(f"{self.name}: the engine takes {self.input_names}, the call gave {sorted(given)}")
         feeds = {}
@@ -218,8 +219,8 @@ class TensorRTEngine(Engine):
         bound.graph.replay()
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None = None) -> torch.Tensor:
-        feeds = self._feeds(x, timesteps, context, y)
+                 y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        feeds = self._feeds(x, timesteps, context, y, control)
         with self._lock:
             if self.context is None:
                 raise EngineRunError(f"{self.name} is closed")

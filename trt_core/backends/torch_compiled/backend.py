@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.models.unet import UNetCall
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.backends.base import (
     Availability,
@@ -52,6 +53,7 @@ from sd_unet_trt.trt_core.backends.torch_compiled.quantized import (
     quantized_linears,
     quantized_weights,
 )
+from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
 
@@ -82,18 +84,6 @@ def _static_shapes(profile: Profile, family: ModelFamily) -> dict[str, tuple[int
     return {name: shapes[2] for name, shapes in profile.input_shapes(family).items()}
 
 
-class _UNetCall(torch.nn.Module):
-    """Fixes the call signature the export sees: (x, timesteps, context[, y]) -> eps / v."""
-
-    def __init__(self, unet: torch.nn.Module, has_y: bool):
-        super().__init__()
-        self.unet, self.has_y = unet, has_y
-
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.unet(x, timesteps, context, y) if self.has_y else self.unet(x, timesteps, context)
-
-
 def _module_for(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The module itself when it already lives on `device` in `dtype`; otherwise a converted copy
     (the caller's module is its reference for verification and must stay untouched)."""
@@ -105,13 +95,9 @@ def _module_for(module: torch.nn.Module, device: torch.device, dtype: torch.dtyp
 
 def _example_inputs(family: ModelFamily, shapes: dict[str, tuple[int, ...]], device: torch.device,
                     dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(shapes["x"], generator=generator).to(device, dtype)
-    timesteps = torch.rand(shapes["timesteps"], generator=generator).mul(999).to(device)
-    context = torch.randn(shapes["context"], generator=generator).to(device, dtype)
-    if family.y_dim:
-        return x, timesteps, context, torch.randn(shapes["y"], generator=generator).to(device, dtype)
-    return x, timesteps, context
+    rows, _, latent_h, latent_w = shapes["x"]
+    return sample_inputs(family, rows, latent_h, latent_w, shapes["context"][1], dtype, device,
+                         torch.Generator().manual_seed(0))
 
 
 def _constants(exported: Any) -> tuple[list[str], list[torch.Tensor]]:
@@ -198,7 +184,7 @@ class TorchCompiledBackend(Backend):
         unet = _module_for(request.module, device, dtype)
         layers = request.options.get("quantize_layers", DEFAULT_LAYERS) if quantized else None
         computed = quantized_linears(unet, request.precision, layers) if quantized else unet
-        module = _UNetCall(fused_projections(computed) if fuse else computed, family.y_dim is not None).eval()
+        module = UNetCall(fused_projections(computed) if fuse else computed, family.y_dim is not None).eval()
         sources, scaled = weight_sources(module, unet), quantized_weights(module)
         example = _example_inputs(family, shapes, device, dtype)
         with torch.no_grad(), sdpa_scope(preference):

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
+from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported, control_inputs
 from sd_unet_trt.trt_core.backends.torch_compiled.quantized import quantize_rows
 from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
@@ -76,7 +76,8 @@ class TorchCompiledEngine(Engine):
         return list(self._graphs)
 
     def _inputs(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+                y: torch.Tensor | None, control: list[torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+        residuals = control_inputs(self.family, x, control, self.name)
         call = CallShape.of(x, context, y)
         coverage = self.profile.covers(call, self.family)
         if not coverage or coverage.needs_split:
@@ -87,6 +88,7 @@ class TorchCompiledEngine(Engine):
         inputs = [x.to(self.device, self.dtype), timesteps.to(self.device, torch.float32), context.to(self.device, self.dtype)]
         if self.family.y_dim:
             inputs.append(y.to(self.device, self.dtype))
+        inputs += [c.to(self.device, self.dtype) for c in residuals]
         pad = self.profile.rows.max - x.shape[0]
         if pad:
             inputs = [torch.cat([t, t[-1:].expand(pad, *t.shape[1:])]) for t in inputs]
@@ -124,8 +126,8 @@ class TorchCompiledEngine(Engine):
         return out
 
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                 y: torch.Tensor | None = None) -> torch.Tensor:
-        inputs = self._inputs(x, timesteps, context, y)
+                 y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
+        inputs = self._inputs(x, timesteps, context, y, control)
         rows = x.shape[0]
         with self._lock:
             if self._runner is None:
