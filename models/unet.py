@@ -41,6 +41,10 @@ class UNetConfig:
                 out.append((mult * self.model_channels, level + 1))
         return out
 
+    def output_channels(self) -> list[int]:
+        """Channels of each output block's output, in order."""
+        return [mult * self.model_channels for mult in reversed(self.channel_mult) for _ in range(self.num_res_blocks + 1)]
+
     def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
         """Shapes of ControlNet's residuals for one call: one per skip connection, then the middle
         block's (13 for SD1.x/SD2.x, 10 for SDXL), as diffusers' down/mid block residuals."""

@@ -7,7 +7,7 @@ import logging
 
 from modules import sd_unet, shared
 
-from sd_unet_trt.scripts.trt_unet_webui import generation, precheck, settings, unets
+from sd_unet_trt.scripts.trt_unet_webui import controlnet_bridge, generation, precheck, settings, unets
 from sd_unet_trt.scripts.trt_unet_webui.hook import active_unet
 from sd_unet_trt.trt_core.generation_report import pass_label
 from sd_unet_trt.trt_core.hook_policy import INFOTEXT_KEY
@@ -136,6 +136,8 @@ def sampler_step(params) -> None:
     if active_unet() is None and generation.in_progress():
         name = getattr(getattr(shared.sd_model, "sd_checkpoint_info", None), "name_for_extra", "?")
         report.record_builtin_step(f"no engine UNet for {name}")
+    elif controlnet_bridge.attach(shared.sd_model):
+        log.info("TensorRT: ControlNet's UNet forward now runs through the engines")
 
 
 @guarded("finishing the generation")

@@ -48,8 +48,10 @@ class FallbackPlacement:
         self.warned_per_call = False
 
     def run(self, unet: torch.nn.Module, router: Router | None, budget_bytes: int | None,
-            x, timesteps, context, args, kwargs) -> torch.Tensor:
-        forward = original_forward(unet)
+            x, timesteps, context, args, kwargs, forward=None) -> torch.Tensor:
+        """`forward(unet, x, timesteps, context, *args, **kwargs)`: the built-in UNet's own by default;
+        another extension's (sd-webui-controlnet's) where it replaced it."""
+        forward = forward or original_forward(unet)
         sd_model = shared.sd_model
         if getattr(sd_model, "lowvram", False):
             if shared.cmd_opts.lowvram:  # blocks are placed by the WebUI's hooks; the rest is ours to place

@@ -8,12 +8,14 @@ change) through trt_core.weight_sync, or, when that cannot be reproduced, falls 
 pass. A call no engine covers, a call with inputs engines do not take (extra arguments such as
 Forge's `control`), an engine that fails, or a model without engines also runs the built-in UNet
 for that call; the generation never sees an exception from here, and the infotext says what ran.
-(sd-webui-controlnet replaces the UNet's forward itself, so its calls never reach this hook:
-docs/WEBUI.md.)
+(sd-webui-controlnet replaces the UNet's forward itself; controlnet_bridge.py brings its calls
+here with their residuals.)
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -103,6 +105,7 @@ class TrtUnet(sd_unet.SdUnet):
         self.problem = ""  # why every call of this pass falls back ("" when engines may serve)
         self._synced: tuple | None = None  # (sha256, networks key) at the last sync
         self._resync = True
+        self._builtin_only = threading.local()  # .reason: see builtin_only()
 
     def activate(self) -> None:
         generation.on_end(self.placement.release)
@@ -182,38 +185,67 @@ class TrtUnet(sd_unet.SdUnet):
                 self.problem = f"reading the live UNet failed ({type(e).__name__}: {e})"
         return None if self.problem else self.checkpoints.get(key[0])
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        report = generation.current()
-        y = kwargs.get("y")
-        extra = [k for k, v in kwargs.items() if k != "y" and v is not None]
+    def serve(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
+              control: list[torch.Tensor] | None = None) -> tuple[torch.Tensor | None, str, str]:
+        """The engine's output for this call, or None with the reason and the detail for the log."""
         engines = self.prepare()
-        router = engines.router if engines is not None else None
         if self.problem:
-            reason, detail = self.problem, ""
-        elif args or extra:
-            reason, detail = f"extra UNet inputs ({', '.join(extra) or f'{len(args)} positional'}) are not supported by engines", ""
-        else:
-            try:
-                result = router.run(x, timesteps, context, y)
-                call = CallShape.of(x, context, y)
-            except Exception as e:  # e.g. a call of a shape no SD UNet takes; the built-in UNet decides
-                reason, detail = f"routing failed ({type(e).__name__}: {e})", ""
-            else:
-                if result.covered:
-                    report.record_engine(result.engine)
-                    return result.output
-                if result.unfit:
-                    reason, detail = f"the engines cannot take the changed weights ({result.unfit})", result.reason
-                else:
-                    reason, detail = short_reason(call), f"{suggestion(call)} would cover it. ({result.reason})"
-        first = report.record_fallback(reason)
+            return None, self.problem, ""
+        forced = getattr(self._builtin_only, "reason", "")
+        if forced:
+            return None, forced, ""
+        try:
+            result = engines.router.run(x, timesteps, context, y, control)
+            call = CallShape.of(x, context, y, control)
+        except Exception as e:  # e.g. a call of a shape no SD UNet takes; the built-in UNet decides
+            return None, f"routing failed ({type(e).__name__}: {e})", ""
+        if result.covered:
+            generation.current().record_engine(result.engine)
+            return result.output, "", ""
+        if result.unfit:
+            return None, f"the engines cannot take the changed weights ({result.unfit})", result.reason
+        if call.control is not None and "ControlNet" in result.reason and not any(
+                r.family.controlnet for r in engines.router.records):
+            return None, "no engine of this checkpoint takes ControlNet's residuals", \
+                "Build one with \"ControlNet inputs\" ticked in the TensorRT tab."
+        return None, short_reason(call), f"{suggestion(call)} would cover it. ({result.reason})"
+
+    def note_fallback(self, reason: str, detail: str) -> None:
+        """Into the infotext, and the log once per generation (or stop it, as the setting says)."""
+        first = generation.current().record_fallback(reason)
         policy = settings.fallback_policy()
         if first and policy != settings.FALLBACK_QUIET:
             log.warning("TensorRT: %s; the built-in UNet runs such calls in this generation. %s", reason, detail)
         if first and policy == settings.FALLBACK_INTERRUPT:
             shared.state.interrupt()
-        return self.placement.run(shared.sd_model.model.diffusion_model, router, settings.vram_budget_bytes(),
-                                  x, timesteps, context, args, kwargs)
+
+    @contextlib.contextmanager
+    def builtin_only(self, reason: str):
+        """Every call made meanwhile (by this thread) runs the built-in UNet, for `reason`."""
+        previous, self._builtin_only.reason = getattr(self._builtin_only, "reason", ""), reason
+        try:
+            yield
+        finally:
+            self._builtin_only.reason = previous
+
+    def run_builtin(self, x, timesteps, context, args=(), kwargs=None, forward=None) -> torch.Tensor:
+        engines = self.checkpoints.get(loaded_sha256(shared.sd_model) or "")
+        return self.placement.run(shared.sd_model.model.diffusion_model, engines.router if engines else None,
+                                  settings.vram_budget_bytes(), x, timesteps, context, args, kwargs or {}, forward)
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = kwargs.get("y")
+        extra = [k for k, v in kwargs.items() if k != "y" and v is not None]
+        if args or extra:
+            output, reason, detail = None, (f"extra UNet inputs ({', '.join(extra) or f'{len(args)} positional'}) "
+                                            "are not supported by engines"), ""
+            self.prepare()
+        else:
+            output, reason, detail = self.serve(x, timesteps, context, y)
+        if output is not None:
+            return output
+        self.note_fallback(self.problem or reason, detail)
+        return self.run_builtin(x, timesteps, context, args, kwargs)
 
 
 def active_unet() -> TrtUnet | None:

@@ -61,11 +61,23 @@ class LiveUNet:
     networks: list[str] = field(default_factory=list)  # "name:multiplier" of those that change the UNet
 
 
+def replaced(module: torch.nn.Module, name: str):
+    """The module's instance attribute `name` (a forward) unless it is just its class's method bound
+    to it, which sd-webui-controlnet leaves behind when it restores a layer it patched."""
+    value = vars(module).get(name)
+    if value is None:
+        return None
+    if getattr(value, "__self__", None) is module and getattr(value, "__func__", None) is getattr(type(module), name, None):
+        return None
+    return value
+
+
 def forward_problem(unet: torch.nn.Module) -> str:
     """Why engines cannot compute what this UNet's modules compute ("" when they can)."""
     classes = {}
     for path, module in unet.named_modules():
-        if path and "forward" in vars(module):
+        # `_forward`: the transformer blocks' inner forward, which reference-only and the like patch
+        if path and (replaced(module, "forward") is not None or replaced(module, "_forward") is not None):
             return f"an extension replaced the forward of UNet layer {path}"
         if getattr(module, "padding_mode", "zeros") != "zeros":  # the WebUI's Tiling: circular padding
             return f"UNet layer {path} pads {module.padding_mode} (Tiling); engines pad with zeros"

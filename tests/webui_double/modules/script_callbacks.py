@@ -138,3 +138,9 @@ def on_script_unloaded(callback, *, name=None):
 
 def on_list_unets(callback, *, name=None):
     add_callback(callback_map['callbacks_list_unets'], callback, name=name, category='list_unets')
+
+
+def remove_callbacks_for_function(callback_func):
+    for callback_list in callback_map.values():
+        for callback_to_remove in [cb for cb in callback_list if cb.callback == callback_func]:
+            callback_list.remove(callback_to_remove)

@@ -17,12 +17,18 @@ def _forward(self, x, timesteps=None, context=None, y=None, **kwargs):
     return _OurUNet.forward(self, x, timesteps, context, y)
 
 
+def _model_channels(self) -> int:  # an attribute of ldm's and sgm's UNetModel
+    return self.config.model_channels
+
+
 class LdmUNetModel(_OurUNet):
     forward = _forward
+    model_channels = property(_model_channels)
 
 
 class SgmUNetModel(_OurUNet):
     forward = _forward
+    model_channels = property(_model_channels)
 
 
 LdmUNetModel.__module__ = "ldm.modules.diffusionmodules.openaimodel"

@@ -1,0 +1,172 @@
+"""sd-webui-controlnet's sampling steps through the engines (issue 13; docs/WEBUI.md says how it
+reaches the UNet).
+
+While ControlNet is active it replaces the UNet's `forward` on the model instance with its own,
+which runs the ControlNet models and then the UNet's blocks itself, adding their residuals: the
+engine UNet never sees those calls, and the built-in UNet runs where the WebUI moved it. Each
+sampler step, `attach` wraps such a forward. A wrapped call runs ControlNet's forward, unchanged,
+on a stand-in for the UNet whose blocks compute nothing: each hands back zeros of its output's
+shape, so what ControlNet adds to them is exactly its residuals, with every unit summed and its
+weight, control mode, mask and start/end applied by ControlNet itself. The stand-in's output layer
+runs the engine on the inputs and residuals it collected, and ControlNet's post-processing (colour
+fix, inpaint restore) works on the engine's output.
+
+Whatever the stand-in cannot reproduce runs ControlNet's forward on the built-in UNet for that
+call, with the reason in the infotext: layers of the UNet patched on the instance (reference-only
+and the like; live_weights finds them), additions inside the encoder (T2I-Adapter), no engine with
+ControlNet inputs, a shape no engine covers, a forward of another extension or of a ControlNet
+version that does not drive the blocks this way.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnet, active_unet
+from sd_unet_trt.scripts.trt_unet_webui.live_weights import replaced
+
+log = logging.getLogger("sd_unet_trt")
+BRIDGED = "_sd_unet_trt_bridged"  # marks our wrapper on the UNet instance
+# sd-webui-controlnet's replacement forward (scripts/hook.py, UnetHook.hook.<locals>.forward_webui)
+CONTROLNET_FORWARD = "UnetHook.hook.<locals>."
+
+
+class NotServed(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.reason, self.detail = reason, detail
+
+
+class _Stub:
+    def __init__(self, run):
+        self._run = run
+
+    def __call__(self, *args, **kwargs):
+        return self._run(*args, **kwargs)
+
+
+class UNetStandIn:
+    """What ControlNet's forward takes for `self`: the UNet's attributes it reads, with blocks that
+    collect their inputs and return zeros of their outputs' shapes, and an output layer that asks
+    `serve(x, context, y, residuals)` for the engine's output (NotServed when there is none)."""
+
+    def __init__(self, unet: torch.nn.Module, family, serve):
+        self.model_channels = unet.model_channels
+        self._family, self._serve = family, serve
+        skips = len(family.base_config.skips())
+        self.input_blocks = [_Stub(lambda h, emb, context, i=i: self._input(i, h, context)) for i in range(skips)]
+        self.middle_block = _Stub(lambda h, emb, context: self._middle(h))
+        self.output_blocks = [_Stub(lambda h, emb, context, *rest, i=i: self._output(i, h)) for i in range(skips)]
+        self.time_embed = _Stub(lambda t_emb: torch.zeros((), dtype=t_emb.dtype, device=t_emb.device))
+        self.label_emb = _Stub(self._label)
+        self.out = _Stub(self._out)
+        self._x = self._context = self._y = None
+        self._returned: list[torch.Tensor] = []  # what each block handed back, in call order
+        self._residuals: dict[int, torch.Tensor] = {}
+
+    def _zeros(self, shape) -> torch.Tensor:
+        return torch.zeros(shape, dtype=self._x.dtype, device=self._x.device)
+
+    def _shapes(self) -> list[tuple[int, int, int, int]]:
+        return self._family.control_shapes(self._x.shape[0], self._x.shape[2], self._x.shape[3])
+
+    def _label(self, y: torch.Tensor) -> torch.Tensor:
+        self._y = y
+        return torch.zeros((), dtype=y.dtype, device=y.device)
+
+    def _input(self, i: int, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        if i == 0:
+            self._x, self._context = h, context
+        elif h is not self._returned[-1]:
+            raise NotServed("an adapter adds to the UNet's encoder (T2I-Adapter), which engines cannot take")
+        if context is not self._context:
+            raise NotServed("the text conditioning changes between the UNet's blocks")
+        self._returned.append(self._zeros(self._shapes()[i]))
+        return self._returned[-1]
+
+    def _middle(self, h: torch.Tensor) -> torch.Tensor:
+        if not self._returned or h is not self._returned[-1]:
+            raise NotServed("an adapter adds to the UNet's encoder (T2I-Adapter), which engines cannot take")
+        self._returned.append(self._zeros(self._shapes()[-1]))
+        return self._returned[-1]
+
+    def _output(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        shapes = self._shapes()
+        skip = len(shapes) - 2 - i  # the skip connection this block takes (the last one first)
+        before = self._returned[-1].shape[1]  # channels of what came up from below
+        if h.dim() != 4 or h.shape[1] != before + shapes[skip][1]:
+            raise NotServed(f"ControlNet fed output block {i} {list(h.shape)}, not the UNet's layout")
+        if i == 0:
+            self._residuals[len(shapes) - 1] = h[:, :before]  # zeros + the middle block's residual
+        self._residuals[skip] = h[:, before:]  # zeros + the skip's residual
+        below = shapes[max(skip - 1, 0)]  # the next block takes the next skip: its size
+        channels = self._family.base_config.output_channels()[i]
+        self._returned.append(self._zeros((h.shape[0], channels, below[2], below[3])))
+        return self._returned[-1]
+
+    def _out(self, h: torch.Tensor) -> torch.Tensor:
+        shapes = self._shapes()
+        if sorted(self._residuals) != list(range(len(shapes))):
+            raise NotServed("ControlNet's forward did not run every block of the UNet")
+        residuals = [self._residuals[i] for i in range(len(shapes))]
+        # every unit outside its start/end (or weight 0): the plain UNet's call, for any engine
+        active = bool(torch.stack([r.abs().amax() for r in residuals]).amax() > 0)
+        return self._serve(self._x, self._context, self._y, residuals if active else None)
+
+
+def _fallback(unet_hook: TrtUnet, forward, x, timesteps, context, kwargs, reason: str, detail: str = ""):
+    unet_hook.note_fallback(reason, detail)
+    with unet_hook.builtin_only(reason):  # ControlNet's reference pass calls the UNet: the built-in one
+        return unet_hook.run_builtin(x, timesteps, context, (), kwargs, forward=forward)
+
+
+def bridged(installed, unet: torch.nn.Module):
+    """The forward to put on the UNet in place of `installed` (a forward bound to it by another
+    extension)."""
+    function = getattr(installed, "__func__", None)
+    is_controlnet = function is not None and CONTROLNET_FORWARD in getattr(function, "__qualname__", "")
+
+    def forward(x, timesteps=None, context=None, *args, **kwargs):
+        unet_hook = active_unet()
+        if unet_hook is None or args:
+            return installed(x, timesteps, context, *args, **kwargs)
+        if not is_controlnet:
+            name = getattr(installed, "__qualname__", type(installed).__name__)
+            return _fallback(unet_hook, lambda _unet, *a, **k: installed(*a, **k), x, timesteps, context, kwargs,
+                             f"another extension replaced the UNet's forward ({name})")
+        engines = unet_hook.prepare()  # layers ControlNet patched (reference-only...) are a problem found here
+        if engines is None:
+            return _fallback(unet_hook, function, x, timesteps, context, kwargs, unet_hook.problem)
+
+        def serve(x_in, context_in, y, residuals):
+            output, reason, detail = unet_hook.serve(x_in, timesteps, context_in, y, residuals)
+            if output is None:
+                raise NotServed(reason, detail)
+            return output
+
+        standin = UNetStandIn(unet, engines.router.records[0].family.plain, serve)
+        try:
+            return function(standin, x, timesteps, context, **kwargs)
+        except NotServed as e:
+            return _fallback(unet_hook, function, x, timesteps, context, kwargs, e.reason, e.detail)
+        except Exception as e:  # a ControlNet version that drives the UNet otherwise: its own way, never an error
+            log.debug("TensorRT: ControlNet's forward on the engine bridge failed", exc_info=True)
+            return _fallback(unet_hook, function, x, timesteps, context, kwargs,
+                             f"ControlNet's forward does not run on the engine bridge ({type(e).__name__}: {e})")
+
+    setattr(forward, BRIDGED, True)
+    return forward
+
+
+def attach(sd_model) -> bool:
+    """Wrap a forward another extension put on the UNet instance (once per installation; the
+    extension's own restore removes the wrapper with it). True when one is wrapped now."""
+    unet = getattr(getattr(sd_model, "model", None), "diffusion_model", None)
+    if unet is None or active_unet() is None:
+        return False
+    installed = replaced(unet, "forward")
+    if installed is None or getattr(installed, BRIDGED, False):
+        return False
+    unet.forward = bridged(installed, unet)
+    return True

@@ -1,0 +1,159 @@
+"""A stand-in for sd-webui-controlnet (v1.1.455), written from how its scripts/hook.py drives the
+UNet (docs/WEBUI.md), not from its code: `UnetHook.hook` puts a forward on the UNet instance
+(`model._original_forward` keeps the one it replaced) that runs the control models, sums their
+residuals per unit with the unit's weight (units outside their start/end add nothing: a float 0.0
+stays in the list, and adding it returns the tensor itself), then runs the UNet's own blocks as
+`block(h, emb, context)`, adds the last residual after the middle block and the others to the skip
+connections as the output blocks concatenate them (popping from the end), and ends with `self.out`.
+`restore` puts the saved forward back. The real extension in the real WebUI is checked by
+tests/real_webui/check_in_webui.py.
+
+Variants the bridge must refuse: `reference` patches a transformer block's `_forward` on the
+instance (as reference-only does), `t2i` adds to `h` after an input block (as T2I-Adapters do).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from modules import script_callbacks, scripts, shared
+
+
+def timestep_embedding(timesteps, dim, max_period=10000):
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
+    args = timesteps[:, None].float() * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+def add(base, x):
+    if isinstance(x, float):
+        return base if x == 0.0 else base + x
+    return base + x
+
+
+class TinyControlModel(torch.nn.Module):
+    """Residuals of the UNet's skip shapes from a hint image, the latent and the timestep, with
+    seeded random weights."""
+
+    def __init__(self, config, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        shapes = config.skips() + [config.skips()[-1]]
+        self.downsamplings = [d for _, d in shapes]
+        self.convs = torch.nn.ModuleList(torch.nn.Conv2d(3 + 4, ch, 1) for ch, _ in shapes)
+        with torch.no_grad():
+            for conv in self.convs:
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.5)
+                conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
+
+    def forward(self, x, hint, timesteps):
+        rows = x.shape[0]
+        hint = F.interpolate(hint.to(x), size=x.shape[-2:], mode="bilinear").expand(rows, -1, -1, -1)
+        feature = torch.cat([hint, x], dim=1) * torch.cos(timesteps.float() / 1000)[:, None, None, None].to(x)
+        out = []
+        for conv, d in zip(self.convs, self.downsamplings):
+            f = feature
+            for _ in range(d):
+                f = F.avg_pool2d(f, 2, ceil_mode=True)
+            out.append(conv(f))
+        return out
+
+
+@dataclass
+class Unit:
+    model: TinyControlModel
+    hint: torch.Tensor
+    weight: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+    stopped: bool = False
+
+
+class UnetHook:
+    def __init__(self):
+        self.model = None
+        self.units: list[Unit] = []
+
+    def guidance_schedule_handler(self, params) -> None:
+        for unit in self.units:
+            fraction = params.sampling_step / params.total_sampling_steps
+            unit.stopped = fraction < unit.start or fraction > unit.end
+
+    def hook(self, model, units: list[Unit], variant: str = "") -> None:
+        self.model, self.units = model, units
+        outer = self
+
+        def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
+            total = [0.0] * (len(self.input_blocks) + 1)
+            for unit in outer.units:
+                if unit.stopped:
+                    continue
+                for i, c in enumerate(unit.model(x, unit.hint, timesteps)):
+                    total[i] = c * unit.weight + total[i]
+            emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
+            if y is not None:
+                emb = emb + self.label_emb(y)
+            hs, h = [], x
+            for i, module in enumerate(self.input_blocks):
+                h = module(h, emb, context)
+                if variant == "t2i" and i == 2:
+                    h = add(h, 0.1)
+                hs.append(h)
+            h = self.middle_block(h, emb, context)
+            h = add(h, total.pop())
+            for module in self.output_blocks:
+                h = torch.cat([h, add(hs.pop(), total.pop())], dim=1)
+                h = module(h, emb, context)
+            return self.out(h.type(x.dtype))
+
+        def forward_webui(*args, **kwargs):
+            return forward(*args, **kwargs)
+
+        model._original_forward = model.forward
+        model.forward = forward_webui.__get__(model, type(model))
+        if variant == "reference":
+            block = model.input_blocks[1]
+
+            def hacked(self, h, emb, context=None, out_size=None):
+                return type(self).forward(self, h, emb, context) * 1.01
+            block._original_forward_cn_hijack = block.forward
+            block.forward = hacked.__get__(block, type(block))
+        script_callbacks.on_cfg_denoiser(self.guidance_schedule_handler)
+
+    def restore(self) -> None:
+        script_callbacks.remove_callbacks_for_function(self.guidance_schedule_handler)
+        if self.model is not None and hasattr(self.model, "_original_forward"):
+            self.model.forward = self.model._original_forward
+            del self.model._original_forward
+            block = self.model.input_blocks[1]
+            if hasattr(block, "_original_forward_cn_hijack"):
+                block.forward = block._original_forward_cn_hijack  # put back as ControlNet does: bound
+        self.units = []
+
+
+class ControlNetScript(scripts.Script):
+    """Always visible: hooks the UNet in process() (before the WebUI applies the UNet option, as
+    the real one does), follows the sampler's steps, restores in postprocess()."""
+
+    def __init__(self, units: list[Unit], variant: str = ""):
+        self.units, self.variant, self.latest_network = units, variant, None
+        self.filename = "sd-webui-controlnet/scripts/controlnet.py"
+
+    def title(self):
+        return "ControlNet"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def process(self, p, *args):
+        self.latest_network = UnetHook()
+        self.latest_network.hook(shared.sd_model.model.diffusion_model, self.units, self.variant)
+
+    def postprocess(self, p, processed, *args):
+        if self.latest_network is not None:
+            self.latest_network.restore()
+        self.latest_network = None
