@@ -53,3 +53,15 @@ def test_bad_profile_and_bad_manifest_are_one_line_errors(tmp_path):
     proc = cli("recover", "--dir", str(tmp_path))
     assert proc.returncode == 0 and "rebuilt with 0 engines" in proc.stdout
     assert cli("list", "--dir", str(tmp_path)).returncode == 0
+
+
+def test_build_with_controlnet_inputs_by_the_real_tensorrt_rtx_builder(tmp_path):
+    """The export with ControlNet's 13 residual inputs parses and builds in TensorRT for RTX's real
+    builder (the ONNX Runtime check against PyTorch, residuals included, runs first)."""
+    proc = cli("build", "--backend", "tensorrt", "--controlnet", "--preset", "1", "--device", "cpu", "--dir", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "building with tensorrt fp16, with ControlNet inputs" in proc.stdout
+    assert re.search(r"^built \w+-tiny-controlnet-tensorrt-fp16-", proc.stdout, re.M), proc.stdout
+    import onnx
+    inputs = [i.name for i in onnx.load(next(tmp_path.glob("Unet-onnx/*controlnet*/unet.onnx"))).graph.input]
+    assert inputs == ["x", "timesteps", "context"] + [f"control_{i}" for i in range(13)]

@@ -105,3 +105,19 @@ def test_public_keeps_file_names_and_relative_paths():
     assert api.public("/home/me/sd/models/Unet-trt/manifest.json is corrupt") == "manifest.json is corrupt"
     assert api.public(r"C:\sd\models\x.onnx failed") == "x.onnx failed"
     assert api.public("Unet-onnx/abc/unet.onnx, 1/255, 64x64 px") == "Unet-onnx/abc/unet.onnx, 1/255, 64x64 px"
+
+
+def test_a_build_with_controlnet_inputs(webui, monkeypatch):
+    """"controlnet": true reaches the build; anything but a boolean is a 400 naming the field."""
+    asked = []
+    monkeypatch.setattr(api, "build_engine", lambda *args, **kwargs: asked.append(kwargs["controlnet"]))
+    client = TestClient(app_with(None))
+    bad = client.post("/trt-unet/v1/builds", json={"backend": "onnxruntime", "controlnet": "yes"})
+    assert bad.status_code == 400 and "controlnet: must be true or false" in bad.json()["detail"], bad.text
+    started = client.post("/trt-unet/v1/builds", json={"backend": "onnxruntime", "precision": "fp32", "controlnet": True})
+    assert started.status_code == 202 and "ControlNet inputs" in started.json()["title"], started.text
+    for _ in range(200):
+        if not jobs.status(started.json()["job_id"]).active:
+            break
+        threading.Event().wait(0.05)
+    assert asked == [True]

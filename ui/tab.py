@@ -138,7 +138,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
 
     # ---- export ---------------------------------------------------------------------------
     def export(*args):
-        values, backend_name, precision = list(args[:12]), args[12], args[13]
+        values, backend_name, precision, controlnet = list(args[:12]), args[12], args[13], bool(args[14])
         unchanged = [gr.update()] * 4
 
         def say(text, kind="error"):
@@ -170,9 +170,9 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         def work(progress, cancel):
             return source.run_exclusive(lambda: build_engine(
                 model, profile, backend, workspace, precision=precision, device=source.device, progress=progress,
-                cancel=cancel))
+                cancel=cancel, controlnet=controlnet))
 
-        title = f"{model.checkpoint.name}: {profile.label()} [{backend_name} {precision}]"
+        title = f"{model.checkpoint.name}: {profile.label()} [{backend_name} {precision}{', ControlNet' if controlnet else ''}]"
         started = jobs.start(title, work)
         if not started.ok:
             yield say(started.refused, "warn")
@@ -255,6 +255,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                                       elem_id="trt_backend")
                 precision = gr.Radio(label="Precision", choices=list(PRECISIONS),
                                      value=default_precision(source.device), elem_id="trt_precision")
+                controlnet = gr.Checkbox(label="ControlNet inputs (sd-webui-controlnet generations run on it too)",
+                                         value=False, elem_id="trt_controlnet")
             gr.HTML(message(missing_note, "info") if missing_note else "")
             estimate_box = gr.HTML(elem_id="trt_estimate")
             with gr.Row():
@@ -305,7 +307,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                             outputs=field_msgs + [estimate_box], queue=False)
         export_fail = _guard_generator(lambda e: [message(user_message(e), "error"), gr.update(), gr.update()]
                                        + [gr.update()] * 4)
-        export_btn.click(export_fail(export), inputs=fields + [backend, precision],
+        export_btn.click(export_fail(export), inputs=fields + [backend, precision, controlnet],
                          outputs=[export_msg, progress, result] + engine_outputs, show_progress="hidden")
         cancel_btn.click(_guard(lambda e: message(user_message(e), "error"))(cancel_build), outputs=export_msg,
                          queue=False)

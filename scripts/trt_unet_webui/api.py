@@ -35,7 +35,7 @@ WEBUI_API_PREFIX = "/sdapi/v1/"
 # an absolute path (POSIX or Windows) of two or more parts: shown by its last part only
 _PATH = re.compile(r"(?<![\w.-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:;,()]+){2,}")
 MAX_BODY = 64 * 1024  # bytes; a build request is a few hundred
-BUILD_FIELDS = ("backend", "precision", "profile", "preset")
+BUILD_FIELDS = ("backend", "precision", "profile", "preset", "controlnet")
 
 
 def public(text: str) -> str:
@@ -137,15 +137,18 @@ def start_build(body: dict[str, Any]) -> dict[str, Any]:
     problem = backend.profile_problem(profile)
     if problem:
         raise ProfileError({"profile": problem})
+    controlnet = body.get("controlnet", False)
+    if not isinstance(controlnet, bool):
+        raise ProfileError({"controlnet": f"must be true or false, got {shown(controlnet)}"})
 
     def work(progress, cancel):
         entry = source.run_exclusive(lambda: build_engine(
             target, profile, backend, source.workspace, precision, device=source.device, progress=progress,
-            cancel=cancel))
+            cancel=cancel, controlnet=controlnet))
         sd_unet.list_unets()  # the checkpoint may have its first engine: its "[TRT]" option appears
         return entry
 
-    title = f"{target.checkpoint.name}: {backend.name} {precision}, {profile.label()}"
+    title = f"{target.checkpoint.name}: {backend.name} {precision}{', ControlNet inputs' if controlnet else ''}, {profile.label()}"
     started = jobs.start(title, work)
     if not started.ok:
         raise HTTPException(409, started.refused)

@@ -119,12 +119,13 @@ def cmd_build(args) -> int:
     backend.require()
     profile = profile_from_args(args, source.family).validate()
     workspace = Workspace(Path(args.dir))
-    print(f"building with {backend.name} {args.precision}, {profile.label()}")
+    inputs = ", with ControlNet inputs" if args.controlnet else ""
+    print(f"building with {backend.name} {args.precision}{inputs}, {profile.label()}")
     print(estimate_line(source, profile, backend, args.precision, args.device, workspace), flush=True)
     update, bar = progress_bar(f"{backend.name} {profile.label()}")
     try:
         entry = build_engine(source, profile, backend, workspace, precision=args.precision, device=args.device,
-                             progress=update)
+                             progress=update, controlnet=args.controlnet)
     finally:
         bar.close()
     checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy

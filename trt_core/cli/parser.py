@@ -78,6 +78,9 @@ def parser() -> argparse.ArgumentParser:
                    help="fp16 for GPUs; the CPU runs fp32 best; TensorRT takes fp16 or fp32; int8 and fp8 "
                         "(torch and TensorRT backends; fp8 on Ada, Hopper and newer) are checked over a "
                         "whole denoising loop before they are registered")
+    b.add_argument("--controlnet", action="store_true",
+                   help="the engine also takes sd-webui-controlnet's residuals (zeros without ControlNet), so "
+                        "ControlNet generations run on it too")
     size = b.add_mutually_exclusive_group()
     size.add_argument("--preset", type=bounded_int(0, 99), help="index of the family's preset (0 = the default one)")
     size.add_argument("--profile", help="BATCH,HEIGHT,WIDTH,TOKENS as min:opt:max each, e.g. "
