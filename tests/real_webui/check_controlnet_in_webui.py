@@ -1,0 +1,161 @@
+"""sd-webui-controlnet (v1.1.455, the real extension) with our engines in the real WebUI v1.10.1
+(CPU, offline), driven through the API under --api-auth. Prints one line per check; exits 1 if any
+failed.
+
+    python tests/real_webui/check_controlnet_in_webui.py HARNESS_DIR [--restore-venv] [--port 7872]
+
+HARNESS_DIR is tests/real_webui/build_harness.sh's folder, with sd-webui-controlnet/ extracted
+beside webui/. The venv gets what ControlNet imports at start (opencv-python-headless, and
+controlnet_aux without its dependencies, whose pins clash with the WebUI's); tests/real_webui/
+tiny_controlnet (a test-only extension) sizes ControlNet for the tiny checkpoint and writes two tiny
+ControlNets made by ControlNet's own model code with random weights.
+
+Checks: ControlNet changes the image; with only a plain engine its steps fall back with the reason
+in the infotext and the image is the built-in UNet's; an engine with ControlNet inputs, built
+through the API, then serves one unit, two units of different weights, a guidance start/end, both
+non-balanced control modes and hires fix, each within 2/255 of the built-in UNet under ControlNet,
+the infotext naming the engine; a generation without ControlNet afterwards runs on the plain engine.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_in_webui import (AUTH, MAX_DIFF, REPO, RESULTS, built, check, freeze, install, make_data_dir,  # noqa: E402
+                            profile, start_webui)
+from webui_client import WebUI, max_diff, trt_value  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CONTROLNET_IMPORTS = (["opencv-python-headless"], ["--no-deps", "controlnet_aux==0.0.9"])
+
+
+def install_controlnet(harness: Path, data: Path) -> None:
+    """ControlNet's import-time needs into the venv, nothing the WebUI pins changed; both extensions
+    into the data folder."""
+    python = harness / "venv" / "bin" / "python"
+    before = freeze(python)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
+        pins.write("\n".join(f"{name}=={version}" for name, version in before.items()) + "\n")
+    for args in CONTROLNET_IMPORTS:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", pins.name, *args], check=True,
+                       capture_output=True, text=True)
+    after = freeze(python)
+    changed = [name for name in before if after.get(name) != before[name]]
+    check(not changed, f"ControlNet's imports installed, no package of the WebUI changed (changed: {changed or 'none'})")
+    extensions = data / "extensions"
+    extensions.mkdir(exist_ok=True)
+    os.symlink(harness / "sd-webui-controlnet", extensions / "sd-webui-controlnet")
+    os.symlink(HERE / "tiny_controlnet", extensions / "tiny-controlnet")
+
+
+def hint_image(seed: int) -> str:
+    pixels = (np.random.RandomState(seed).rand(64, 64, 3) * 255).astype("uint8")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def unit(model: str, **fields) -> dict:
+    return {"enabled": True, "module": "none", "model": model, "image": hint_image(1), "weight": 1.0,
+            "guidance_start": 0.0, "guidance_end": 1.0, "control_mode": "Balanced", "resize_mode": "Crop and Resize",
+            "pixel_perfect": False, "processor_res": 64, **fields}
+
+
+def generate(webui: WebUI, unet: str, units: list[dict], **fields):
+    scripts = {"alwayson_scripts": {"ControlNet": {"args": units}}} if units else {}
+    return webui.txt2img("a cat", {"sd_unet": unet}, **scripts, **fields)
+
+
+def compare(webui: WebUI, what: str, units: list[dict], expect: tuple[str, ...] = (), fallback: str = "",
+            **fields) -> None:
+    """Engines under ControlNet (sd_unet Automatic) against the built-in UNet under ControlNet
+    (None): the same image within 2/255, and what the infotext says served the steps."""
+    fast, info, _ = generate(webui, "Automatic", units, **fields)
+    ref, _, _ = generate(webui, "None", units, **fields)
+    value, diff = trt_value(info), max_diff(fast, ref)
+    ok = diff <= MAX_DIFF and all(e in value for e in expect)
+    ok = ok and (fallback in value if fallback else "fallback" not in value)
+    check(ok, f"{what}: {diff}/255 from the built-in UNet under ControlNet; TensorRT: {value}")
+
+
+def controlnet_checks(webui: WebUI) -> None:
+    status, models = webui.request("GET", "/controlnet/model_list?update=true")
+    names = models.get("model_list", []) if status == 200 else []
+    check(len(names) == 2, f"ControlNet lists the two tiny ControlNets ({names})")
+    if len(names) != 2:
+        return
+    a, b = names
+    with_cn, _, _ = generate(webui, "None", [unit(a)])
+    without, _, _ = generate(webui, "None", [])
+    check(max_diff(with_cn, without) > 10, f"ControlNet changes the image by {max_diff(with_cn, without)}/255")
+
+    plain = built(webui, "onnxruntime fp32, 64-128 px, no ControlNet inputs",
+                  {"backend": "onnxruntime", "precision": "fp32", "profile": profile(64, 128)})
+    if plain:
+        compare(webui, "only a plain engine: ControlNet's steps fall back", [unit(a)],
+                fallback="no engine of this checkpoint takes ControlNet's residuals")
+    engine = built(webui, "onnxruntime fp32 with ControlNet inputs, 64-128 px",
+                   {"backend": "onnxruntime", "precision": "fp32", "profile": profile(64, 128), "controlnet": True})
+    if not engine:
+        return
+    label = "[onnxruntime fp32, ControlNet] 64-128x64-128 px"
+    compare(webui, "one unit", [unit(a)], expect=(label,))
+    compare(webui, "two units, weights 1.0 and 0.6", [unit(a), unit(b, weight=0.6, image=hint_image(2))], expect=(label,))
+    compare(webui, "guidance from 25% to 75% of the steps", [unit(a, guidance_start=0.25, guidance_end=0.75)],
+            expect=(label,))
+    compare(webui, "control mode: my prompt is more important", [unit(a, control_mode="My prompt is more important")],
+            expect=(label,))
+    compare(webui, "control mode: ControlNet is more important",
+            [unit(a, control_mode="ControlNet is more important")], expect=(label,))
+    compare(webui, "hires fix", [unit(a, weight=0.8)], expect=(f"first pass: {label}", f"hires pass: {label}"),
+            enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2)
+    _, info, _ = generate(webui, "Automatic", [])
+    value = trt_value(info)
+    check(value == "[onnxruntime fp32] 64-128x64-128 px, batch 1-2, 75-150 tokens",
+          f"without ControlNet afterwards, the plain engine: {value}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("harness", type=Path)
+    parser.add_argument("--restore-venv", action="store_true")
+    parser.add_argument("--port", type=int, default=7872)
+    args = parser.parse_args(argv)
+    harness = args.harness.resolve()
+    if not (harness / "sd-webui-controlnet").is_dir():
+        print(f"{harness} has no sd-webui-controlnet/ (tests/real_webui/build_harness.sh extracts it)")
+        return 1
+    if args.restore_venv:
+        shutil.rmtree(harness / "venv")
+        shutil.copytree(harness / "venv.pristine", harness / "venv", symlinks=True)
+    extension = Path(tempfile.mkdtemp(prefix="trt-ext-")) / "sd-unet-trt"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(extension)], check=True)
+    install(harness, extension)
+    data = make_data_dir(harness)
+    install_controlnet(harness, data)
+    proc, log = start_webui(harness, extension, data, args.port)
+    webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
+    try:
+        check(True, f"the WebUI started with sd-webui-controlnet and the extension ({data})")
+        controlnet_checks(webui)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    failed = [what for ok, what in RESULTS if not ok]
+    print(f"\n{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed; the WebUI's log: {log}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
