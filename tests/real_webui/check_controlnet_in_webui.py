@@ -18,11 +18,9 @@ the infotext naming the engine; a generation without ControlNet afterwards runs 
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,8 +30,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_in_webui import (AUTH, MAX_DIFF, REPO, RESULTS, built, check, freeze, install, make_data_dir,  # noqa: E402
-                            profile, start_webui)
+from check_in_webui import (AUTH, MAX_DIFF, arguments, built, check, freeze, installed_extension, make_data_dir,  # noqa: E402
+                            profile, start_webui, summary)
 from webui_client import WebUI, max_diff, trt_value  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -127,21 +125,12 @@ def controlnet_checks(webui: WebUI) -> None:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("harness", type=Path)
-    parser.add_argument("--restore-venv", action="store_true")
-    parser.add_argument("--port", type=int, default=7872)
-    args = parser.parse_args(argv)
-    harness = args.harness.resolve()
+    args = arguments(argv, __doc__, 7872)
+    harness = args.harness
     if not (harness / "sd-webui-controlnet").is_dir():
         print(f"{harness} has no sd-webui-controlnet/ (tests/real_webui/build_harness.sh extracts it)")
         return 1
-    if args.restore_venv:
-        shutil.rmtree(harness / "venv")
-        shutil.copytree(harness / "venv.pristine", harness / "venv", symlinks=True)
-    extension = Path(tempfile.mkdtemp(prefix="trt-ext-")) / "sd-unet-trt"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(extension)], check=True)
-    install(harness, extension)
+    extension = installed_extension(harness, args.restore_venv)
     data = make_data_dir(harness)
     install_controlnet(harness, data)
     proc, log = start_webui(harness, extension, data, args.port)
@@ -152,9 +141,7 @@ def main(argv: list[str]) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
-    failed = [what for ok, what in RESULTS if not ok]
-    print(f"\n{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed; the WebUI's log: {log}")
-    return 1 if failed else 0
+    return summary(log)
 
 
 if __name__ == "__main__":

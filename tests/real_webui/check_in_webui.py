@@ -269,19 +269,20 @@ def api_checks(webui: WebUI, log: Path) -> None:
           f"cannot be downloaded here: {'download' in said.lower() or 'http' in said.lower()})")
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(argv: list[str], description: str, port: int) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("harness", type=Path)
     parser.add_argument("--restore-venv", action="store_true")
-    parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--port", type=int, default=port)
     args = parser.parse_args(argv)
-    harness = args.harness.resolve()
-    if args.restore_venv:
-        shutil.rmtree(harness / "venv")
-        shutil.copytree(harness / "venv.pristine", harness / "venv", symlinks=True)
-    extension = Path(tempfile.mkdtemp(prefix="trt-ext-")) / "sd-unet-trt"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(extension)], check=True)
-    install(harness, extension)
+    args.harness = args.harness.resolve()
+    return args
+
+
+def main(argv: list[str]) -> int:
+    args = arguments(argv, __doc__, 7871)
+    harness = args.harness
+    extension = installed_extension(harness, args.restore_venv)
     rtx = install_tensorrt_rtx(harness, extension)
     data = make_data_dir(harness)
     proc, log = start_webui(harness, extension, data, args.port)
@@ -335,6 +336,22 @@ def main(argv: list[str]) -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+    return summary(log)
+
+
+def installed_extension(harness: Path, restore_venv: bool) -> Path:
+    """A fresh clone of this checkout's HEAD, installed by its install.py (into the WebUI's own
+    packages again first, with `restore_venv`)."""
+    if restore_venv:
+        shutil.rmtree(harness / "venv")
+        shutil.copytree(harness / "venv.pristine", harness / "venv", symlinks=True)
+    extension = Path(tempfile.mkdtemp(prefix="trt-ext-")) / "sd-unet-trt"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(extension)], check=True)
+    install(harness, extension)
+    return extension
+
+
+def summary(log: Path) -> int:
     failed = [what for ok, what in RESULTS if not ok]
     print(f"\n{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed; the WebUI's log: {log}")
     return 1 if failed else 0
