@@ -13,7 +13,7 @@ from tests.webui_double.controlnet import ControlNetScript, TinyControlModel, Un
 from tests.webui_double.harness import register_ort_engines, webui_unet
 from modules import errors, processing, shared
 from sd_unet_trt.models import unet as arch
-from sd_unet_trt.models.families import TINY
+from sd_unet_trt.models.families import TINY, family_named
 from sd_unet_trt.scripts.trt_unet_webui.live_weights import replaced
 from sd_unet_trt.trt_core.export import export_onnx
 from sd_unet_trt.trt_core.manifest import CheckpointId
@@ -21,6 +21,7 @@ from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
 
 SHA = "ef" * 32
+XL_SHA = "a7" * 32
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 64), Range(64, 64, 64), Range(75, 75, 75))
 TOL = 1e-3
 
@@ -162,3 +163,24 @@ def test_after_controlnet_plain_generations_use_the_plain_engine(webui, variant)
     assert replaced(sd_model.model.diffusion_model, "forward") is None  # ControlNet's restore took our wrapper too
     out = generate(runner, "Automatic")
     assert routing(out) == PLAIN
+
+
+def test_sdxl_blocks_and_y_through_the_bridge(tmp_path, exported):
+    """SDXL's layout (10 residuals at full size, 7 in the tiny one; y through label_emb) and its
+    sgm UNet class."""
+    unet, _ = exported("tiny-xl")
+    family = family_named("tiny-xl")
+    onnx = export_onnx(unet, family.with_controlnet(), tmp_path / "onnx", weights="fp32").onnx_path
+    register_ort_engines(Workspace(tmp_path), onnx, "tiny-xl-controlnet", CheckpointId.of(XL_SHA, "xl"), [PROFILE])
+    runner, _ = harness.start(tmp_path, webui_unet(unet, sgm=True), "xl", XL_SHA, sgm=True)
+    try:
+        hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+        make = lambda: ControlNetScript([Unit(TinyControlModel(arch.TINY_XL, 3), hint, 1.0)])
+        fast, ref, diff = compare(runner, make)
+        plain = generate(runner, "None")
+        assert max((a - b).abs().max().item() for a, b in zip(ref.images, plain.images)) > 0.05
+        assert diff < TOL
+        assert routing(fast) == f"[onnxruntime fp32, ControlNet] {PROFILE.label()}", fast.infotexts[0]
+    finally:
+        harness.stop()
+    assert not errors.reported, errors.reported
