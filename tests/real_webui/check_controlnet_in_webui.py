@@ -14,7 +14,9 @@ Checks: ControlNet changes the image; with only a plain engine its steps fall ba
 in the infotext and the image is the built-in UNet's; an engine with ControlNet inputs, built
 through the API, then serves one unit, two units of different weights, a guidance start/end, both
 non-balanced control modes and hires fix, each within 2/255 of the built-in UNet under ControlNet,
-the infotext naming the engine; a generation without ControlNet afterwards runs on the plain engine.
+the infotext naming the engine; reference-only falls back with its reason and the built-in UNet's
+image; a generation without ControlNet afterwards runs on the plain engine (restored layers are no
+patch).
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ def controlnet_checks(webui: WebUI) -> None:
             [unit(a, control_mode="ControlNet is more important")], expect=(label,))
     compare(webui, "hires fix", [unit(a, weight=0.8)], expect=(f"first pass: {label}", f"hires pass: {label}"),
             enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2)
+    compare(webui, "reference-only (it patches the UNet's attention): falls back, its own pass on the built-in UNet",
+            [unit("None", module="reference_only")], fallback="an extension replaced the forward of UNet layer")
     _, info, _ = generate(webui, "Automatic", [])
     value = trt_value(info)
     check(value == "[onnxruntime fp32] 64-128x64-128 px, batch 1-2, 75-150 tokens",
