@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from sd_unet_trt.models.families import FAMILIES, TINY
-from sd_unet_trt.models.unet import CrossAttention, seeded_unet
+from sd_unet_trt.models.unet import CrossAttention, UNetCall, seeded_unet
 from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.backends.base import BuildRequest, WeightsUnsupported
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.backends.torch_compiled.attention import (fused_projections, sdpa_choices, sdpa_preference,
                                                                     sdpa_scope)
-from sd_unet_trt.trt_core.backends.torch_compiled.backend import _module_for, _UNetCall
+from sd_unet_trt.trt_core.backends.torch_compiled.backend import _module_for
 from sd_unet_trt.trt_core.backends.torch_compiled.engine import TorchCompiledEngine
 from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (ARTIFACT, FORMAT, RECORD, WEIGHTS, EngineFileError,
                                                                       read_metadata, read_weights)
@@ -317,7 +317,7 @@ def test_attention_kernels_are_recorded_and_can_be_forced():
     """The build records which SDPA kernel each attention call compiles to; the `attention` option
     changes that choice (here on the CPU: flash by default, math when forced)."""
     unet = seeded_unet(TINY.unet_config(), seed=5).eval()
-    exported = torch.export.export(_UNetCall(unet, False), _inputs(2, 1), strict=False)
+    exported = torch.export.export(UNetCall(unet, False), _inputs(2, 1), strict=False)
     assert sdpa_choices(exported, torch.device("cpu")) == {"flash_attention": 32}
     with sdpa_scope(sdpa_preference(["math"])):
         assert sdpa_choices(exported, torch.device("cpu")) == {"math": 32}
