@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported
+from sd_unet_trt.trt_core.backends.base import Engine, EngineUnavailable, WeightsUnsupported
 from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 log = logging.getLogger(__name__)
@@ -254,6 +254,8 @@ class Router:
                     output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y, control)
                 finally:
                     self._release(engine)
+            except EngineUnavailable as e:  # e.g. a server that is down: this call only
+                return RouteResult(None, reason=f"{record.label}: {e}")
             except Exception as e:  # one bad engine must not take the generation down
                 if isinstance(e, ValueError):  # a file that is not the one built, or for another engine: one line
                     log.warning("engine %s set aside for this session: %s", record.label, e)

@@ -34,6 +34,11 @@ class WeightsUnsupported(RuntimeError):
     """An engine cannot run with the weights asked of it; the message says why. It is unchanged."""
 
 
+class EngineUnavailable(RuntimeError):
+    """This call cannot run on the engine now (a remote server down or slow); the call falls back
+    and the engine stays in use for the next one."""
+
+
 class BuildCancelled(RuntimeError):
     """The caller cancelled the build; nothing was written."""
 

@@ -161,6 +161,21 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_export_triton(args) -> int:
+    """Write a Triton Inference Server model repository serving a checkpoint's engines (Python
+    backend, dynamic batching; a new version on every export); docs/SERVING.md says how to serve it."""
+    from sd_unet_trt.trt_core.serving.repository import export_triton
+
+    workspace = Workspace(Path(args.dir))
+    matches = {e.checkpoint.sha256 for e in workspace.manifest().entries() if e.checkpoint.sha256.startswith(args.checkpoint)}
+    if len(matches) != 1:
+        raise CliError(f"{len(matches)} checkpoints with engines in {workspace.engine_dir} match {args.checkpoint!r}")
+    folder = export_triton(workspace, matches.pop(), Path(args.out), args.device, args.instances)
+    versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    print(f"wrote {folder} (version {versions[-1]})")
+    return 0
+
+
 def cmd_remove(args) -> int:
     """Delete an engine: its file, its sidecar and runtime caches, and its manifest entry."""
     workspace = Workspace(Path(args.dir))

@@ -105,6 +105,11 @@ def parser() -> argparse.ArgumentParser:
     r = command("remove", commands.cmd_remove, commands.cmd_remove.__doc__)
     r.add_argument("id", help="the engine's id, as `list` shows it")
     command("recover", commands.cmd_recover, commands.cmd_recover.__doc__)
+    t = command("export-triton", commands.cmd_export_triton, commands.cmd_export_triton.__doc__)
+    t.add_argument("--checkpoint", required=True, help="the checkpoint's sha256, or its first 10 characters "
+                                                       "(as `list` shows them in brackets)")
+    t.add_argument("--out", required=True, help="the Triton model repository to write into")
+    t.add_argument("--instances", type=bounded_int(1, 64), default=1, help="model instances (per GPU on a GPU)")
     u = command("ui", commands.cmd_ui, commands.cmd_ui.__doc__)
     u.add_argument("--port", type=bounded_int(1024, 65535), default=7861, help="port on 127.0.0.1")
     return p

@@ -1,0 +1,83 @@
+"""Starting and stopping a Triton Inference Server on this machine: the `tritonserver` that the
+`nvidia-pytriton` wheel carries (CPU and GPU, Python backend), bound to 127.0.0.1.
+
+The wheel keeps the Python backend's stubs per Python version apart from the backend; a backend
+folder is assembled beside the repository with links to the backend and to the stub of this
+interpreter's version. The stub embeds the system's libpython of that version, whose own packages
+must include numpy (Triton's backend utilities import it before the model's paths are added: on
+Debian, `apt-get install python3-numpy`)."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def server_home() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("Triton Inference Server is not installed (pip install --no-deps nvidia-pytriton)")
+    return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+
+
+def backend_directory(into: Path) -> Path:
+    """A backend folder whose python/ holds the backend and this Python version's stub (links)."""
+    home = server_home()
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerError(f"the Triton wheel has no Python backend stub for Python {version}")
+    python = Path(into) / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for source in (home / "backends" / "python" / "libtriton_python.so",
+                   home / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        link = python / source.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(source)
+    return Path(into)
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=2) as answer:
+            return answer.status == 200
+    except OSError:
+        return False
+
+
+def start(repository: Path, workdir: Path, http_port: int, grpc_port: int, log: Path,
+          timeout_s: float = 120) -> subprocess.Popen:
+    """A server over `repository`, on 127.0.0.1; returns once it is ready (its models loaded)."""
+    backends = backend_directory(Path(workdir) / "backends")
+    command = [str(server_home() / "bin" / "tritonserver"), f"--model-repository={repository}",
+               f"--backend-directory={backends}", "--http-address=127.0.0.1", f"--http-port={http_port}",
+               "--grpc-address=127.0.0.1", f"--grpc-port={grpc_port}", "--allow-metrics=false",
+               "--exit-timeout-secs=10"]
+    process = subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=workdir)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready(f"127.0.0.1:{http_port}"):
+            return process
+        if process.poll() is not None:
+            raise ServerError(f"tritonserver exited with {process.returncode}; see {log}")
+        time.sleep(0.5)
+    process.kill()
+    raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s; see {log}")
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 30) -> int:
+    """SIGTERM, and its exit code once it has stopped (killed after `timeout_s`)."""
+    process.terminate()
+    try:
+        return process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
