@@ -37,8 +37,10 @@ def server_problem() -> str:
         server.server_home()
     except server.ServerError as e:
         return str(e)
-    probe = subprocess.run(["python3.11", "-c", "import numpy"], capture_output=True)
-    return "" if probe.returncode == 0 else "the system's Python 3.11 has no numpy (apt-get install python3-numpy)"
+    system = "/usr/bin/python3.11"  # what the backend's stub embeds (its libpython), not this venv's
+    if not os.path.exists(system) or subprocess.run([system, "-c", "import numpy"], capture_output=True).returncode:
+        return "the system's Python 3.11 has no numpy (apt-get install python3-numpy)"
+    return ""
 
 
 PROBLEM = server_problem()
