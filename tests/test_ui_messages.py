@@ -34,8 +34,8 @@ def value(update):
     return update.get("value") if isinstance(update, dict) else update
 
 
-def run_export(tab, fields, backend="onnxruntime", precision="fp32"):
-    return [[value(v) for v in step] for step in handler(tab, "trt_export", "click")(*fields, backend, precision)]
+def run_export(tab, fields, backend="onnxruntime", precision="fp32", controlnet=False):
+    return [[value(v) for v in step] for step in handler(tab, "trt_export", "click")(*fields, backend, precision, controlnet)]
 
 
 def no_model() -> ModelSource:
@@ -119,3 +119,11 @@ def test_preset_fills_the_fields(tmp_path):
     presets = ui_tab.presets(tiny_model().family)
     out = handler(tab, "trt_preset", "select")(presets[1].name, "onnxruntime", "fp32")
     assert out[:12] == profile_fields(presets[1].profile) and "Estimate" in out[16]
+
+
+def test_the_controlnet_checkbox_builds_an_engine_with_controlnet_inputs(tmp_path):
+    source = tiny_source(tmp_path, "cpu")
+    tab = create_tab(source)
+    steps = run_export(tab, TINY_FIELDS, controlnet=True)
+    assert "ControlNet" in steps[-1][2], steps[-1][2][:500]  # the result panel names the engine
+    assert [e.family for e in source.workspace.manifest().entries()] == ["tiny-controlnet"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from html import escape
 
+from sd_unet_trt.models.families import CONTROLNET_SUFFIX
 from sd_unet_trt.trt_core.jobs import CANCELLED, DONE, FAILED, JobStatus
 from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.ui.estimate import Estimate, human_bytes, human_seconds
@@ -55,6 +56,8 @@ def result_panel(status: JobStatus | None, workspace: Workspace) -> str:
             ("ONNX export", str(onnx_path)), ("Backend", f"{entry.backend} {entry.backend_version} on {entry.gpu_arch}"),
             ("Precision", entry.precision), ("Profile", entry.profile.label()),
             ("Build time", f"{entry.build_seconds:.1f} s")]
+    if entry.family.endswith(CONTROLNET_SUFFIX):
+        rows.insert(5, ("Inputs", "ControlNet's residuals too (zeros without ControlNet)"))
     for name, accuracy in (("Engine vs PyTorch", entry.accuracy), ("ONNX vs PyTorch", entry.details.get("onnx_accuracy"))):
         if accuracy:
             verdict = "passed" if accuracy["max_rel"] <= accuracy["tolerance"] else "FAILED"
