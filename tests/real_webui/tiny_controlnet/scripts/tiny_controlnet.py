@@ -31,6 +31,10 @@ def build(path: str, seed: int) -> None:
     config = dict(guess.controlnet_default_config, hint_channels=3, use_fp16=False)
     config.pop("global_average_pooling", None)
     model = cldm.ControlNet(**config)
+    if any(p.is_meta for p in model.parameters()):  # built while the WebUI loads a model on the meta device
+        model = model.to_empty(device="cpu")
+    if any(b.is_meta for b in model.buffers()):
+        raise RuntimeError("the tiny ControlNet has buffers on the meta device")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
