@@ -96,7 +96,8 @@ def main() -> None:
             row = {"clients": clients, "direct": throughput(local, clients, args.seconds),
                    "triton": throughput(remote, clients, args.seconds)}
             after = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
-            row["triton"]["requests_per_execution"] = ((after["inference_count"] - before["inference_count"])
+            # Triton counts batch elements: rows (2 per request here)
+            row["triton"]["rows_per_execution"] = ((after["inference_count"] - before["inference_count"])
                                                        / max(after["execution_count"] - before["execution_count"], 1))
             remote.close()
             local.close()
