@@ -4,12 +4,10 @@ block and a 1x1 output convolution per skip connection and after the middle bloc
 published architecture has them. Its output is the list UNetModel's `control` takes."""
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-import checkout  # noqa: F401  (sd_unet_trt from this checkout)
+from workloads import randomized_on
 
 from sd_unet_trt.models.unet import UNetConfig, UNetModel, timestep_embedding  # noqa: E402
 
@@ -52,14 +50,4 @@ class ControlNetModel(nn.Module):
 
 def make_controlnet(config: UNetConfig, device: torch.device, seed: int = 1) -> ControlNetModel:
     """Random weights on the device, none zero (a trained ControlNet's zero convolutions are not)."""
-    with torch.device("meta"):
-        model = ControlNetModel(config)
-    model = model.to_empty(device=device)
-    generator = torch.Generator(device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() > 1:
-                p.normal_(0, 1 / math.sqrt(p[0].numel()), generator=generator)
-            else:
-                p.normal_(1.0 if "norm" in name else 0.0, 0.05, generator=generator)
-    return model.eval().requires_grad_(False)
+    return randomized_on(lambda: ControlNetModel(config), device, seed)

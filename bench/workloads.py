@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -37,22 +38,27 @@ WORKLOADS = {
 }
 
 
-def make_unet(family: ModelFamily, device: torch.device, seed: int = 0) -> UNetModel:
-    """fp32 random weights drawn on the device itself (seconds, where a CPU init of SDXL takes a minute).
-    Same scheme as models.unet.seeded_unet: every layer non-zero, so every input matters."""
+def randomized_on(make: Callable[[], torch.nn.Module], device: torch.device, seed: int = 0) -> torch.nn.Module:
+    """The module `make` builds, with fp32 random weights drawn on the device itself (seconds, where
+    a CPU init of SDXL takes a minute). Same scheme as models.unet.seeded_unet: every layer non-zero,
+    so every input matters."""
     with torch.device("meta"):
-        unet = UNetModel(family.unet_config())
-    unet = unet.to_empty(device=device)
+        module = make()
+    module = module.to_empty(device=device)
     generator = torch.Generator(device).manual_seed(seed)
     with torch.no_grad():
-        for name, p in unet.named_parameters():
+        for name, p in module.named_parameters():
             if p.dim() > 1:
                 p.normal_(0, 1 / math.sqrt(p[0].numel()), generator=generator)
             elif name.endswith("bias"):
                 p.normal_(0, 0.02, generator=generator)
             else:
                 p.normal_(1.0, 0.05, generator=generator)
-    return unet.eval().requires_grad_(False)
+    return module.eval().requires_grad_(False)
+
+
+def make_unet(family: ModelFamily, device: torch.device, seed: int = 0) -> UNetModel:
+    return randomized_on(lambda: UNetModel(family.unet_config()), device, seed)
 
 
 def make_inputs(work: Workload, device: torch.device, dtype: torch.dtype, generator: torch.Generator) -> tuple:
