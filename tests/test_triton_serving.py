@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -19,6 +21,7 @@ import torch
 from sd_unet_trt.models.families import family_named
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
+from sd_unet_trt.trt_core.cli.commands import tiny_model
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
@@ -165,3 +168,21 @@ def test_stopped_and_killed_servers_give_fallbacks_and_a_stop_is_clean(built, tm
         result = remote.run(x, t, c)
         assert not result.covered and "did not answer" in result.reason, result.reason
         assert time.monotonic() - started < 5 and not remote.failed
+
+
+def test_the_demo_samples_through_the_server(tmp_path):
+    """The CLI demo's --triton row: the tiny model's sampling through a server serving its engine."""
+    source = tiny_model()
+    workspace = Workspace(tmp_path / "ws")
+    build_engine(source, PROFILE, OnnxRuntimeBackend(), workspace, precision="fp32", device="cpu")
+    export_triton(workspace, source.checkpoint.sha256, tmp_path / "repo", "cpu")
+    process, url = start(tmp_path / "repo", tmp_path)
+    try:
+        demo = subprocess.run([sys.executable, "-m", "sd_unet_trt", "demo", "--backends", "onnxruntime", "--steps", "2",
+                               "--device", "cpu", "--dir", str(tmp_path / "ws"), "--triton", url],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        server.stop(process)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    row = re.search(rf"^triton {re.escape(url)}\s+-\s+([\d.]+)\s+([\d.e+-]+)\s+model sd_unet_", demo.stdout, re.M)
+    assert row and float(row.group(2)) < 1e-3, demo.stdout

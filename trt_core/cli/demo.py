@@ -18,6 +18,7 @@ from sd_unet_trt.trt_core.cli.errors import CliError
 from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import presets_for
+from sd_unet_trt.trt_core.router import Router
 from sd_unet_trt.trt_core.sampling import sample_euler_cfg
 from sd_unet_trt.trt_core.verify import TOLERANCE
 
@@ -57,6 +58,34 @@ def demo_backends(names: str | None, device: str) -> tuple[list, list[tuple[str,
         else:
             chosen.append(backend)
     return chosen, skipped
+
+
+def sample_through(router: Router, noise, cond, uncond, steps: int, sync, reference) -> tuple[float, float]:
+    """ms per step through the router, and the final latents' relative error against `reference`."""
+    def through_router(x, t, c):
+        result = router.run(x, t, c)
+        if not result.covered:
+            raise CliError(f"demo call not covered: {result.reason}")
+        return result.output
+    try:
+        latents, ms = time_sampling(through_router, noise, cond, uncond, steps, sync)
+    finally:
+        router.close()
+    return ms, float((latents.double() - reference.double()).norm() / reference.double().norm())
+
+
+def triton_row(url: str, sha256: str, noise, cond, uncond, steps: int, sync, reference) -> tuple:
+    """The same sampling through a Triton server serving this model (export-triton's repository)."""
+    from sd_unet_trt.trt_core.serving.remote import remote_records
+    from sd_unet_trt.trt_core.serving.repository import model_name
+
+    name = f"triton {url}"
+    try:
+        router = Router(remote_records(url, model_name(sha256)))
+        ms, rel = sample_through(router, noise, cond, uncond, steps, sync, reference)
+    except Exception as e:  # a server that is down or does not serve this model is a row, not the end
+        return (name, "-", "-", "-", f"not served: {type(e).__name__}: {str(e)[:200]}")
+    return (name, "-", f"{ms:.2f}", f"{rel:.2e}", f"model {model_name(sha256)}")
 
 
 def cmd_demo(args) -> int:
@@ -102,16 +131,10 @@ def run_demo(args, workspace: Workspace, kept: bool) -> int:
             continue
         router, _ = router_for_checkpoint(workspace, checkpoint.sha256, device)
         router.records = [r for r in router.records if r.id == entry.id]
-
-        def through_router(x, t, c, router=router):
-            result = router.run(x, t, c)
-            if not result.covered:
-                raise CliError(f"demo call not covered: {result.reason}")
-            return result.output
-        latents, ms = time_sampling(through_router, noise, cond, uncond, args.steps, sync)
-        router.close()
-        rel = float((latents.double() - reference.double()).norm() / reference.double().norm())
+        ms, rel = sample_through(router, noise, cond, uncond, args.steps, sync, reference)
         rows.append((backend.name, f"{entry.build_seconds:.1f}", f"{ms:.2f}", f"{rel:.2e}", ""))
+    if args.triton:
+        rows.append(triton_row(args.triton, checkpoint.sha256, noise, cond, uncond, args.steps, sync, reference))
     print(f"\ndemo: tiny UNet ({sum(p.numel() for p in unet.parameters()) / 1e6:.1f}M parameters), "
           f"{args.steps} Euler steps with CFG at 64x64 px on {device}, {precision}"
           + (f"; engines kept in {workspace.engine_dir}" if kept else ""))

@@ -68,6 +68,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of the noise and prompts")
     d.add_argument("--backends", help=f"comma-separated, of {', '.join(REGISTRY)} (default: every one available "
                                       f"here, the torch backend only on a GPU)")
+    d.add_argument("--triton", metavar="HOST:PORT", help="also sample through a Triton server serving the tiny "
+                                                         "model (docs/SERVING.md)")
 
     b = command("build", commands.cmd_build, commands.cmd_build.__doc__)
     source_options(b)
