@@ -38,14 +38,6 @@ class NotServed(Exception):
         self.reason, self.detail = reason, detail
 
 
-class _Stub:
-    def __init__(self, run):
-        self._run = run
-
-    def __call__(self, *args, **kwargs):
-        return self._run(*args, **kwargs)
-
-
 class UNetStandIn:
     """What ControlNet's forward takes for `self`: the UNet's attributes it reads, with blocks that
     collect their inputs and return zeros of their outputs' shapes, and an output layer that asks
@@ -55,12 +47,12 @@ class UNetStandIn:
         self.model_channels = unet.model_channels
         self._family, self._serve = family, serve
         skips = len(family.base_config.skips())
-        self.input_blocks = [_Stub(lambda h, emb, context, i=i: self._input(i, h, context)) for i in range(skips)]
-        self.middle_block = _Stub(lambda h, emb, context: self._middle(h))
-        self.output_blocks = [_Stub(lambda h, emb, context, *rest, i=i: self._output(i, h)) for i in range(skips)]
-        self.time_embed = _Stub(lambda t_emb: torch.zeros((), dtype=t_emb.dtype, device=t_emb.device))
-        self.label_emb = _Stub(self._label)
-        self.out = _Stub(self._out)
+        self.input_blocks = [lambda h, emb, context, i=i: self._input(i, h, context) for i in range(skips)]
+        self.middle_block = lambda h, emb, context: self._middle(h)
+        self.output_blocks = [lambda h, emb, context, *rest, i=i: self._output(i, h) for i in range(skips)]
+        self.time_embed = lambda t_emb: torch.zeros((), dtype=t_emb.dtype, device=t_emb.device)
+        self.label_emb = self._label
+        self.out = self._out
         self._x = self._context = self._y = None
         self._returned: list[torch.Tensor] = []  # what each block handed back, in call order
         self._residuals: dict[int, torch.Tensor] = {}
