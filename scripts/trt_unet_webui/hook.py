@@ -204,8 +204,7 @@ class TrtUnet(sd_unet.SdUnet):
             return result.output, "", ""
         if result.unfit:
             return None, f"the engines cannot take the changed weights ({result.unfit})", result.reason
-        if call.control is not None and "ControlNet" in result.reason and not any(
-                r.family.controlnet for r in engines.router.records):
+        if call.control is not None and not any(r.family.controlnet for r in engines.router.records):
             return None, "no engine of this checkpoint takes ControlNet's residuals", \
                 "Build one with \"ControlNet inputs\" ticked in the TensorRT tab."
         return None, short_reason(call), f"{suggestion(call)} would cover it. ({result.reason})"
