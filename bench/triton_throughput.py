@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -38,11 +37,6 @@ from sd_unet_trt.trt_core.unet_source import ModuleUNet  # noqa: E402
 
 PROFILE = Profile(Range(1, 1, 4), Range(64, 64, 64), Range(64, 64, 64), Range(75, 75, 75))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def throughput(router: Router, clients: int, seconds: float) -> dict:
@@ -84,8 +78,8 @@ def main() -> None:
     checkpoint = checkpoint_of_module(unet, "tiny")
     build_engine(ModuleUNet(unet, checkpoint, TINY), PROFILE, OnnxRuntimeBackend(), workspace, "fp32", "cpu")
     export_triton(workspace, checkpoint.sha256, root / "repo", "cpu", args.instances)
-    port = free_port()
-    process = server.start(root / "repo", root, port, free_port(), root / "triton.log")
+    port = server.free_port()
+    process = server.start(root / "repo", root, port, server.free_port(), root / "triton.log")
     url, model = f"127.0.0.1:{port}", model_name(checkpoint.sha256)
     result = {"environment": environment(torch.device("cpu")), "instances": args.instances, "rows": []}
     try:

@@ -51,11 +51,6 @@ PROBLEM = server_problem()
 pytestmark = pytest.mark.skipif(bool(PROBLEM) and not os.environ.get("CI"), reason=PROBLEM)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def built(tiny_unet, tmp_path_factory):
@@ -68,8 +63,8 @@ def built(tiny_unet, tmp_path_factory):
 
 
 def start(repository, tmp_path):
-    port = free_port()
-    process = server.start(repository, tmp_path, port, free_port(), tmp_path / "triton.log")
+    port = server.free_port()
+    process = server.start(repository, tmp_path, port, server.free_port(), tmp_path / "triton.log")
     return process, f"127.0.0.1:{port}"
 
 

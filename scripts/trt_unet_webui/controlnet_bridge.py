@@ -54,14 +54,12 @@ class UNetStandIn:
         self.label_emb = self._label
         self.out = self._out
         self._x = self._context = self._y = None
+        self._shapes: list[tuple[int, int, int, int]] = []  # the residuals' (and the blocks' outputs'), set by x
         self._returned: list[torch.Tensor] = []  # what each block handed back, in call order
         self._residuals: dict[int, torch.Tensor] = {}
 
     def _zeros(self, shape) -> torch.Tensor:
         return torch.zeros(shape, dtype=self._x.dtype, device=self._x.device)
-
-    def _shapes(self) -> list[tuple[int, int, int, int]]:
-        return self._family.control_shapes(self._x.shape[0], self._x.shape[2], self._x.shape[3])
 
     def _label(self, y: torch.Tensor) -> torch.Tensor:
         self._y = y
@@ -70,21 +68,22 @@ class UNetStandIn:
     def _input(self, i: int, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if i == 0:
             self._x, self._context = h, context
+            self._shapes = self._family.control_shapes(h.shape[0], h.shape[2], h.shape[3])
         elif h is not self._returned[-1]:
             raise NotServed("an adapter adds to the UNet's encoder (T2I-Adapter), which engines cannot take")
         if context is not self._context:
             raise NotServed("the text conditioning changes between the UNet's blocks")
-        self._returned.append(self._zeros(self._shapes()[i]))
+        self._returned.append(self._zeros(self._shapes[i]))
         return self._returned[-1]
 
     def _middle(self, h: torch.Tensor) -> torch.Tensor:
         if not self._returned or h is not self._returned[-1]:
             raise NotServed("an adapter adds to the UNet's encoder (T2I-Adapter), which engines cannot take")
-        self._returned.append(self._zeros(self._shapes()[-1]))
+        self._returned.append(self._zeros(self._shapes[-1]))
         return self._returned[-1]
 
     def _output(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        shapes = self._shapes()
+        shapes = self._shapes
         skip = len(shapes) - 2 - i  # the skip connection this block takes (the last one first)
         before = self._returned[-1].shape[1]  # channels of what came up from below
         if h.dim() != 4 or h.shape[1] != before + shapes[skip][1]:
@@ -98,7 +97,7 @@ class UNetStandIn:
         return self._returned[-1]
 
     def _out(self, h: torch.Tensor) -> torch.Tensor:
-        shapes = self._shapes()
+        shapes = self._shapes
         if sorted(self._residuals) != list(range(len(shapes))):
             raise NotServed("ControlNet's forward did not run every block of the UNet")
         residuals = [self._residuals[i] for i in range(len(shapes))]

@@ -77,7 +77,7 @@ def config_text(name: str, family: ModelFamily, max_rows: int, preferred: list[i
     kind = "KIND_GPU" if device == "cuda" else "KIND_CPU"
     params = ",\n".join(f'  {{ key: "{k}" value: {{ string_value: {json.dumps(v)} }} }}' for k, v in parameters.items())
     return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {max_rows}\n'
-            f"input [\n{','.join(chr(10) + i for i in inputs).lstrip(chr(10))}\n]\n"
+            "input [\n" + ",\n".join(inputs) + "\n]\n"
             f'output [\n{_tensor("out", [4, -1, -1])}\n]\n'
             f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, preferred))} ] "
             f"max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}\n"

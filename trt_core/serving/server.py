@@ -9,6 +9,7 @@ Debian, `apt-get install python3-numpy`)."""
 from __future__ import annotations
 
 import importlib.util
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +44,13 @@ def backend_directory(into: Path) -> Path:
             link.unlink()
         link.symlink_to(source)
     return Path(into)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def ready(url: str) -> bool:
