@@ -5,6 +5,7 @@ statistics show its dynamic batcher merging them, a slow, stopped or killed serv
 a fallback within its timeout, and the server stops cleanly."""
 from __future__ import annotations
 
+import ctypes.util
 import json
 import os
 import re
@@ -40,9 +41,9 @@ def server_problem() -> str:
         server.server_home()
     except server.ServerError as e:
         return str(e)
-    system = "/usr/bin/python3.11"  # what the backend's stub embeds (its libpython), not this venv's
-    if not os.path.exists(system) or subprocess.run([system, "-c", "import numpy"], capture_output=True).returncode:
-        return "the system's Python 3.11 has no numpy (apt-get install python3-numpy)"
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if ctypes.util.find_library(f"python{version}") is None:  # what the backend's stub embeds
+        return f"the system has no libpython{version} (apt-get install libpython{version})"
     return ""
 
 

@@ -3,9 +3,10 @@
 
 The wheel keeps the Python backend's stubs per Python version apart from the backend; a backend
 folder is assembled beside the repository with links to the backend and to the stub of this
-interpreter's version. The stub embeds the system's libpython of that version, whose own packages
-must include numpy (Triton's backend utilities import it before the model's paths are added: on
-Debian, `apt-get install python3-numpy`)."""
+interpreter's version. The stub embeds the system's libpython of that version without any
+site-packages, yet Triton's backend utilities import numpy before the model can add this package's
+paths (the stub ignores PYTHONPATH): the backend folder, which is on the stub's path, also links
+this interpreter's numpy, and only numpy, so nothing shadows the stub's standard library."""
 from __future__ import annotations
 
 import importlib.util
@@ -29,20 +30,27 @@ def server_home() -> Path:
 
 
 def backend_directory(into: Path) -> Path:
-    """A backend folder whose python/ holds the backend and this Python version's stub (links)."""
+    """A backend folder whose python/ holds links to the backend, this Python version's stub and
+    this interpreter's numpy (with the libraries its wheel bundles)."""
     home = server_home()
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     stub = home / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise ServerError(f"the Triton wheel has no Python backend stub for Python {version}")
+    numpy = importlib.util.find_spec("numpy")
+    if numpy is None or not numpy.submodule_search_locations:
+        raise ServerError("numpy is not installed beside this package")
+    numpy_package = Path(list(numpy.submodule_search_locations)[0])
     python = Path(into) / "python"
     python.mkdir(parents=True, exist_ok=True)
     for source in (home / "backends" / "python" / "libtriton_python.so",
-                   home / "backends" / "python" / "triton_python_backend_utils.py", stub):
+                   home / "backends" / "python" / "triton_python_backend_utils.py", stub,
+                   numpy_package, numpy_package.parent / "numpy.libs"):
         link = python / source.name
         if link.is_symlink() or link.exists():
             link.unlink()
-        link.symlink_to(source)
+        if source.exists():
+            link.symlink_to(source)
     return Path(into)
 
 
@@ -75,10 +83,17 @@ def start(repository: Path, workdir: Path, http_port: int, grpc_port: int, log: 
         if ready(f"127.0.0.1:{http_port}"):
             return process
         if process.poll() is not None:
-            raise ServerError(f"tritonserver exited with {process.returncode}; see {log}")
+            raise ServerError(f"tritonserver exited with {process.returncode}: {last_error(log)}")
         time.sleep(0.5)
     process.kill()
     raise ServerError(f"tritonserver was not ready after {timeout_s:.0f} s; see {log}")
+
+
+def last_error(log: Path) -> str:
+    """The log's last error line (Triton prefixes them with E), else its last line: the reason."""
+    lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("E")]
+    return (errors or lines or ["(empty log)"])[-1][:400] + f" (log: {log})"
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 30) -> int:
