@@ -1,7 +1,8 @@
 """A ControlNet of the real architecture for a UNet config (bench only): the UNet's encoder (time
 and label embeddings, input blocks, middle block) with the hint encoder added after the first
 block and a 1x1 output convolution per skip connection and after the middle block, as ControlNet's
-published architecture has them. Its output is the list UNetModel's `control` takes."""
+published architecture has them. Its output is the list UNetModel's `control` takes: its residuals,
+then zeros for T2I-Adapter's features (no adapter in this bench)."""
 from __future__ import annotations
 
 import torch
@@ -45,7 +46,8 @@ class ControlNetModel(nn.Module):
                 h = h + guided
             outs.append(self.zero_convs[i](h))
         h = self.middle_block(h, emb, context.to(dtype))
-        return outs + [self.middle_block_out(h)]
+        no_adapter = [torch.zeros_like(outs[i]) for i in self.config.adapter_blocks()]
+        return outs + [self.middle_block_out(h)] + no_adapter
 
 
 def make_controlnet(config: UNetConfig, device: torch.device, seed: int = 1) -> ControlNetModel:

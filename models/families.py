@@ -28,7 +28,8 @@ class ModelFamily:
     prediction: str  # "eps" or "v"
     native_px: int  # the training resolution, the default profile's size
     base_config: arch.UNetConfig
-    # engines of this family take ControlNet's residuals as inputs too (zeros when none is active)
+    # engines of this family take ControlNet's residuals and T2I-Adapter's features as inputs too
+    # (zeros when none is active)
     controlnet: bool = False
 
     @property
@@ -40,13 +41,14 @@ class ModelFamily:
     def control_names(self) -> tuple[str, ...]:
         if not self.controlnet:
             return ()
-        return tuple(f"control_{i}" for i in range(len(self.base_config.skips()) + 1))
+        residuals = tuple(f"control_{i}" for i in range(len(self.base_config.skips()) + 1))
+        return residuals + tuple(f"adapter_{i}" for i in range(len(self.base_config.adapter_blocks())))
 
     def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
         return self.base_config.control_shapes(rows, latent_h, latent_w)
 
     def with_controlnet(self) -> "ModelFamily":
-        """The same UNet, with inputs for ControlNet's residuals."""
+        """The same UNet, with inputs for ControlNet's residuals and T2I-Adapter's features."""
         if self.controlnet:
             return self
         return replace(self, name=self.name + CONTROLNET_SUFFIX, label=self.label + " + ControlNet inputs",

@@ -45,16 +45,25 @@ class UNetConfig:
         """Channels of each output block's output, in order."""
         return [mult * self.model_channels for mult in reversed(self.channel_mult) for _ in range(self.num_res_blocks + 1)]
 
+    def adapter_blocks(self) -> list[int]:
+        """The input blocks after which sd-webui-controlnet adds T2I-Adapter features to the
+        encoder's hidden state (its `t2i_injection`; SDXL's fourth feature joins the middle block's
+        residual)."""
+        injection = (3, 5, 8) if self.adm_in_channels else (2, 5, 8, 11)
+        return [i for i in injection if i < len(self.skips())]
+
     def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
-        """Shapes of ControlNet's residuals for one call: one per skip connection, then the middle
-        block's (13 for SD1.x/SD2.x, 10 for SDXL), as diffusers' down/mid block residuals."""
+        """Shapes of the UNet's control inputs for one call: ControlNet's residuals, one per skip
+        connection and then the middle block's (13 for SD1.x/SD2.x, 10 for SDXL, as diffusers'
+        down/mid block residuals), then T2I-Adapter's features, one per adapter block."""
         def size(n: int, downsamplings: int) -> int:
             for _ in range(downsamplings):
                 n = (n + 1) // 2  # a stride-2 convolution with padding 1
             return n
 
         skips = self.skips()
-        return [(rows, ch, size(latent_h, d), size(latent_w, d)) for ch, d in skips + [skips[-1]]]
+        layout = skips + [skips[-1]] + [skips[i] for i in self.adapter_blocks()]
+        return [(rows, ch, size(latent_h, d), size(latent_w, d)) for ch, d in layout]
 
     def heads(self, channels: int) -> tuple[int, int]:
         """(number of heads, channels per head) for a transformer of `channels` width."""
@@ -274,8 +283,9 @@ class UNetModel(nn.Module):
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None, control: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """`control`: ControlNet's residuals (config.control_shapes), added to the skip connections
-        and to the middle block's output, as sd-webui-controlnet and diffusers add them."""
+        """`control` (config.control_shapes): ControlNet's residuals, added to the skip connections
+        and to the middle block's output, then T2I-Adapter's features, added to the hidden state
+        after their blocks (so to those blocks' skips too), as sd-webui-controlnet adds them."""
         dtype = self.out[2].weight.dtype
         emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
         if self.config.adm_in_channels:
@@ -284,16 +294,24 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y.to(dtype))
         context = context.to(dtype)
         h = x.to(dtype)
+        residuals, features = [], {}
+        if control is not None:
+            blocks = self.config.adapter_blocks()
+            if len(control) != len(self.input_blocks) + 1 + len(blocks):
+                raise ValueError(f"this UNet takes {len(self.input_blocks) + 1 + len(blocks)} control inputs "
+                                 f"(ControlNet's residuals, T2I-Adapter's features), got {len(control)}")
+            residuals = [c.to(dtype) for c in control[:len(self.input_blocks) + 1]]
+            features = {i: c.to(dtype) for i, c in zip(blocks, control[len(self.input_blocks) + 1:])}
         skips = []
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
             h = block(h, emb, context)
+            if i in features:
+                h = h + features[i]
             skips.append(h)
         h = self.middle_block(h, emb, context)
-        if control is not None:
-            if len(control) != len(skips) + 1:
-                raise ValueError(f"this UNet takes {len(skips) + 1} ControlNet residuals, got {len(control)}")
-            skips = [s + c.to(dtype) for s, c in zip(skips, control)]
-            h = h + control[-1].to(dtype)
+        if residuals:
+            skips = [s + r for s, r in zip(skips, residuals)]
+            h = h + residuals[-1]
         for i, block in enumerate(self.output_blocks):
             h = torch.cat([h, skips.pop()], dim=1)
             # an Upsample at the end of this block must land on the next skip's size

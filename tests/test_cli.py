@@ -56,7 +56,7 @@ def test_bad_profile_and_bad_manifest_are_one_line_errors(tmp_path):
 
 
 def test_build_with_controlnet_inputs_by_the_real_tensorrt_rtx_builder(tmp_path):
-    """The export with ControlNet's 13 residual inputs parses and builds in TensorRT for RTX's real
+    """The export with ControlNet's 13 residual inputs and T2I-Adapter's 4 feature inputs parses and builds in TensorRT for RTX's real
     builder (the ONNX Runtime check against PyTorch, residuals included, runs first)."""
     proc = cli("build", "--backend", "tensorrt", "--controlnet", "--preset", "1", "--device", "cpu", "--dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,4 +64,5 @@ def test_build_with_controlnet_inputs_by_the_real_tensorrt_rtx_builder(tmp_path)
     assert re.search(r"^built \w+-tiny-controlnet-tensorrt-fp16-", proc.stdout, re.M), proc.stdout
     import onnx
     inputs = [i.name for i in onnx.load(next(tmp_path.glob("Unet-onnx/*controlnet*/unet.onnx"))).graph.input]
-    assert inputs == ["x", "timesteps", "context"] + [f"control_{i}" for i in range(13)]
+    assert inputs == (["x", "timesteps", "context"] + [f"control_{i}" for i in range(13)]
+                      + [f"adapter_{i}" for i in range(4)])

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sd_unet_trt.models.families import CONTROLNET_SUFFIX, family_named
-from sd_unet_trt.models.unet import TINY_XL, UNetModel, seeded_unet
+from sd_unet_trt.models.unet import TINY_XL, UNetModel, seeded_unet, timestep_embedding
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
@@ -27,7 +27,8 @@ def residuals(family, rows, h, w, seed=0):
 @pytest.mark.parametrize("name", ["tiny", "tiny-xl", "sd1", "sdxl"])
 def test_layout_matches_the_unets_skip_connections(name):
     """13 residuals for SD1.x-style UNets and 10 for SDXL's, shaped as each input block's output
-    (odd latent sizes included) and then the middle block's."""
+    (odd latent sizes included) and then the middle block's; then T2I-Adapter's features, shaped as
+    the outputs of the blocks sd-webui-controlnet adds them after (2, 5, 8, 11; SDXL's 3, 5, 8)."""
     family = family_named(name)
     with torch.device("meta"):
         unet = UNetModel(family.unet_config())
@@ -39,28 +40,55 @@ def test_layout_matches_the_unets_skip_connections(name):
         unet(x, t, c, y)
     for hook in hooks:
         hook.remove()
-    assert seen == family.control_shapes(2, 9, 7)
+    blocks = {"tiny": [2, 5, 8, 11], "sd1": [2, 5, 8, 11], "sdxl": [3, 5, 8], "tiny-xl": [3, 5]}[name]
+    assert family.base_config.adapter_blocks() == blocks
+    assert family.control_shapes(2, 9, 7) == seen + [seen[i] for i in blocks]
     assert len(seen) == {"tiny": 13, "sd1": 13, "sdxl": 10, "tiny-xl": 7}[name]
     with_inputs = family.with_controlnet()
     assert with_inputs.name == name + CONTROLNET_SUFFIX and family_named(with_inputs.name) == with_inputs
-    assert with_inputs.plain == family and with_inputs.input_names[-len(seen):] == tuple(f"control_{i}" for i in range(len(seen)))
+    names = tuple(f"control_{i}" for i in range(len(seen))) + tuple(f"adapter_{k}" for k in range(len(blocks)))
+    assert with_inputs.plain == family and with_inputs.input_names[-len(names):] == names
+
+
+def extension_forward(unet, x, t, c, residuals, features):
+    """sd-webui-controlnet's UNet loop (scripts/hook.py, forward), written out on our blocks: each
+    adapter feature added to the hidden state after its block, before the block's skip is kept;
+    ControlNet's residuals added to the skips where the output blocks take them."""
+    emb = unet.time_embed(timestep_embedding(t, unet.config.model_channels))
+    h, hs, features = x, [], list(features)
+    for i, block in enumerate(unet.input_blocks):
+        h = block(h, emb, c)
+        if i in unet.config.adapter_blocks():
+            h = h + features.pop(0)
+        hs.append(h)
+    h = unet.middle_block(h, emb, c) + residuals[-1]
+    skips = [s + r for s, r in zip(hs, residuals)]
+    for block in unet.output_blocks:
+        h = torch.cat([h, skips.pop()], dim=1)
+        h = block(h, emb, c, skips[-1].shape[-2:] if skips else None)
+    return unet.out(h)
 
 
 def test_residuals_join_the_skips_and_the_middle_block():
     """Residual k is added to input block k's output where the output blocks take it; the last to
-    the middle block's output: one non-zero residual at a time changes the output, zeros do not."""
+    the middle block's output; adapter features to the hidden state after their blocks: each input
+    alone changes the output, zeros do not, and all of them together give the extension's loop."""
     unet = seeded_unet(TINY.unet_config(), seed=3)
     x, t, c = torch.randn(2, 4, 8, 8), torch.tensor([10.0, 700.0]), torch.randn(2, 77, 768)
     zeros = [torch.zeros(s) for s in TINY.control_shapes(2, 8, 8)]
+    assert len(zeros) == 13 + 4
     with torch.no_grad():
         plain = unet(x, t, c)
         assert torch.equal(unet(x, t, c, control=zeros), plain)
-        for k in (0, 5, 12):
+        for k in (0, 5, 12, 13, 16):
             one = [z.clone() for z in zeros]
             one[k] = torch.randn(one[k].shape) * 0.5  # random: a constant is mostly normalized away
             assert (unet(x, t, c, control=one) - plain).abs().max() > 1e-3
-        with pytest.raises(ValueError, match="13 ControlNet residuals, got 12"):
-            unet(x, t, c, control=zeros[:12])
+        given = residuals(TINY, 2, 8, 8, seed=4)
+        expected = extension_forward(unet, x, t, c, given[:13], given[13:])
+        torch.testing.assert_close(unet(x, t, c, control=given), expected, rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="takes 17 control inputs .* got 16"):
+            unet(x, t, c, control=zeros[:16])
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +143,7 @@ def test_a_plain_engine_never_takes_residuals_and_a_wrong_layout_is_not_covered(
     assert not result.covered and "no ControlNet inputs" in result.reason
     router, _ = router_for_checkpoint(workspace, checkpoint.sha256, "cpu")
     result = router.run(x, t, c, control=res[:-1])
-    assert not result.covered and "13 expected" in result.reason and not router.failed
+    assert not result.covered and "17 expected" in result.reason and not router.failed
     xl = residuals(family_named("tiny-xl"), 2, 8, 8)  # another family's layout
     assert not router.run(x, t, c, control=xl).covered and not router.failed
 

@@ -57,12 +57,12 @@ def webui(tmp_path, tiny):
     assert not errors.reported, errors.reported
 
 
-def units(*specs):
-    """Units of seeded tiny control models: (seed, weight, start, end) each."""
+def units(*specs, config=arch.TINY):
+    """Units of seeded tiny control models: (seed, weight, start, end[, "adapter"]) each."""
     out = []
-    for seed, weight, begin, end in specs:
+    for seed, weight, begin, end, *kind in specs:
         hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-        out.append(Unit(TinyControlModel(arch.TINY, seed), hint, weight, begin, end))
+        out.append(Unit(TinyControlModel(config, seed, adapter=kind == ["adapter"]), hint, weight, begin, end))
     return out
 
 
@@ -96,6 +96,8 @@ CASES = [
     # steps 1 and 2 of 4 take residuals; the others are the plain UNet's calls: the plain engine's
     ("start and end: guidance from step 1 to 2 of 4", [(1, 1.0, 0.25, 0.5)],
      f"{PLAIN} (2 calls), {WITH_INPUTS} (2 calls)"),
+    ("one T2I-Adapter", [(3, 1.0, 0.0, 1.0, "adapter")], WITH_INPUTS),
+    ("a ControlNet and a T2I-Adapter", [(1, 0.8, 0.0, 1.0), (3, 0.6, 0.0, 1.0, "adapter")], WITH_INPUTS),
 ]
 
 
@@ -122,7 +124,7 @@ def test_steps_outside_every_units_guidance_may_use_a_plain_engine(webui):
 
 REFUSED = [
     ("reference", "an extension replaced the forward of UNet layer input_blocks.1"),
-    ("t2i", "an adapter adds to the UNet's encoder (T2I-Adapter)"),
+    ("encoder", "something adds to the UNet's encoder after block 1, where engines take nothing"),
 ]
 
 
@@ -166,16 +168,16 @@ def test_after_controlnet_plain_generations_use_the_plain_engine(webui, variant)
 
 
 def test_sdxl_blocks_and_y_through_the_bridge(tmp_path, exported):
-    """SDXL's layout (10 residuals at full size, 7 in the tiny one; y through label_emb) and its
-    sgm UNet class."""
+    """SDXL's layout (10 residuals at full size, 7 in the tiny one; y through label_emb; adapter
+    features after blocks 3 and 5 and the middle block) and its sgm UNet class, with a ControlNet
+    and a T2I-Adapter."""
     unet, _ = exported("tiny-xl")
     family = family_named("tiny-xl")
     onnx = export_onnx(unet, family.with_controlnet(), tmp_path / "onnx", weights="fp32").onnx_path
     register_ort_engines(Workspace(tmp_path), onnx, "tiny-xl-controlnet", CheckpointId.of(XL_SHA, "xl"), [PROFILE])
     runner, _ = harness.start(tmp_path, webui_unet(unet, sgm=True), "xl", XL_SHA, sgm=True)
     try:
-        hint = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-        make = lambda: ControlNetScript([Unit(TinyControlModel(arch.TINY_XL, 3), hint, 1.0)])
+        make = lambda: ControlNetScript(units((3, 1.0, 0.0, 1.0), (4, 0.7, 0.0, 1.0, "adapter"), config=arch.TINY_XL))
         fast, ref, diff = compare(runner, make)
         plain = generate(runner, "None")
         assert max((a - b).abs().max().item() for a, b in zip(ref.images, plain.images)) > 0.05

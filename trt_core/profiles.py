@@ -82,7 +82,7 @@ class CallShape:
     context_len: int
     context_dim: int
     y_dim: int | None
-    control: tuple[tuple[int, ...], ...] | None = None  # shapes of ControlNet's residuals, when given
+    control: tuple[tuple[int, ...], ...] | None = None  # shapes of the control inputs, when given
 
     @classmethod
     def of(cls, x: torch.Tensor, context: torch.Tensor, y: torch.Tensor | None = None,
@@ -185,7 +185,7 @@ class Profile:
                 return Coverage(False, "ControlNet is active and the engine has no ControlNet inputs")
             expected = tuple(shape[1:] for shape in family.control_shapes(call.rows, call.latent_height, call.latent_width))
             if tuple(shape[1:] for shape in call.control) != expected or any(s[0] != call.rows for s in call.control):
-                return Coverage(False, f"ControlNet's residuals are not shaped as the engine's inputs "
+                return Coverage(False, f"ControlNet's residuals and adapter features are not shaped as the engine's inputs "
                                        f"({len(call.control)} tensors, {len(expected)} expected)")
         h_px, w_px = call.latent_height * LATENT_SCALE, call.latent_width * LATENT_SCALE
         if h_px not in self.height or w_px not in self.width:

@@ -6,16 +6,16 @@ which runs the ControlNet models and then the UNet's blocks itself, adding their
 engine UNet never sees those calls, and the built-in UNet runs where the WebUI moved it. Each
 sampler step, `attach` wraps such a forward. A wrapped call runs ControlNet's forward, unchanged,
 on a stand-in for the UNet whose blocks compute nothing: each hands back zeros of its output's
-shape, so what ControlNet adds to them is exactly its residuals, with every unit summed and its
-weight, control mode, mask and start/end applied by ControlNet itself. The stand-in's output layer
+shape, so what ControlNet adds to them is exactly its residuals and T2I-Adapter's features, with
+every unit summed and its weight, control mode, mask and start/end applied by ControlNet itself. The stand-in's output layer
 runs the engine on the inputs and residuals it collected, and ControlNet's post-processing (colour
 fix, inpaint restore) works on the engine's output.
 
 Whatever the stand-in cannot reproduce runs ControlNet's forward on the built-in UNet for that
 call, with the reason in the infotext: layers of the UNet patched on the instance (reference-only
-and the like; live_weights finds them), additions inside the encoder (T2I-Adapter), no engine with
-ControlNet inputs, a shape no engine covers, a forward of another extension or of a ControlNet
-version that does not drive the blocks this way.
+and the like; live_weights finds them), additions inside the encoder anywhere but where T2I-Adapter
+features go, no engine with control inputs, a shape no engine covers, a forward of another
+extension or of a ControlNet version that does not drive the blocks this way.
 """
 from __future__ import annotations
 
@@ -41,22 +41,29 @@ class NotServed(Exception):
 class UNetStandIn:
     """What ControlNet's forward takes for `self`: the UNet's attributes it reads, with blocks that
     collect their inputs and return zeros of their outputs' shapes, and an output layer that asks
-    `serve(x, context, y, residuals)` for the engine's output (NotServed when there is none)."""
+    `serve(x, context, y, control)` for the engine's output (NotServed when there is none).
+
+    What ControlNet adds between two encoder blocks is a T2I-Adapter's feature (where the extension
+    adds them); what it adds to a skip as the decoder takes it is that feature (the skip kept it)
+    plus ControlNet's residual; what it adds to the middle block's output is a residual (and SDXL's
+    fourth adapter feature, which the engine's middle residual input takes as well)."""
 
     def __init__(self, unet: torch.nn.Module, family, serve):
         self.model_channels = unet.model_channels
         self._family, self._serve = family, serve
-        skips = len(family.base_config.skips())
-        self.input_blocks = [lambda h, emb, context, i=i: self._input(i, h, context) for i in range(skips)]
+        self._skips = len(family.base_config.skips())
+        self._adapter_blocks = family.base_config.adapter_blocks()
+        self.input_blocks = [lambda h, emb, context, i=i: self._input(i, h, context) for i in range(self._skips)]
         self.middle_block = lambda h, emb, context: self._middle(h)
-        self.output_blocks = [lambda h, emb, context, *rest, i=i: self._output(i, h) for i in range(skips)]
+        self.output_blocks = [lambda h, emb, context, *rest, i=i: self._output(i, h) for i in range(self._skips)]
         self.time_embed = lambda t_emb: torch.zeros((), dtype=t_emb.dtype, device=t_emb.device)
         self.label_emb = self._label
         self.out = self._out
         self._x = self._context = self._y = None
-        self._shapes: list[tuple[int, int, int, int]] = []  # the residuals' (and the blocks' outputs'), set by x
+        self._shapes: list[tuple[int, int, int, int]] = []  # the control inputs' (family.control_shapes), set by x
         self._returned: list[torch.Tensor] = []  # what each block handed back, in call order
-        self._residuals: dict[int, torch.Tensor] = {}
+        self._residuals: dict[int, torch.Tensor] = {}  # by skip (the middle block's last)
+        self._features: dict[int, torch.Tensor] = {}  # by the input block they were added after
 
     def _zeros(self, shape) -> torch.Tensor:
         return torch.zeros(shape, dtype=self._x.dtype, device=self._x.device)
@@ -65,45 +72,55 @@ class UNetStandIn:
         self._y = y
         return torch.zeros((), dtype=y.dtype, device=y.device)
 
+    def _passed_down(self, block: int, h: torch.Tensor) -> None:
+        """Keeps what ControlNet added to input block `block`'s output before the next block took it."""
+        returned = self._returned[-1] if self._returned else None
+        if h is returned:
+            return
+        if returned is None or block not in self._adapter_blocks or h.shape != returned.shape:
+            raise NotServed(f"something adds to the UNet's encoder after block {block}, where engines take nothing")
+        self._features[block] = h - returned
+
     def _input(self, i: int, h: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         if i == 0:
             self._x, self._context = h, context
             self._shapes = self._family.control_shapes(h.shape[0], h.shape[2], h.shape[3])
-        elif h is not self._returned[-1]:
-            raise NotServed("an adapter adds to the UNet's encoder (T2I-Adapter), which engines cannot take")
+        else:
+            self._passed_down(i - 1, h)
         if context is not self._context:
             raise NotServed("the text conditioning changes between the UNet's blocks")
         self._returned.append(self._zeros(self._shapes[i]))
         return self._returned[-1]
 
     def _middle(self, h: torch.Tensor) -> torch.Tensor:
-        if not self._returned or h is not self._returned[-1]:
-            raise NotServed("an adapter adds to the UNet's encoder (T2I-Adapter), which engines cannot take")
-        self._returned.append(self._zeros(self._shapes[-1]))
+        self._passed_down(self._skips - 1, h)
+        self._returned.append(self._zeros(self._shapes[self._skips]))
         return self._returned[-1]
 
     def _output(self, i: int, h: torch.Tensor) -> torch.Tensor:
         shapes = self._shapes
-        skip = len(shapes) - 2 - i  # the skip connection this block takes (the last one first)
+        skip = self._skips - 1 - i  # the skip connection this block takes (the last one first)
         before = self._returned[-1].shape[1]  # channels of what came up from below
         if h.dim() != 4 or h.shape[1] != before + shapes[skip][1]:
             raise NotServed(f"ControlNet fed output block {i} {list(h.shape)}, not the UNet's layout")
         if i == 0:
-            self._residuals[len(shapes) - 1] = h[:, :before]  # zeros + the middle block's residual
-        self._residuals[skip] = h[:, before:]  # zeros + the skip's residual
+            self._residuals[self._skips] = h[:, :before]  # zeros + the middle block's residual
+        taken = h[:, before:]  # zeros + the skip's adapter feature, if any, + its residual
+        self._residuals[skip] = taken - self._features[skip] if skip in self._features else taken
         below = shapes[max(skip - 1, 0)]  # the next block takes the next skip: its size
         channels = self._family.base_config.output_channels()[i]
         self._returned.append(self._zeros((h.shape[0], channels, below[2], below[3])))
         return self._returned[-1]
 
     def _out(self, h: torch.Tensor) -> torch.Tensor:
-        shapes = self._shapes
-        if sorted(self._residuals) != list(range(len(shapes))):
+        if sorted(self._residuals) != list(range(self._skips + 1)):
             raise NotServed("ControlNet's forward did not run every block of the UNet")
-        residuals = [self._residuals[i] for i in range(len(shapes))]
+        control = [self._residuals[i] for i in range(self._skips + 1)]
+        control += [self._features[b] if b in self._features else self._zeros(self._shapes[self._skips + 1 + k])
+                    for k, b in enumerate(self._adapter_blocks)]
         # every unit outside its start/end (or weight 0): the plain UNet's call, for any engine
-        active = bool(torch.stack([r.abs().amax() for r in residuals]).amax() > 0)
-        return self._serve(self._x, self._context, self._y, residuals if active else None)
+        active = bool(torch.stack([c.abs().amax() for c in control]).amax() > 0)
+        return self._serve(self._x, self._context, self._y, control if active else None)
 
 
 def _fallback(unet_hook: TrtUnet, forward, x, timesteps, context, kwargs, reason: str, detail: str = ""):

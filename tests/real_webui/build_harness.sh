@@ -51,7 +51,10 @@ if [ ! -x "$HARNESS/venv/bin/python" ]; then
   $P -m pip install -q "torch==2.13.0"
   $P -m pip install -q --no-deps "torchvision==0.16.2"
   extract openai+CLIP d50d76daa670286dd6cacf3bcd80b5e4823fc8e1 "$HARNESS/CLIP"
-  $P -m pip install -q --no-build-isolation "$HARNESS/CLIP"
+  # --no-deps: its torchvision requirement would bring torch 2.1.2 (CUDA) back; ftfy, regex and
+  # tqdm are the WebUI's requirements already
+  $P -m pip install -q --no-build-isolation --no-deps "$HARNESS/CLIP"
+  $P -c 'import torch, clip; assert torch.__version__ == "2.13.0+cpu", torch.__version__'
   rm -rf "$HARNESS/venv.pristine"
   cp -a "$HARNESS/venv" "$HARNESS/venv.pristine"
 fi

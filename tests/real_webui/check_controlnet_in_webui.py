@@ -8,12 +8,13 @@ HARNESS_DIR is tests/real_webui/build_harness.sh's folder, with sd-webui-control
 beside webui/. The venv gets what ControlNet imports at start (opencv-python-headless, and
 controlnet_aux without its dependencies, whose pins clash with the WebUI's); tests/real_webui/
 tiny_controlnet (a test-only extension) sizes ControlNet for the tiny checkpoint and writes two tiny
-ControlNets made by ControlNet's own model code with random weights.
+ControlNets and a tiny T2I-Adapter made by ControlNet's own model code with random weights.
 
-Checks: ControlNet changes the image; with only a plain engine its steps fall back with the reason
+Checks: ControlNet and the T2I-Adapter change the image; with only a plain engine its steps fall back with the reason
 in the infotext and the image is the built-in UNet's; an engine with ControlNet inputs, built
 through the API, then serves one unit, two units of different weights, a guidance start/end, both
-non-balanced control modes and hires fix, each within 2/255 of the built-in UNet under ControlNet,
+non-balanced control modes, hires fix, a T2I-Adapter alone, with a ControlNet and with hires
+fix, each within 2/255 of the built-in UNet under ControlNet,
 the infotext naming the engine; reference-only falls back with its reason and the built-in UNet's
 image; a generation without ControlNet afterwards runs on the plain engine (restored layers are no
 patch).
@@ -92,13 +93,17 @@ def compare(webui: WebUI, what: str, units: list[dict], expect: tuple[str, ...] 
 def controlnet_checks(webui: WebUI) -> None:
     status, models = webui.request("GET", "/controlnet/model_list?update=true")
     names = models.get("model_list", []) if status == 200 else []
-    check(len(names) == 2, f"ControlNet lists the two tiny ControlNets ({names})")
-    if len(names) != 2:
+    check(len(names) == 3, f"ControlNet lists the two tiny ControlNets and the tiny T2I-Adapter ({names})")
+    if len(names) != 3:
         return
-    a, b = names
+    adapter = next(n for n in names if "t2iadapter" in n)
+    a, b = (n for n in names if n != adapter)
     with_cn, _, _ = generate(webui, "None", [unit(a)])
     without, _, _ = generate(webui, "None", [])
     check(max_diff(with_cn, without) > 10, f"ControlNet changes the image by {max_diff(with_cn, without)}/255")
+    with_adapter, _, _ = generate(webui, "None", [unit(adapter, image=hint_image(3))])
+    check(max_diff(with_adapter, without) > 10,
+          f"the T2I-Adapter changes the image by {max_diff(with_adapter, without)}/255")
 
     plain = built(webui, "onnxruntime fp32, 64-128 px, no ControlNet inputs",
                   {"backend": "onnxruntime", "precision": "fp32", "profile": profile(64, 128)})
@@ -119,6 +124,12 @@ def controlnet_checks(webui: WebUI) -> None:
     compare(webui, "control mode: ControlNet is more important",
             [unit(a, control_mode="ControlNet is more important")], expect=(label,))
     compare(webui, "hires fix", [unit(a, weight=0.8)], expect=(f"first pass: {label}", f"hires pass: {label}"),
+            enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2)
+    compare(webui, "a T2I-Adapter", [unit(adapter, image=hint_image(3))], expect=(label,))
+    compare(webui, "a ControlNet and a T2I-Adapter, weights 0.8 and 0.7",
+            [unit(a, weight=0.8), unit(adapter, weight=0.7, image=hint_image(3))], expect=(label,))
+    compare(webui, "a T2I-Adapter with hires fix", [unit(adapter, image=hint_image(3))],
+            expect=(f"first pass: {label}", f"hires pass: {label}"),
             enable_hr=True, hr_scale=2, hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2)
     compare(webui, "reference-only (it patches the UNet's attention): falls back, its own pass on the built-in UNet",
             [unit("None", module="reference_only")], fallback="an extension replaced the forward of UNet layer")

@@ -98,7 +98,8 @@ class Engine(ABC):
     def __call__(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                  y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The UNet's output for these rows, in x's dtype on x's device. `control`: ControlNet's
-        residuals, for an engine whose family has ControlNet inputs (zeros go in without them)."""
+        residuals and T2I-Adapter's features (models.unet.UNetConfig.control_shapes), for an engine
+        whose family has control inputs (zeros go in without them)."""
 
     @property
     def memory_bytes(self) -> int:
@@ -121,7 +122,8 @@ class Engine(ABC):
 
 def control_inputs(family: ModelFamily, x: torch.Tensor, control: list[torch.Tensor] | None,
                    engine: str) -> list[torch.Tensor]:
-    """The tensors an engine of `family` takes for ControlNet's residual inputs: the given ones,
+    """The tensors an engine of `family` takes for its control inputs (ControlNet's residuals,
+    T2I-Adapter's features): the given ones,
     zeros when none are given (the same engine serves generations without ControlNet), nothing for
     a family without them. A ValueError for residuals the engine cannot take."""
     if control is not None and not family.controlnet:
@@ -132,7 +134,7 @@ def control_inputs(family: ModelFamily, x: torch.Tensor, control: list[torch.Ten
     if control is None:
         return [torch.zeros(shape, dtype=x.dtype, device=x.device) for shape in shapes]
     if [tuple(c.shape) for c in control] != shapes:
-        raise ValueError(f"engine {engine} takes ControlNet residuals shaped {shapes}, "
+        raise ValueError(f"engine {engine} takes control inputs shaped {shapes}, "
                          f"got {[tuple(c.shape) for c in control]}")
     return list(control)
 

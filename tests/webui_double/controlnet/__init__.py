@@ -5,11 +5,14 @@ residuals per unit with the unit's weight (units outside their start/end add not
 stays in the list, and adding it returns the tensor itself), then runs the UNet's own blocks as
 `block(h, emb, context)`, adds the last residual after the middle block and the others to the skip
 connections as the output blocks concatenate them (popping from the end), and ends with `self.out`.
+T2I-Adapter units (`Unit.adapter`) add their features to the hidden state after input blocks
+2, 5, 8 and 11 (SDXL: 3, 5 and 8, the fourth after the middle block), before the skip is kept.
 `restore` puts the saved forward back. The real extension in the real WebUI is checked by
-tests/real_webui/check_in_webui.py.
+tests/real_webui/check_controlnet_in_webui.py.
 
 Variants the bridge must refuse: `reference` patches a transformer block's `_forward` on the
-instance (as reference-only does), `t2i` adds to `h` after an input block (as T2I-Adapters do).
+instance (as reference-only does), `encoder` adds to `h` after an input block where no adapter
+feature goes.
 """
 from __future__ import annotations
 
@@ -35,14 +38,25 @@ def add(base, x):
     return base + x
 
 
+def injection(is_sdxl: bool) -> list[int]:
+    return [3, 5, 8] if is_sdxl else [2, 5, 8, 11]
+
+
 class TinyControlModel(torch.nn.Module):
     """Residuals of the UNet's skip shapes from a hint image, the latent and the timestep, with
-    seeded random weights."""
+    seeded random weights; with `adapter`, a T2I-Adapter's features instead (of the shapes of the
+    blocks they are added after, and for SDXL of the middle block's output), from the hint only."""
 
-    def __init__(self, config, seed: int):
+    def __init__(self, config, seed: int, adapter: bool = False):
         super().__init__()
         generator = torch.Generator().manual_seed(seed)
-        shapes = config.skips() + [config.skips()[-1]]
+        skips = config.skips()
+        if adapter:
+            is_sdxl = bool(config.adm_in_channels)
+            shapes = [skips[i] for i in injection(is_sdxl) if i < len(skips)] + ([skips[-1]] if is_sdxl else [])
+        else:
+            shapes = skips + [skips[-1]]
+        self.adapter = adapter
         self.downsamplings = [d for _, d in shapes]
         self.convs = torch.nn.ModuleList(torch.nn.Conv2d(3 + 4, ch, 1) for ch, _ in shapes)
         with torch.no_grad():
@@ -53,7 +67,10 @@ class TinyControlModel(torch.nn.Module):
     def forward(self, x, hint, timesteps):
         rows = x.shape[0]
         hint = F.interpolate(hint.to(x), size=x.shape[-2:], mode="bilinear").expand(rows, -1, -1, -1)
-        feature = torch.cat([hint, x], dim=1) * torch.cos(timesteps.float() / 1000)[:, None, None, None].to(x)
+        if self.adapter:  # an adapter sees the hint only: the same features at every step
+            feature = torch.cat([hint, torch.ones_like(x)], dim=1)
+        else:
+            feature = torch.cat([hint, x], dim=1) * torch.cos(timesteps.float() / 1000)[:, None, None, None].to(x)
         out = []
         for conv, d in zip(self.convs, self.downsamplings):
             f = feature
@@ -88,23 +105,30 @@ class UnetHook:
         outer = self
 
         def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
+            is_sdxl = y is not None
             total = [0.0] * (len(self.input_blocks) + 1)
+            total_t2i = [0.0] * 4
             for unit in outer.units:
                 if unit.stopped:
                     continue
+                target = total_t2i if unit.model.adapter else total
                 for i, c in enumerate(unit.model(x, unit.hint, timesteps)):
-                    total[i] = c * unit.weight + total[i]
+                    target[i] = c * unit.weight + target[i]
             emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
             if y is not None:
                 emb = emb + self.label_emb(y)
             hs, h = [], x
             for i, module in enumerate(self.input_blocks):
                 h = module(h, emb, context)
-                if variant == "t2i" and i == 2:
+                if i in injection(is_sdxl):
+                    h = add(h, total_t2i.pop(0))
+                if variant == "encoder" and i == 1:
                     h = add(h, 0.1)
                 hs.append(h)
             h = self.middle_block(h, emb, context)
             h = add(h, total.pop())
+            if is_sdxl and total_t2i:
+                h = add(h, total_t2i.pop(0))
             for module in self.output_blocks:
                 h = torch.cat([h, add(hs.pop(), total.pop())], dim=1)
                 h = module(h, emb, context)
