@@ -5,9 +5,7 @@ statistics show its dynamic batcher merging them, a slow, stopped or killed serv
 a fallback within its timeout, and the server stops cleanly."""
 from __future__ import annotations
 
-import ctypes.util
 import json
-import os
 import re
 import socket
 import subprocess
@@ -31,26 +29,13 @@ from sd_unet_trt.trt_core.serving import server
 from sd_unet_trt.trt_core.serving.remote import TritonEngine, remote_records
 from sd_unet_trt.trt_core.serving.repository import export_triton, model_name
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from tests.triton_server import PROBLEM, needs_server, start
 
 TINY = family_named("tiny")
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 96), Range(64, 64, 96), Range(75, 75, 150))
 
 
-def server_problem() -> str:
-    try:
-        server.server_home()
-    except server.ServerError as e:
-        return str(e)
-    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-    if ctypes.util.find_library(f"python{version}") is None:  # what the backend's stub embeds
-        return f"the system has no libpython{version} (apt-get install libpython{version})"
-    return ""
-
-
-PROBLEM = server_problem()
-# CI installs both (.ci/run): there a missing server is a failure, elsewhere a skip
-pytestmark = pytest.mark.skipif(bool(PROBLEM) and not os.environ.get("CI"), reason=PROBLEM)
-
+pytestmark = needs_server
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +46,6 @@ def built(tiny_unet, tmp_path_factory):
     build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), PROFILE, OnnxRuntimeBackend(), workspace,
                  precision="fp32", device="cpu")
     return workspace, checkpoint.sha256
-
-
-def start(repository, tmp_path):
-    port = server.free_port()
-    process = server.start(repository, tmp_path, port, server.free_port(), tmp_path / "triton.log")
-    return process, f"127.0.0.1:{port}"
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +143,11 @@ def test_stopped_and_killed_servers_give_fallbacks_and_a_stop_is_clean(built, tm
         result = remote.run(x, t, c)
         assert not result.covered and "did not answer" in result.reason, result.reason
         assert time.monotonic() - started < 5 and not remote.failed
+        local, _ = router_for_checkpoint(workspace, sha, "cpu")
+        both = Router(remote.records + local.records)
+        result = both.run(x, t, c)  # the server first, then a local engine for this call
+        assert result.covered and not result.engine.startswith("[triton"), result.reason
+        both.close()
 
 
 def test_the_demo_samples_through_the_server(tmp_path):

@@ -115,12 +115,16 @@ class Router:
         with self._lock:
             return sum(engine.memory_bytes for engine in self._loaded.values())
 
-    def plan(self, call: CallShape) -> Plan:
+    def plan(self, call: CallShape, unavailable: Mapping[str, str] | None = None) -> Plan:
+        """`unavailable`: engines that could not take this call (by id, why), not asked again."""
         with self._lock:
             candidates, reasons, unfit = [], [], []
             for record in self.records:
                 if record.id in self.failed:
                     reasons.append(f"{record.label}: set aside ({self.failed[record.id]})")
+                    continue
+                if unavailable and record.id in unavailable:
+                    reasons.append(unavailable[record.id])
                     continue
                 coverage = record.profile.covers(call, record.family)
                 if not coverage:
@@ -237,12 +241,13 @@ class Router:
     def run(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
             y: torch.Tensor | None = None, control: Sequence[torch.Tensor] | None = None) -> RouteResult:
         """The engine's output for this call, or no output and the reason (the caller falls back).
-        `control`: ControlNet's residuals (models.unet.UNetConfig.control_shapes); only engines with
-        ControlNet inputs serve such a call."""
+        `control`: ControlNet's residuals and T2I-Adapter's features (models.unet.UNetConfig.
+        control_shapes); only engines with control inputs serve such a call."""
         control = None if control is None else list(control)
         call = CallShape.of(x, context, y, control)
+        unavailable: dict[str, str] = {}
         while True:
-            plan = self.plan(call)
+            plan = self.plan(call, unavailable)
             if not plan.covered:
                 return RouteResult(None, reason=plan.reason, unfit=plan.unfit)
             record = plan.record
@@ -254,8 +259,9 @@ class Router:
                     output = self._run_chunks(engine, plan.chunks, x, timesteps, context, y, control)
                 finally:
                     self._release(engine)
-            except EngineUnavailable as e:  # e.g. a server that is down: this call only
-                return RouteResult(None, reason=f"{record.label}: {e}")
+            except EngineUnavailable as e:  # e.g. a server that is down: another engine, for this call only
+                unavailable[record.id] = f"{record.label}: {e}"
+                continue
             except Exception as e:  # one bad engine must not take the generation down
                 if isinstance(e, ValueError):  # a file that is not the one built, or for another engine: one line
                     log.warning("engine %s set aside for this session: %s", record.label, e)

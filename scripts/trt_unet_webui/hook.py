@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from sd_unet_trt.scripts.trt_unet_webui.fallback import FallbackPlacement, resto
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
 from sd_unet_trt.trt_core.hook_policy import engines_router, manifest_signature, short_reason, suggestion
 from sd_unet_trt.trt_core.profiles import CallShape
-from sd_unet_trt.trt_core.router import Router
+from sd_unet_trt.trt_core.router import EngineRecord, Router
+from sd_unet_trt.trt_core.serving.remote import remote_records
+from sd_unet_trt.trt_core.serving.repository import model_name
 from sd_unet_trt.trt_core.weight_sync import WeightSync
 
 log = logging.getLogger("sd_unet_trt")
@@ -65,8 +68,30 @@ class CheckpointEngines:
     problem: str = ""  # non-empty: none of them can be used
 
 
+def engines_signature() -> tuple:
+    """What the engines of a checkpoint are read from: when it changes, they are read again."""
+    return manifest_signature(workspace()), settings.triton_url()
+
+
+def served_records(sha256: str) -> list[EngineRecord]:
+    """The checkpoint's engines on the Triton server of the settings (none when it is not set or
+    cannot be asked; the log says why)."""
+    url = settings.triton_url()
+    if not url:
+        return []
+    try:
+        return remote_records(url, model_name(sha256))
+    except ImportError:
+        log.warning("TensorRT: the Triton server setting needs tritonclient: %s -m pip install 'tritonclient[http]'",
+                    sys.executable)
+    except Exception as e:  # down, or not serving this checkpoint: local engines only
+        log.warning("TensorRT: Triton server %s does not serve this checkpoint's engines (%s: %s)",
+                    url, type(e).__name__, str(e)[:200])
+    return []
+
+
 def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
-    signature = manifest_signature(workspace())
+    signature = engines_signature()
     try:
         router, left_out = engines_router(workspace(), sha256, devices.device.type, settings.vram_budget_bytes(),
                                           settings.preferred_backend(), settings.cuda_graphs())
@@ -75,6 +100,7 @@ def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
         return CheckpointEngines(name, None, None, signature, "the engine manifest cannot be read")
     for item in left_out:
         log.info("TensorRT: engine %s not used: %s", item.entry.id, item.status.reason)
+    router.records = served_records(sha256) + router.records  # the server's first: the user asked for it
     if not router.records:
         return CheckpointEngines(name, None, None, signature, f"no engines for checkpoint {name}")
     digest = router.records[0].weights
@@ -130,7 +156,7 @@ class TrtUnet(sd_unet.SdUnet):
 
     def engines_for(self, sha256: str, name: str) -> CheckpointEngines:
         engines = self.checkpoints.get(sha256)
-        if engines is not None and engines.signature != manifest_signature(workspace()):
+        if engines is not None and engines.signature != engines_signature():
             if engines.router is not None:
                 engines.router.close()
             engines = None

@@ -18,9 +18,10 @@ FALLBACK_QUIET = "Built-in UNet, no console warning (infotext only)"
 FALLBACK_INTERRUPT = "Built-in UNet for that step, then stop the generation"
 FALLBACK_CHOICES = [FALLBACK_WARN, FALLBACK_QUIET, FALLBACK_INTERRUPT]
 TENSORRT_LIBRARY = "trt_unet_tensorrt_library"
+TRITON_URL = "trt_unet_triton_url"
 LIBRARY_CHOICES = {AUTOMATIC: trt_library.AUTOMATIC, **{label: name for name, label in trt_library.LABELS.items()}}
 DEFAULTS = {BACKEND: AUTOMATIC, VRAM_BUDGET_MB: 0, CUDA_GRAPHS: True, FALLBACK: FALLBACK_WARN,
-            TENSORRT_LIBRARY: AUTOMATIC}
+            TENSORRT_LIBRARY: AUTOMATIC, TRITON_URL: ""}
 
 
 def register() -> None:
@@ -40,6 +41,9 @@ def register() -> None:
            "Automatic = TensorRT for RTX on GeForce/RTX cards (compute capability 8.0, 8.6, 8.9, 12.x), TensorRT "
            "10/11 elsewhere (Hopper, data-center Blackwell, Turing); engines of the other library are not used; "
            "takes effect after a restart")
+    option(TRITON_URL, "Triton Inference Server for UNet calls (host:port, HTTP; empty = none)", gr.Textbox, None,
+           "its engines of the loaded checkpoint (python -m sd_unet_trt export-triton) serve the calls they cover "
+           "before local ones; a call it cannot answer runs locally; needs tritonclient[http] in the WebUI's venv")
 
 
 def get(key: str):
@@ -72,3 +76,7 @@ def fallback_policy() -> str:
 def tensorrt_library() -> str:
     """The library name the setting asks for (trt_library.AUTOMATIC, TENSORRT or TENSORRT_RTX)."""
     return LIBRARY_CHOICES.get(str(get(TENSORRT_LIBRARY)), trt_library.AUTOMATIC)
+
+
+def triton_url() -> str:
+    return str(get(TRITON_URL) or "").strip().removeprefix("http://")

@@ -68,7 +68,8 @@ class TritonEngine(Engine):
 
 
 def remote_records(url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[EngineRecord]:
-    """The server model's profiles as router records (read from the config export-triton wrote)."""
+    """The server model's profiles as router records (read from the config export-triton wrote),
+    with the digest of the weights its engines were built with."""
     import tritonclient.http as http
 
     client = http.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
@@ -80,5 +81,5 @@ def remote_records(url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
     family = family_named(params["family"])
     return [EngineRecord(f"triton:{url}/{model}:{i}", family, Profile.from_dict(p),
                          lambda p=p: TritonEngine(url, model, family, Profile.from_dict(p), timeout_s),
-                         label=f"[triton {model}] {Profile.from_dict(p).label()}")
+                         label=f"[triton {model}] {Profile.from_dict(p).label()}", weights=params.get("weights", ""))
             for i, p in enumerate(json.loads(params["profiles"]))]

@@ -95,6 +95,9 @@ def export_triton(workspace: Workspace, sha256: str, out_dir: Path, device: str 
     families = {r.family.plain.name for r in router.records}
     if len(families) != 1:
         raise TritonExportError(f"the checkpoint's engines are of several families ({', '.join(sorted(families))})")
+    digests = {r.weights for r in router.records}
+    if len(digests) != 1:
+        raise TritonExportError("the checkpoint's engines were built from different weights; rebuild the older ones")
     family = router.records[0].family.plain
     profiles = [r.profile for r in router.records]
     name = model_name(sha256)
@@ -104,7 +107,8 @@ def export_triton(workspace: Workspace, sha256: str, out_dir: Path, device: str 
     version = max(versions, default=0) + 1
     parameters = {"workspace": str(Path(workspace.root).resolve()), "checkpoint": sha256, "device": device,
                   "python_paths": json.dumps(python_paths()),
-                  "profiles": json.dumps([p.to_dict() for p in profiles]), "family": family.name}
+                  "profiles": json.dumps([p.to_dict() for p in profiles]), "family": family.name,
+                  "weights": digests.pop()}
     config = config_text(name, family, max(p.rows.max for p in profiles),
                          sorted({p.rows.opt for p in profiles}), device, instances, parameters)
     staging = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}{os.getpid()}-", dir=folder))
