@@ -1,0 +1,115 @@
+"""The Triton setting in the real WebUI v1.10.1 (CPU, offline), under --api-auth, against a real
+Triton Inference Server. Prints one line per check; exits 1 if any failed.
+
+    python tests/real_webui/check_triton_in_webui.py HARNESS_DIR [--restore-venv] [--port 7873]
+
+Run it with the project's dev venv (nvidia-pytriton installed there): the WebUI builds an ONNX
+Runtime engine through the API, this script exports its workspace as a Triton repository
+(python -m sd_unet_trt export-triton) and starts the wheel's tritonserver over it. The WebUI's venv
+gets tritonclient[http], constrained so that no package the WebUI has changes.
+
+Checks: with the setting, every step runs on the server (its statistics count the calls) and the
+image is the local engine's; LoRA falls back from the server to the local engine, which takes the
+LoRA's weights; with the server killed, the steps run on the local engine.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_in_webui import (AUTH, MAX_DIFF, arguments, built, check, freeze, installed_extension, make_data_dir,  # noqa: E402
+                            profile, start_webui, summary)
+from webui_client import WebUI, max_diff, trt_value  # noqa: E402
+
+from sd_unet_trt.trt_core.serving import server  # noqa: E402
+from sd_unet_trt.trt_core.serving.repository import model_name  # noqa: E402
+
+URL_KEY = "trt_unet_triton_url"
+
+
+def install_client(harness: Path) -> None:
+    python = harness / "venv" / "bin" / "python"
+    before = freeze(python)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
+        pins.write("\n".join(f"{name}=={version}" for name, version in before.items()) + "\n")
+    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", pins.name, "tritonclient[http]"],
+                          capture_output=True, text=True)
+    after = freeze(python)
+    changed = [name for name in before if after.get(name) != before[name]]
+    added = sorted(set(after) - set(before))
+    check(done.returncode == 0 and not changed,
+          f"tritonclient[http] installed into the WebUI's venv, no package changed (changed: {changed or 'none'}; "
+          f"added: {', '.join(added)}) {done.stderr[-300:] if done.returncode else ''}")
+
+
+def counts(url: str, model: str) -> tuple[int, int]:
+    stats = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
+    return stats["inference_count"], stats["execution_count"]
+
+
+def triton_checks(webui: WebUI, data: Path) -> None:
+    local = "[onnxruntime fp32] 64-128x64-128 px"
+    engine = built(webui, "onnxruntime fp32, 64-128 px", {"backend": "onnxruntime", "precision": "fp32",
+                                                          "profile": profile(64, 128)})
+    if not engine:
+        return
+    sha = engine["checkpoint"]["sha256"]
+    repository, workdir = data / "triton-repo", data / "triton"
+    workdir.mkdir()
+    export = subprocess.run([sys.executable, "-m", "sd_unet_trt", "export-triton", "--dir", str(data / "models"),
+                             "--checkpoint", sha[:10], "--out", str(repository), "--device", "cpu"],
+                            capture_output=True, text=True)
+    if not check(export.returncode == 0, f"export-triton of the WebUI's engines: {export.stdout.strip()}{export.stderr[-300:]}"):
+        return
+    port = server.free_port()
+    process = server.start(repository, workdir, port, server.free_port(), workdir / "triton.log")
+    url, model = f"127.0.0.1:{port}", model_name(sha)
+    try:
+        reference, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: ""}, steps=4)
+        check(local in trt_value(info), f"without the setting, the local engine: {trt_value(info)}")
+        served, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: url}, steps=4)
+        rows, executions = counts(url, model)
+        value = trt_value(info)
+        check(value.startswith(f"[triton {model}]") and "fallback" not in value and executions == 4,
+              f"with the setting, every step on the server ({executions} executions, {rows} rows): {value}")
+        diff = max_diff(served, reference)
+        check(diff <= MAX_DIFF, f"the server's image is the local engine's: {diff}/255 apart")
+        _, info, _ = webui.txt2img("<lora:tinylora:1> a cat", {"sd_unet": "Automatic", URL_KEY: url}, steps=4)
+        value = trt_value(info)
+        check(local in value and "LoRA applied to the engines" in value and counts(url, model)[1] == 4,
+              f"a LoRA: the server cannot take its weights, the local engine does: {value}")
+    finally:
+        process.kill()
+        process.wait()
+    after, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: url}, steps=4)
+    value = trt_value(info)
+    check(local in value and "fallback" not in value and max_diff(after, reference) <= MAX_DIFF,
+          f"the server killed: the local engine ({max_diff(after, reference)}/255): {value}")
+
+
+def main(argv: list[str]) -> int:
+    args = arguments(argv, __doc__, 7873)
+    harness = args.harness
+    extension = installed_extension(harness, args.restore_venv)
+    install_client(harness)
+    data = make_data_dir(harness)
+    config = json.loads((data / "config.json").read_text())
+    (data / "config.json").write_text(json.dumps({**config, URL_KEY: ""}))  # a key requests override
+    proc, log = start_webui(harness, extension, data, args.port)
+    webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
+    try:
+        check(True, f"the WebUI started with the extension ({data})")
+        triton_checks(webui, data)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return summary(log)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
