@@ -3,10 +3,11 @@ Triton Inference Server. Prints one line per check; exits 1 if any failed.
 
     python tests/real_webui/check_triton_in_webui.py HARNESS_DIR [--restore-venv] [--port 7873]
 
-Run it with the project's dev venv (nvidia-pytriton installed there): the WebUI builds an ONNX
-Runtime engine through the API, this script exports its workspace as a Triton repository
-(python -m sd_unet_trt export-triton) and starts the wheel's tritonserver over it. The WebUI's venv
-gets tritonclient[http], constrained so that no package the WebUI has changes.
+The WebUI builds an ONNX Runtime engine through the API; a serving venv (HARNESS_DIR/serve-venv,
+made once: torch's CPU build, this package, the WebUI's ONNX Runtime version, since engines are
+checked against the version that built them, and nvidia-pytriton) exports the WebUI's workspace as
+a Triton repository (python -m sd_unet_trt export-triton) and runs the wheel's tritonserver over it.
+The WebUI's venv gets tritonclient[http], constrained so that no package the WebUI has changes.
 
 Checks: with the setting, every step runs on the server (its statistics count the calls) and the
 image is the local engine's; LoRA falls back from the server to the local engine, which takes the
@@ -15,6 +16,8 @@ LoRA's weights; with the server killed, the steps run on the local engine.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,7 +25,7 @@ import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_in_webui import (AUTH, MAX_DIFF, arguments, built, check, freeze, installed_extension, make_data_dir,  # noqa: E402
+from check_in_webui import (AUTH, MAX_DIFF, REPO, arguments, built, check, freeze, installed_extension, make_data_dir,  # noqa: E402
                             profile, start_webui, summary)
 from webui_client import WebUI, max_diff, trt_value  # noqa: E402
 
@@ -30,6 +33,30 @@ from sd_unet_trt.trt_core.serving import server  # noqa: E402
 from sd_unet_trt.trt_core.serving.repository import model_name  # noqa: E402
 
 URL_KEY = "trt_unet_triton_url"
+START_SERVER = ("import sys; from pathlib import Path; from sd_unet_trt.trt_core.serving import server; "
+                "p = server.start(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), "
+                "Path(sys.argv[2]) / 'triton.log'); print('ready', flush=True); p.wait()")
+
+
+def serving_python(harness: Path) -> Path:
+    venv = harness / "serve-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        onnxruntime = freeze(harness / "venv" / "bin" / "python")["onnxruntime"]
+        subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+        for args in (["torch==2.13.0+cpu"], ["-e", str(REPO), f"onnxruntime=={onnxruntime}", "tritonclient[http]"],
+                     ["--no-deps", "nvidia-pytriton==0.7.0"]):
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *args], check=True, capture_output=True)
+    return python
+
+
+def start_server(python: Path, repository: Path, workdir: Path, port: int) -> subprocess.Popen:
+    """The server, through the serving venv's server.start, in a process group of its own."""
+    process = subprocess.Popen([str(python), "-c", START_SERVER, str(repository), str(workdir), str(port),
+                                str(server.free_port())], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    if process.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the Triton server did not start; see {workdir / 'triton.log'}")
+    return process
 
 
 def install_client(harness: Path) -> None:
@@ -52,7 +79,7 @@ def counts(url: str, model: str) -> tuple[int, int]:
     return stats["inference_count"], stats["execution_count"]
 
 
-def triton_checks(webui: WebUI, data: Path) -> None:
+def triton_checks(webui: WebUI, data: Path, python: Path) -> None:
     local = "[onnxruntime fp32] 64-128x64-128 px"
     engine = built(webui, "onnxruntime fp32, 64-128 px", {"backend": "onnxruntime", "precision": "fp32",
                                                           "profile": profile(64, 128)})
@@ -61,13 +88,13 @@ def triton_checks(webui: WebUI, data: Path) -> None:
     sha = engine["checkpoint"]["sha256"]
     repository, workdir = data / "triton-repo", data / "triton"
     workdir.mkdir()
-    export = subprocess.run([sys.executable, "-m", "sd_unet_trt", "export-triton", "--dir", str(data / "models"),
+    export = subprocess.run([str(python), "-m", "sd_unet_trt", "export-triton", "--dir", str(data / "models"),
                              "--checkpoint", sha[:10], "--out", str(repository), "--device", "cpu"],
                             capture_output=True, text=True)
     if not check(export.returncode == 0, f"export-triton of the WebUI's engines: {export.stdout.strip()}{export.stderr[-300:]}"):
         return
     port = server.free_port()
-    process = server.start(repository, workdir, port, server.free_port(), workdir / "triton.log")
+    process = start_server(python, repository, workdir, port)
     url, model = f"127.0.0.1:{port}", model_name(sha)
     try:
         reference, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: ""}, steps=4)
@@ -84,7 +111,7 @@ def triton_checks(webui: WebUI, data: Path) -> None:
         check(local in value and "LoRA applied to the engines" in value and counts(url, model)[1] == 4,
               f"a LoRA: the server cannot take its weights, the local engine does: {value}")
     finally:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
     after, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: url}, steps=4)
     value = trt_value(info)
@@ -97,6 +124,7 @@ def main(argv: list[str]) -> int:
     harness = args.harness
     extension = installed_extension(harness, args.restore_venv)
     install_client(harness)
+    python = serving_python(harness)
     data = make_data_dir(harness)
     config = json.loads((data / "config.json").read_text())
     (data / "config.json").write_text(json.dumps({**config, URL_KEY: ""}))  # a key requests override
@@ -104,7 +132,7 @@ def main(argv: list[str]) -> int:
     webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
     try:
         check(True, f"the WebUI started with the extension ({data})")
-        triton_checks(webui, data)
+        triton_checks(webui, data, python)
     finally:
         proc.terminate()
         proc.wait(timeout=60)
