@@ -24,17 +24,15 @@ from __future__ import annotations
 import base64
 import io
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_in_webui import (AUTH, MAX_DIFF, arguments, built, check, freeze, installed_extension, make_data_dir,  # noqa: E402
-                            profile, start_webui, summary)
+from check_in_webui import (MAX_DIFF, arguments, built, check, installed_extension, make_data_dir,  # noqa: E402
+                            pinned_install, profile, run_checks)
 from webui_client import WebUI, max_diff, trt_value  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -44,16 +42,9 @@ CONTROLNET_IMPORTS = (["opencv-python-headless"], ["--no-deps", "controlnet_aux=
 def install_controlnet(harness: Path, data: Path) -> None:
     """ControlNet's import-time needs into the venv, nothing the WebUI pins changed; both extensions
     into the data folder."""
-    python = harness / "venv" / "bin" / "python"
-    before = freeze(python)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
-        pins.write("\n".join(f"{name}=={version}" for name, version in before.items()) + "\n")
-    for args in CONTROLNET_IMPORTS:
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", pins.name, *args], check=True,
-                       capture_output=True, text=True)
-    after = freeze(python)
-    changed = [name for name in before if after.get(name) != before[name]]
-    check(not changed, f"ControlNet's imports installed, no package of the WebUI changed (changed: {changed or 'none'})")
+    changed, _, failure = pinned_install(harness / "venv" / "bin" / "python", *CONTROLNET_IMPORTS)
+    check(not changed and not failure,
+          f"ControlNet's imports installed, no package of the WebUI changed (changed: {changed or 'none'}) {failure}")
     extensions = data / "extensions"
     extensions.mkdir(exist_ok=True)
     os.symlink(harness / "sd-webui-controlnet", extensions / "sd-webui-controlnet")
@@ -148,16 +139,7 @@ def main(argv: list[str]) -> int:
     extension = installed_extension(harness, args.restore_venv)
     data = make_data_dir(harness)
     install_controlnet(harness, data)
-    proc, log = start_webui(harness, extension, data, args.port)
-    webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
-    try:
-        check(True, f"the WebUI started with sd-webui-controlnet and the extension ({data})")
-        controlnet_checks(webui)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    return summary(log)
-
+    return run_checks(harness, extension, data, args.port, "sd-webui-controlnet and the extension", controlnet_checks)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -351,6 +351,34 @@ def installed_extension(harness: Path, restore_venv: bool) -> Path:
     return extension
 
 
+def pinned_install(python: Path, *installs: list[str]) -> tuple[list[str], list[str], str]:
+    """pip installs into the venv of `python`, constrained to the versions it has: (packages whose
+    version changed, packages added, the last failure's message or "")."""
+    before = freeze(python)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
+        pins.write("\n".join(f"{name}=={version}" for name, version in before.items()) + "\n")
+    failure = ""
+    for args in installs:
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", pins.name, *args],
+                              capture_output=True, text=True)
+        failure = done.stderr[-300:] if done.returncode else failure
+    after = freeze(python)
+    return [name for name in before if after.get(name) != before[name]], sorted(set(after) - set(before)), failure
+
+
+def run_checks(harness: Path, extension: Path, data: Path, port: int, started: str, checks) -> int:
+    """Starts the WebUI, runs `checks(webui)`, stops it; the summary's exit code."""
+    proc, log = start_webui(harness, extension, data, port)
+    webui = WebUI(f"http://127.0.0.1:{port}", AUTH)
+    try:
+        check(True, f"the WebUI started with {started} ({data})")
+        checks(webui)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return summary(log)
+
+
 def summary(log: Path) -> int:
     failed = [what for ok, what in RESULTS if not ok]
     print(f"\n{len(RESULTS) - len(failed)} of {len(RESULTS)} checks passed; the WebUI's log: {log}")

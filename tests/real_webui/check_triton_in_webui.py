@@ -20,13 +20,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_in_webui import (AUTH, MAX_DIFF, REPO, arguments, built, check, freeze, installed_extension, make_data_dir,  # noqa: E402
-                            profile, start_webui, summary)
+from check_in_webui import (MAX_DIFF, REPO, arguments, built, check, freeze, installed_extension,  # noqa: E402
+                            make_data_dir, pinned_install, profile, run_checks)
 from webui_client import WebUI, max_diff, trt_value  # noqa: E402
 
 from sd_unet_trt.trt_core.serving import server  # noqa: E402
@@ -60,18 +59,9 @@ def start_server(python: Path, repository: Path, workdir: Path, port: int) -> su
 
 
 def install_client(harness: Path) -> None:
-    python = harness / "venv" / "bin" / "python"
-    before = freeze(python)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as pins:
-        pins.write("\n".join(f"{name}=={version}" for name, version in before.items()) + "\n")
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", pins.name, "tritonclient[http]"],
-                          capture_output=True, text=True)
-    after = freeze(python)
-    changed = [name for name in before if after.get(name) != before[name]]
-    added = sorted(set(after) - set(before))
-    check(done.returncode == 0 and not changed,
-          f"tritonclient[http] installed into the WebUI's venv, no package changed (changed: {changed or 'none'}; "
-          f"added: {', '.join(added)}) {done.stderr[-300:] if done.returncode else ''}")
+    changed, added, failure = pinned_install(harness / "venv" / "bin" / "python", ["tritonclient[http]"])
+    check(not changed and not failure, f"tritonclient[http] installed into the WebUI's venv, no package changed "
+                                       f"(changed: {changed or 'none'}; added: {', '.join(added)}) {failure}")
 
 
 def counts(url: str, model: str) -> tuple[int, int]:
@@ -128,16 +118,7 @@ def main(argv: list[str]) -> int:
     data = make_data_dir(harness)
     config = json.loads((data / "config.json").read_text())
     (data / "config.json").write_text(json.dumps({**config, URL_KEY: ""}))  # a key requests override
-    proc, log = start_webui(harness, extension, data, args.port)
-    webui = WebUI(f"http://127.0.0.1:{args.port}", AUTH)
-    try:
-        check(True, f"the WebUI started with the extension ({data})")
-        triton_checks(webui, data, python)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-    return summary(log)
-
+    return run_checks(harness, extension, data, args.port, "the extension", lambda webui: triton_checks(webui, data, python))
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
