@@ -166,3 +166,11 @@ def test_the_demo_samples_through_the_server(tmp_path):
     assert demo.returncode == 0, demo.stderr[-2000:]
     row = re.search(rf"^triton {re.escape(url)}\s+-\s+([\d.]+)\s+([\d.e+-]+)\s+model sd_unet_", demo.stdout, re.M)
     assert row and float(row.group(2)) < 1e-3, demo.stdout
+
+
+def test_a_python_with_numpy_2_is_refused_before_the_server_starts(tmp_path, monkeypatch):
+    """The wheel's Python backend sends every output tensor empty under numpy 2 (seen with 2.4.6):
+    the server is not started there, and the message says what to install."""
+    monkeypatch.setattr(server, "numpy_version", lambda: "2.4.6")
+    with pytest.raises(server.ServerError, match=r"needs numpy < 2 .* has 2\.4\.6\): pip install 'numpy<2'"):
+        server.start(tmp_path / "repo", tmp_path, server.free_port(), server.free_port(), tmp_path / "log")

@@ -5,7 +5,8 @@ Triton Inference Server. Prints one line per check; exits 1 if any failed.
 
 The WebUI builds an ONNX Runtime engine through the API; a serving venv (HARNESS_DIR/serve-venv,
 made once: torch's CPU build, this package, the WebUI's ONNX Runtime version, since engines are
-checked against the version that built them, and nvidia-pytriton) exports the WebUI's workspace as
+checked against the version that built them, numpy < 2 for Triton's Python backend, and
+nvidia-pytriton) exports the WebUI's workspace as
 a Triton repository (python -m sd_unet_trt export-triton) and runs the wheel's tritonserver over it.
 The WebUI's venv gets tritonclient[http], constrained so that no package the WebUI has changes.
 
@@ -43,7 +44,7 @@ def serving_python(harness: Path) -> Path:
     if not python.exists():
         onnxruntime = freeze(harness / "venv" / "bin" / "python")["onnxruntime"]
         subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
-        for args in (["torch==2.13.0+cpu"], ["-e", str(REPO), f"onnxruntime=={onnxruntime}", "tritonclient[http]"],
+        for args in (["torch==2.13.0+cpu"], ["-e", str(REPO), f"onnxruntime=={onnxruntime}", "numpy<2", "tritonclient[http]"],
                      ["--no-deps", "nvidia-pytriton==0.7.0"]):
             subprocess.run([str(python), "-m", "pip", "install", "-q", *args], check=True, capture_output=True)
     return python

@@ -9,6 +9,7 @@ paths (the stub ignores PYTHONPATH): the backend folder, which is on the stub's 
 this interpreter's numpy, and only numpy, so nothing shadows the stub's standard library."""
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import socket
 import subprocess
@@ -29,6 +30,10 @@ def server_home() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
 
 
+def numpy_version() -> str:
+    return importlib.metadata.version("numpy")
+
+
 def backend_directory(into: Path) -> Path:
     """A backend folder whose python/ holds links to the backend, this Python version's stub and
     this interpreter's numpy (with the libraries its wheel bundles)."""
@@ -40,6 +45,9 @@ def backend_directory(into: Path) -> Path:
     numpy = importlib.util.find_spec("numpy")
     if numpy is None or not numpy.submodule_search_locations:
         raise ServerError("numpy is not installed beside this package")
+    if int(numpy_version().split(".")[0]) >= 2:  # seen: every output tensor arrives empty
+        raise ServerError(f"the Python backend of nvidia-pytriton 0.7.0 needs numpy < 2 in the serving Python "
+                          f"(this one has {numpy_version()}): pip install 'numpy<2'")
     numpy_package = Path(list(numpy.submodule_search_locations)[0])
     python = Path(into) / "python"
     python.mkdir(parents=True, exist_ok=True)
