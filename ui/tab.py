@@ -255,8 +255,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                                       elem_id="trt_backend")
                 precision = gr.Radio(label="Precision", choices=list(PRECISIONS),
                                      value=default_precision(source.device), elem_id="trt_precision")
-                controlnet = gr.Checkbox(label="ControlNet inputs (sd-webui-controlnet generations run on it too)",
-                                         value=False, elem_id="trt_controlnet")
+                controlnet = gr.Checkbox(label="ControlNet inputs (sd-webui-controlnet generations, T2I-Adapters "
+                                               "included, run on it too)", value=False, elem_id="trt_controlnet")
             gr.HTML(message(missing_note, "info") if missing_note else "")
             estimate_box = gr.HTML(elem_id="trt_estimate")
             with gr.Row():
