@@ -147,6 +147,7 @@ def test_stopped_and_killed_servers_give_fallbacks_and_a_stop_is_clean(built, tm
         both = Router(remote.records + local.records)
         result = both.run(x, t, c)  # the server first, then a local engine for this call
         assert result.covered and not result.engine.startswith("[triton"), result.reason
+        assert result.passed_over == (remote.records[0].label,)
         both.close()
 
 

@@ -1,7 +1,7 @@
 """The WebUI's Triton setting (issue 14) in the WebUI double, against a real Triton server serving
 the checkpoint's engines (export-triton over the same workspace): with the setting, the sampler's
 calls go to the server (its statistics count them) and the image is the local engine's; when the
-server dies mid-session, the calls run on the local engine; a server that is not there leaves the
+server dies mid-session, the calls run on the local engine and the infotext says so; a server that is not there leaves the
 local engines in charge, with a warning and no error."""
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ def test_the_server_serves_the_calls_and_the_local_engine_takes_over_when_it_die
         process.kill()
         process.wait()
     after, routed = generate(webui)
-    assert routed == LOCAL and (after - local_image).abs().max().item() < 1e-4
+    assert routed == f"{LOCAL}; {REMOTE} did not answer; other engines took its calls"
+    assert (after - local_image).abs().max().item() < 1e-4
 
 
 def test_a_server_that_is_not_there_leaves_the_local_engines(webui, caplog):

@@ -63,6 +63,7 @@ class RouteResult:
     reason: str = ""
     chunks: int = 0
     unfit: str = ""  # see Plan.unfit
+    passed_over: tuple[str, ...] = ()  # labels of engines that could not take the call (a server down)
 
     @property
     def covered(self) -> bool:
@@ -271,7 +272,8 @@ class Router:
                     self.failed[record.id] = f"{type(e).__name__}: {e}"
                     self._take_out(record.id)
                 continue
-            return RouteResult(output, record.label, chunks=len(plan.chunks))
+            return RouteResult(output, record.label, chunks=len(plan.chunks),
+                               passed_over=tuple(r.label for r in self.records if r.id in unavailable))
 
     @staticmethod
     def _run_chunks(engine: Engine, chunks: list[int], x, timesteps, context, y, control) -> torch.Tensor:

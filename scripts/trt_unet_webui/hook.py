@@ -226,7 +226,10 @@ class TrtUnet(sd_unet.SdUnet):
         except Exception as e:  # e.g. a call of a shape no SD UNet takes; the built-in UNet decides
             return None, f"routing failed ({type(e).__name__}: {e})", ""
         if result.covered:
-            generation.current().record_engine(result.engine)
+            report = generation.current()
+            report.record_engine(result.engine)
+            for label in result.passed_over:
+                report.note(f"{label} did not answer; other engines took its calls")
             return result.output, "", ""
         if result.unfit:
             return None, f"the engines cannot take the changed weights ({result.unfit})", result.reason
