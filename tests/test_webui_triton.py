@@ -1,8 +1,9 @@
 """The WebUI's Triton setting (issue 14) in the WebUI double, against a real Triton server serving
 the checkpoint's engines (export-triton over the same workspace): with the setting, the sampler's
 calls go to the server (its statistics count them) and the image is the local engine's; when the
-server dies mid-session, the calls run on the local engine and the infotext says so; a server that is not there leaves the
-local engines in charge, with a warning and no error."""
+server dies mid-session, the calls run on the local engine and the infotext says so; a server that
+is not there yet leaves the local engines in charge (the infotext and a warning say why) until it
+answers."""
 from __future__ import annotations
 
 import json
@@ -73,9 +74,20 @@ def test_the_server_serves_the_calls_and_the_local_engine_takes_over_when_it_die
     assert (after - local_image).abs().max().item() < 1e-4
 
 
-def test_a_server_that_is_not_there_leaves_the_local_engines(webui, caplog):
-    shared.opts.data[TRITON_URL] = f"127.0.0.1:{server.free_port()}"
+@needs_server
+def test_a_server_not_there_yet_leaves_the_local_engines_and_serves_once_it_answers(webui, tmp_path, caplog):
+    port = server.free_port()
+    shared.opts.data[TRITON_URL] = f"127.0.0.1:{port}"
     with caplog.at_level(logging.WARNING, logger="sd_unet_trt"):
         _, routed = generate(webui)
-    assert routed == LOCAL
+    assert routed.startswith(f"{LOCAL}; Triton server 127.0.0.1:{port} does not serve this checkpoint's engines ("), routed
     assert any("does not serve this checkpoint's engines" in r.getMessage() for r in caplog.records), caplog.text
+    export_triton(Workspace(tmp_path), SHA, tmp_path / "repo", "cpu")
+    (tmp_path / "server").mkdir()
+    process = server.start(tmp_path / "repo", tmp_path / "server", port, server.free_port(), tmp_path / "triton.log")
+    try:
+        _, routed = generate(webui)  # the next pass asks the server again
+        assert routed == REMOTE
+    finally:
+        process.kill()
+        process.wait()

@@ -39,6 +39,7 @@ class EngineRecord:
     load: Callable[[], Engine]
     label: str = ""
     weights: str = ""  # digest of the weights it was built with (trt_core.weights)
+    preferred: bool = False  # chosen before the others that cover a call as well, loaded or not (a server)
 
     def __post_init__(self) -> None:
         self.label = self.label or self.id
@@ -146,7 +147,8 @@ class Router:
                     continue
                 # a plain call prefers a plain engine: ControlNet inputs fed zeros still cost their copies
                 unused_inputs = call.control is None and record.family.controlnet
-                key = (coverage.needs_split, unused_inputs, record.id not in self._loaded, _distance(call, record.profile))
+                key = (coverage.needs_split, unused_inputs, not record.preferred, record.id not in self._loaded,
+                       _distance(call, record.profile))
                 candidates.append((key, record, chunks))
             if not candidates:
                 detail = "; ".join(reasons) if reasons else "no engines"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -26,12 +25,11 @@ from modules import devices, sd_unet, shared
 
 from sd_unet_trt.scripts.trt_unet_webui import generation, live_weights, settings
 from sd_unet_trt.scripts.trt_unet_webui.fallback import FallbackPlacement, restore_builtin
+from sd_unet_trt.scripts.trt_unet_webui.served import served_first
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
 from sd_unet_trt.trt_core.hook_policy import engines_router, manifest_signature, short_reason, suggestion
 from sd_unet_trt.trt_core.profiles import CallShape
-from sd_unet_trt.trt_core.router import EngineRecord, Router
-from sd_unet_trt.trt_core.serving.remote import remote_records
-from sd_unet_trt.trt_core.serving.repository import model_name
+from sd_unet_trt.trt_core.router import Router
 from sd_unet_trt.trt_core.weight_sync import WeightSync
 
 log = logging.getLogger("sd_unet_trt")
@@ -66,28 +64,12 @@ class CheckpointEngines:
     sync: WeightSync | None
     signature: object
     problem: str = ""  # non-empty: none of them can be used
+    server_problem: str = ""  # non-empty: why the Triton server's engines are not among them (served.py)
 
 
 def engines_signature() -> tuple:
     """What the engines of a checkpoint are read from: when it changes, they are read again."""
     return manifest_signature(workspace()), settings.triton_url()
-
-
-def served_records(sha256: str) -> list[EngineRecord]:
-    """The checkpoint's engines on the Triton server of the settings (none when it is not set or
-    cannot be asked; the log says why)."""
-    url = settings.triton_url()
-    if not url:
-        return []
-    try:
-        return remote_records(url, model_name(sha256))
-    except ImportError:
-        log.warning("TensorRT: the Triton server setting needs tritonclient: %s -m pip install 'tritonclient[http]'",
-                    sys.executable)
-    except Exception as e:  # down, or not serving this checkpoint: local engines only
-        log.warning("TensorRT: Triton server %s does not serve this checkpoint's engines (%s: %s)",
-                    url, type(e).__name__, str(e)[:200])
-    return []
 
 
 def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
@@ -100,16 +82,19 @@ def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
         return CheckpointEngines(name, None, None, signature, "the engine manifest cannot be read")
     for item in left_out:
         log.info("TensorRT: engine %s not used: %s", item.entry.id, item.status.reason)
-    router.records = served_records(sha256) + router.records  # the server's first: the user asked for it
+    router.records, server_problem = served_first(router.records, sha256)  # the user asked for the server
+    if server_problem:
+        log.warning("TensorRT: %s", server_problem)
     if not router.records:
-        return CheckpointEngines(name, None, None, signature, f"no engines for checkpoint {name}")
+        detail = f" ({server_problem})" if server_problem else ""
+        return CheckpointEngines(name, None, None, signature, f"no engines for checkpoint {name}{detail}", server_problem)
     digest = router.records[0].weights
     try:
         record = workspace().weights_record(digest)
     except ValueError as e:
         return CheckpointEngines(name, None, None, signature, f"the engines' weights record is unusable ({e}); rebuild them")
     router.records = [r for r in router.records if r.weights == digest]  # one checkpoint file: one digest
-    return CheckpointEngines(name, router, WeightSync(record, devices.device), signature)
+    return CheckpointEngines(name, router, WeightSync(record, devices.device), signature, server_problem=server_problem)
 
 
 class TrtUnetOption(sd_unet.SdUnetOption):
@@ -155,8 +140,12 @@ class TrtUnet(sd_unet.SdUnet):
                 engines.router.unload(engine_id)
 
     def engines_for(self, sha256: str, name: str) -> CheckpointEngines:
+        """Once per sampling pass: the checkpoint's engines, read again when what they are read from
+        changed."""
         engines = self.checkpoints.get(sha256)
-        if engines is not None and engines.signature != engines_signature():
+        # without local engines, a server that did not answer is asked again by reading them all again
+        if engines is not None and (engines.signature != engines_signature()
+                                    or (engines.router is None and engines.server_problem)):
             if engines.router is not None:
                 engines.router.close()
             engines = None
@@ -166,6 +155,8 @@ class TrtUnet(sd_unet.SdUnet):
                 _, dropped = self.checkpoints.popitem(last=False)
                 if dropped.router is not None:
                     dropped.router.close()
+        elif engines.server_problem:  # asked again at every pass until it answers
+            engines.router.records, engines.server_problem = served_first(engines.router.records, sha256)
         self.checkpoints.move_to_end(sha256)
         return engines
 
@@ -193,6 +184,8 @@ class TrtUnet(sd_unet.SdUnet):
             for engine_id, reason in unfit.items():
                 log.info("TensorRT: engine %s cannot take the changed weights: %s", engine_id, reason)
         report = generation.current()
+        if engines.server_problem:
+            report.note(engines.server_problem)
         if live.networks:
             report.note(f"LoRA applied to the engines: {', '.join(live.networks)}")
         if engines.sync.changed:

@@ -67,12 +67,15 @@ class TritonEngine(Engine):
         return torch.from_numpy(result.as_numpy("out").copy()).to(device=x.device, dtype=x.dtype)
 
 
-def remote_records(url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> list[EngineRecord]:
-    """The server model's profiles as router records (read from the config export-triton wrote),
-    with the digest of the weights its engines were built with."""
+def remote_records(url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S,
+                   probe_timeout_s: float | None = None) -> list[EngineRecord]:
+    """The server model's profiles as router records (read from the config export-triton wrote,
+    within `probe_timeout_s`, else `timeout_s`), with the digest of the weights its engines were
+    built with, preferred to local engines; their calls time out after `timeout_s`."""
     import tritonclient.http as http
 
-    client = http.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
+    probe = probe_timeout_s or timeout_s
+    client = http.InferenceServerClient(url, connection_timeout=probe, network_timeout=probe)
     try:
         config = client.get_model_config(model)
     finally:
@@ -81,5 +84,6 @@ def remote_records(url: str, model: str, timeout_s: float = DEFAULT_TIMEOUT_S) -
     family = family_named(params["family"])
     return [EngineRecord(f"triton:{url}/{model}:{i}", family, Profile.from_dict(p),
                          lambda p=p: TritonEngine(url, model, family, Profile.from_dict(p), timeout_s),
-                         label=f"[triton {model}] {Profile.from_dict(p).label()}", weights=params.get("weights", ""))
+                         label=f"[triton {model}] {Profile.from_dict(p).label()}", weights=params.get("weights", ""),
+                         preferred=True)
             for i, p in enumerate(json.loads(params["profiles"]))]
