@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.backends.base import EngineUnavailable
 from sd_unet_trt.trt_core.router import EngineRecord, Router, split_rows
 
 BASE = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))  # rows 1..4
@@ -167,3 +168,24 @@ def test_split_rows_is_even_and_minimal():
     assert split_rows(7, 4) == [4, 3]
     assert split_rows(9, 4) == [3, 3, 3]
     assert split_rows(4, 4) == [4]
+
+
+class Unavailable(Failing):
+    def __call__(self, *args):
+        self.calls += 1
+        raise EngineUnavailable("triton 127.0.0.1:1/m did not answer (ConnectionRefusedError)")
+
+
+def test_a_preferred_engine_goes_first_and_one_that_cannot_answer_passes_the_call_on(ort_engine):
+    """A server's engine (preferred) is chosen before a loaded local one; when it does not answer,
+    the local one serves that call, the result names it, and the next call asks the server again."""
+    unet, local = ort_engine("tiny", BASE, "local")
+    server = Unavailable(local)
+    router = Router([EngineRecord("local", local.family, BASE, lambda: local, label="local"),
+                     EngineRecord("server", local.family, BASE, lambda: server, label="server", preferred=True)])
+    call = inputs(rows=2)
+    for calls in (1, 2):
+        result = router.run(*call)
+        assert_matches(unet, result, call)
+        assert result.engine == "local" and result.passed_over == ("server",) and server.calls == calls
+    assert not router.failed
