@@ -1,6 +1,7 @@
 """The WebUI's Triton setting (issue 14) in the WebUI double, against a real Triton server serving
 the checkpoint's engines (export-triton over the same workspace): with the setting, the sampler's
-calls go to the server (its statistics count them) and the image is the local engine's; when the
+calls go to the server (its statistics count them) and the image is the local engine's; with a
+LoRA they run on the local engine, which takes it, and on the server again once it is off; when the
 server dies mid-session, the calls run on the local engine and the infotext says so; a server that
 is not there yet leaves the local engines in charge (the infotext and a warning say why) until it
 answers."""
@@ -12,6 +13,7 @@ import urllib.request
 
 import pytest
 
+from tests.real_webui.tiny_lora import lora_tensors
 from tests.triton_server import needs_server, start
 from tests.webui_double import harness
 from tests.webui_double.harness import register_ort_engines, webui_unet
@@ -33,15 +35,18 @@ REMOTE = f"[triton {model_name(SHA)}] {PROFILE.label()}"
 def webui(tmp_path, exported):
     unet, onnx = exported("tiny")
     register_ort_engines(Workspace(tmp_path), onnx, "tiny", CheckpointId.of(SHA, "tiny"), [PROFILE])
+    shapes = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    networks = harness.install_lora(tmp_path / "Lora", {"style": lora_tensors(shapes, seed=1, scale=0.5)})
     runner, _ = harness.start(tmp_path, webui_unet(unet), "tiny", SHA)
     yield runner
     shared.opts.data[TRITON_URL] = ""
     harness.stop()
+    networks.uninstall()
     assert not errors.reported, errors.reported
 
 
-def generate(runner):
-    p = processing.StableDiffusionProcessingTxt2Img(scripts=runner, prompt="a cat", width=64, height=64, steps=3,
+def generate(runner, prompt="a cat"):
+    p = processing.StableDiffusionProcessingTxt2Img(scripts=runner, prompt=prompt, width=64, height=64, steps=3,
                                                     cfg_scale=5.0, seed=1)
     out = processing.process_images(p)
     return out.images[0], out.infotexts[0].split("TensorRT: ", 1)[1]
@@ -66,6 +71,10 @@ def test_the_server_serves_the_calls_and_the_local_engine_takes_over_when_it_die
         assert routed == REMOTE
         assert counts(url, model_name(SHA)) == (6, 3)  # one call of 2 rows (cond, uncond) per step
         assert (served_image - local_image).abs().max().item() < 1e-4
+        _, routed = generate(webui, "<lora:style:1> a cat")  # the server's engines hold the checkpoint's weights
+        assert routed == f"{LOCAL}; LoRA applied to the engines: style:1"
+        _, routed = generate(webui)  # the LoRA off: the server's engines fit again
+        assert routed == REMOTE and counts(url, model_name(SHA)) == (12, 6)
     finally:
         process.kill()
         process.wait()

@@ -92,6 +92,7 @@ class Router:
         self.failed: dict[str, str] = {}  # engine id -> why it was set aside
         self.unfit: dict[str, str] = {}  # engine id -> why it cannot take the current weights
         self._weights: dict[str, torch.Tensor] = {}
+        self._at_build = True  # _weights are the ones the engines were built with
         self._given: set[str] = set()  # weights some engine was given values for since it loaded
         self._loaded: OrderedDict[str, Engine] = OrderedDict()
         self._running: dict[int, int] = {}  # id(engine) -> calls running on it
@@ -157,11 +158,12 @@ class Router:
             _, record, chunks = min(candidates, key=lambda c: c[0])
             return Plan(record, chunks)
 
-    def set_weights(self, weights: Mapping[str, torch.Tensor]) -> dict[str, str]:
+    def set_weights(self, weights: Mapping[str, torch.Tensor], at_build: bool = False) -> dict[str, str]:
         """From now on engines run with these values for the weights they name. Returns the engines
-        that cannot, and why."""
+        that cannot, and why. `at_build`: the values are the ones the engines were built with (a
+        LoRA switched off): an engine that cannot take weights never changed its own, so it fits."""
         with self._lock:
-            self._weights = dict(weights)
+            self._weights, self._at_build = dict(weights), at_build
             self._given |= set(weights)
             self.unfit = {}
             for engine_id, engine in self._loaded.items():
@@ -187,6 +189,8 @@ class Router:
         try:
             engine.set_weights(self._weights)
         except WeightsUnsupported as e:
+            if self._at_build:
+                return True
             self.unfit[engine_id] = str(e)
             return False
         return True

@@ -89,6 +89,11 @@ class WeightSync:
         return targets
 
     @property
+    def at_build(self) -> bool:
+        """The weights are the ones the engines were built with (as of the last update)."""
+        return not self._given
+
+    @property
     def changed(self) -> set[str]:
         """The base weights that are not the engines' (as of the last update)."""
         return set(self._differs)

@@ -180,7 +180,7 @@ class TrtUnet(sd_unet.SdUnet):
             self.problem = f"the engines cannot take the changed weights ({e})"
             return
         if targets is not None:
-            unfit = engines.router.set_weights(targets)
+            unfit = engines.router.set_weights(targets, at_build=engines.sync.at_build)
             for engine_id, reason in unfit.items():
                 log.info("TensorRT: engine %s cannot take the changed weights: %s", engine_id, reason)
         report = generation.current()

@@ -12,7 +12,7 @@ The WebUI's venv gets tritonclient[http], constrained so that no package the Web
 
 Checks: with the setting, every step runs on the server (its statistics count the calls) and the
 image is the local engine's; LoRA falls back from the server to the local engine, which takes the
-LoRA's weights; with the server killed, the steps run on the local engine and the infotext says the
+LoRA's weights, and the next generation without it is the server's again; with the server killed, the steps run on the local engine and the infotext says the
 server did not answer.
 """
 from __future__ import annotations
@@ -102,6 +102,10 @@ def triton_checks(webui: WebUI, data: Path, python: Path) -> None:
         value = trt_value(info)
         check(local in value and "LoRA applied to the engines" in value and counts(url, model)[1] == 4,
               f"a LoRA: the server cannot take its weights, the local engine does: {value}")
+        again, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: url}, steps=4)
+        value = trt_value(info)
+        check(value.startswith(f"[triton {model}]") and counts(url, model)[1] == 8 and max_diff(again, reference) <= MAX_DIFF,
+              f"the LoRA off: the server again ({counts(url, model)[1]} executions in all): {value}")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
