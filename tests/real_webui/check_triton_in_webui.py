@@ -104,8 +104,9 @@ def triton_checks(webui: WebUI, data: Path, python: Path) -> None:
               f"a LoRA: the server cannot take its weights, the local engine does: {value}")
         again, info, _ = webui.txt2img("a cat", {"sd_unet": "Automatic", URL_KEY: url}, steps=4)
         value = trt_value(info)
-        check(value.startswith(f"[triton {model}]") and counts(url, model)[1] == 8 and max_diff(again, reference) <= MAX_DIFF,
-              f"the LoRA off: the server again ({counts(url, model)[1]} executions in all): {value}")
+        executions = counts(url, model)[1]
+        check(value.startswith(f"[triton {model}]") and executions == 8 and max_diff(again, reference) <= MAX_DIFF,
+              f"the LoRA off: the server again ({executions} executions in all): {value}")
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
