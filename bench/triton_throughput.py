@@ -14,7 +14,6 @@ import json
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -86,10 +85,10 @@ def main() -> None:
         for clients in map(int, args.clients.split(",")):
             local, _ = router_for_checkpoint(workspace, checkpoint.sha256, "cpu")
             remote = Router(remote_records(url, model))
-            before = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
+            before = server.statistics(url, model)
             row = {"clients": clients, "direct": throughput(local, clients, args.seconds),
                    "triton": throughput(remote, clients, args.seconds)}
-            after = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
+            after = server.statistics(url, model)
             # Triton counts batch elements: rows (2 per request here)
             row["triton"]["rows_per_execution"] = ((after["inference_count"] - before["inference_count"])
                                                        / max(after["execution_count"] - before["execution_count"], 1))

@@ -56,8 +56,9 @@ def test_bad_profile_and_bad_manifest_are_one_line_errors(tmp_path):
 
 
 def test_build_with_controlnet_inputs_by_the_real_tensorrt_rtx_builder(tmp_path):
-    """The export with ControlNet's 13 residual inputs and T2I-Adapter's 4 feature inputs parses and builds in TensorRT for RTX's real
-    builder (the ONNX Runtime check against PyTorch, residuals included, runs first)."""
+    """The export with ControlNet's 13 residual inputs and T2I-Adapter's 4 feature inputs parses and
+    builds in TensorRT for RTX's real builder (the ONNX Runtime check against PyTorch, residuals
+    included, runs first)."""
     proc = cli("build", "--backend", "tensorrt", "--controlnet", "--preset", "1", "--device", "cpu", "--dir", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "building with tensorrt fp16, with ControlNet inputs" in proc.stdout

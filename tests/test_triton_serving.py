@@ -5,14 +5,12 @@ statistics show its dynamic batcher merging them, a slow, stopped or killed serv
 a fallback within its timeout, and the server stops cleanly."""
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 import torch
@@ -96,7 +94,7 @@ def test_concurrent_requests_equal_the_local_router_and_are_batched(built, serve
         assert far.covered, far.reason
         assert far.engine.startswith(f"[triton {model}]")
         assert torch.allclose(far.output, near.output, atol=1e-5), i
-    stats = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
+    stats = server.statistics(url, model)
     assert stats["inference_count"] >= 12 and stats["execution_count"] < stats["inference_count"], stats
     assert any(b["batch_size"] > 1 for b in stats["batch_stats"]), stats["batch_stats"]
 

@@ -7,9 +7,7 @@ is not there yet leaves the local engines in charge (the infotext and a warning 
 answers."""
 from __future__ import annotations
 
-import json
 import logging
-import urllib.request
 
 import pytest
 
@@ -54,7 +52,7 @@ def generate(runner, prompt="a cat"):
 
 def counts(url: str, model: str) -> tuple[int, int]:
     """(rows inferred, executions) of the server's model."""
-    stats = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
+    stats = server.statistics(url, model)
     return stats["inference_count"], stats["execution_count"]
 
 

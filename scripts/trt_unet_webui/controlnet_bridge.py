@@ -4,12 +4,12 @@ reaches the UNet).
 While ControlNet is active it replaces the UNet's `forward` on the model instance with its own,
 which runs the ControlNet models and then the UNet's blocks itself, adding their residuals: the
 engine UNet never sees those calls, and the built-in UNet runs where the WebUI moved it. Each
-sampler step, `attach` wraps such a forward. A wrapped call runs ControlNet's forward, unchanged,
-on a stand-in for the UNet whose blocks compute nothing: each hands back zeros of its output's
-shape, so what ControlNet adds to them is exactly its residuals and T2I-Adapter's features, with
-every unit summed and its weight, control mode, mask and start/end applied by ControlNet itself. The stand-in's output layer
-runs the engine on the inputs and residuals it collected, and ControlNet's post-processing (colour
-fix, inpaint restore) works on the engine's output.
+sampler step, `attach` wraps such a forward. A wrapped call runs ControlNet's forward, unchanged, on
+a stand-in for the UNet whose blocks compute nothing: each hands back zeros of its output's shape,
+so what ControlNet adds to them is exactly its residuals and T2I-Adapter's features, with every unit
+summed and its weight, control mode, mask and start/end applied by ControlNet itself. The stand-in's
+output layer runs the engine on the inputs and residuals it collected, and ControlNet's
+post-processing (colour fix, inpaint restore) works on the engine's output.
 
 Whatever the stand-in cannot reproduce runs ControlNet's forward on the built-in UNet for that
 call, with the reason in the infotext: layers of the UNet patched on the instance (reference-only

@@ -6,14 +6,14 @@ Triton Inference Server. Prints one line per check; exits 1 if any failed.
 The WebUI builds an ONNX Runtime engine through the API; a serving venv (HARNESS_DIR/serve-venv,
 made once: torch's CPU build, this package, the WebUI's ONNX Runtime version, since engines are
 checked against the version that built them, numpy < 2 for Triton's Python backend, and
-nvidia-pytriton) exports the WebUI's workspace as
-a Triton repository (python -m sd_unet_trt export-triton) and runs the wheel's tritonserver over it.
-The WebUI's venv gets tritonclient[http], constrained so that no package the WebUI has changes.
+nvidia-pytriton) exports the WebUI's workspace as a Triton repository (python -m sd_unet_trt
+export-triton) and runs the wheel's tritonserver over it. The WebUI's venv gets tritonclient[http],
+constrained so that no package the WebUI has changes.
 
 Checks: with the setting, every step runs on the server (its statistics count the calls) and the
 image is the local engine's; LoRA falls back from the server to the local engine, which takes the
-LoRA's weights, and the next generation without it is the server's again; with the server killed, the steps run on the local engine and the infotext says the
-server did not answer.
+LoRA's weights, and the next generation without it is the server's again; with the server killed,
+the steps run on the local engine and the infotext says the server did not answer.
 """
 from __future__ import annotations
 
@@ -22,7 +22,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -67,7 +66,7 @@ def install_client(harness: Path) -> None:
 
 
 def counts(url: str, model: str) -> tuple[int, int]:
-    stats = json.loads(urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats").read())["model_stats"][0]
+    stats = server.statistics(url, model)
     return stats["inference_count"], stats["execution_count"]
 
 

@@ -10,6 +10,7 @@ this interpreter's numpy, and only numpy, so nothing shadows the stub's standard
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import importlib.util
 import socket
 import subprocess
@@ -102,6 +103,13 @@ def last_error(log: Path) -> str:
     lines = [line.strip() for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("E")]
     return (errors or lines or ["(empty log)"])[-1][:400] + f" (log: {log})"
+
+
+def statistics(url: str, model: str) -> dict:
+    """The server's statistics of `model` (inference_count counts rows, execution_count batches run,
+    batch_stats per batch size): Triton's /v2/models/<model>/stats."""
+    with urllib.request.urlopen(f"http://{url}/v2/models/{model}/stats", timeout=10) as answer:
+        return json.loads(answer.read())["model_stats"][0]
 
 
 def stop(process: subprocess.Popen, timeout_s: float = 30) -> int:
