@@ -1,4 +1,4 @@
-"""Every call pattern of DESIGN.md's table, through the router, on real ONNX Runtime engines."""
+"""Every call pattern of docs/DESIGN.md's table, through the router, on real ONNX Runtime engines."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""The SdUnet hook in the WebUI double: every row of DESIGN.md's call table, per-call fallback,
+"""The SdUnet hook in the WebUI double: every row of docs/DESIGN.md's call table, per-call fallback,
 infotext, the pre-generation warning, --medvram/--lowvram, checkpoint switches, SD3, 9-channel
 inpainting and SDXL-shaped (y) UNets, and engines written by the pipeline.
 

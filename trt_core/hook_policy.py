@@ -2,7 +2,7 @@
 
 - `engines_router`: a router over one checkpoint's ready engines, the preferred backend first.
 - `suggestion`: the profile that would cover a call the engines missed.
-- `expected_calls` / `uncovered_calls`: the calls a generation will make (DESIGN.md's call
+- `expected_calls` / `uncovered_calls`: the calls a generation will make (docs/DESIGN.md's call
   table), checked against the engines before sampling starts.
 - `fallback_residency`: whether the built-in UNet may stay on the GPU after a fallback call.
 """
@@ -83,7 +83,7 @@ class GenerationPlan:
 
 
 def expected_calls(plan: GenerationPlan, family: ModelFamily) -> list[ExpectedCall]:
-    """The UNet calls of one sampling step (both passes with hires fix), per DESIGN.md's table."""
+    """The UNet calls of one sampling step (both passes with hires fix), per docs/DESIGN.md's table."""
     cond_rows, uncond_rows = plan.batch * plan.subprompts, plan.batch
     cond_ctx = chunks_for(plan.cond_tokens) * CONTEXT_PER_CHUNK
     uncond_ctx = chunks_for(plan.uncond_tokens) * CONTEXT_PER_CHUNK

@@ -1,6 +1,6 @@
 """Resolution profiles: what an engine covers, in the units users think in (pixels, tokens, images).
 
-A profile maps to tensor shapes the way the WebUI calls the UNet (DESIGN.md): latent = px / 8,
+A profile maps to tensor shapes the way the WebUI calls the UNet (docs/DESIGN.md): latent = px / 8,
 context = 77 per 75-token chunk, and rows = images x 2 (cond + uncond) at the top end. The lower
 end keeps single rows, because some calls carry only cond rows (negative-guidance skips, prompts
 whose cond and uncond differ in length, batch_cond_uncond off) and the router splits large batches.

@@ -4,7 +4,7 @@ CI cannot run the WebUI, so `modules/` here re-implements, from the v1.10.1 sour
 scripts/trt_unet_webui uses: sd_unet (copied), script_callbacks, options/shared.opts,
 shared_state, devices, sd_hijack (the patched ldm/sgm UNet forwards), lowvram, paths_internal,
 call_queue/fifo_lock (a non-reentrant lock like FIFOLock), hashes, sd_models, scripts and a
-processing loop that calls the UNet the way DESIGN.md's call table says, in the real order
+processing loop that calls the UNet the way docs/DESIGN.md's call table says, in the real order
 process -> apply_unet -> process_batch -> sample -> postprocess. Strictness: names, signatures
 and defaults are the real ones (tests/real_webui/check_double_against_webui.py compares them with
 a WebUI checkout; tests/test_webui_double_fidelity.py runs it when WEBUI_DIR is set), what a module

@@ -10,7 +10,7 @@
         -> infotexts
     -> scripts.postprocess(p, processed)
 
-The sampler makes the UNet calls of DESIGN.md's table: all cond rows first (one per AND
+The sampler makes the UNet calls of docs/DESIGN.md's table: all cond rows first (one per AND
 sub-prompt per image), then B uncond rows; one call when cond and uncond contexts have the same
 length (or pad_cond_uncond pads them), else a cond call and an uncond call; calls of B rows with
 batch_cond_uncond off; cond-only steps; a second pass at the hires size; 9 channels for inpainting
@@ -159,7 +159,7 @@ def unet_call(sd_model, x, t, ctx, c_concat, y, extra):
 
 
 def denoise(p, sd_model, x, t, conds, unconds, image_cond, ys, cond_only):
-    """One step's eps for each image: the rows and calls of DESIGN.md's table."""
+    """One step's eps for each image: the rows and calls of docs/DESIGN.md's table."""
     subprompts = [len(c) for c in conds]
     cond_rows = [c for parts in conds for c in parts]
     x_cond = torch.cat([x[i:i + 1].expand(n, -1, -1, -1) for i, n in enumerate(subprompts)])
