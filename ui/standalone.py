@@ -25,6 +25,7 @@ from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
 from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.ui.event_calls import EventCallCheck
 from sd_unet_trt.ui.source import ModelSource
 
 TINY_NAME = "tiny-builtin"
@@ -99,7 +100,7 @@ def serve(root: Path, port: int, device: str):
     demo.blocked_paths = served_roots(root)
     demo.queue(concurrency_count=4)
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None,
-                  middleware=[Middleware(SameOriginOnly, port=port)])
+                  middleware=[Middleware(SameOriginOnly, port=port), Middleware(EventCallCheck, blocks=demo)])
     app = gr.mount_gradio_app(app, demo, "/", gradio_api_url=f"http://127.0.0.1:{port}/")
     uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run()
 
