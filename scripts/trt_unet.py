@@ -50,6 +50,7 @@ class TrtUnetScript(scripts.Script):
 
 callbacks.choose_tensorrt_library()
 callbacks.sweep_leftovers()
+callbacks.snapshot_forward_names()
 script_callbacks.on_list_unets(callbacks.list_unets)
 script_callbacks.on_ui_tabs(callbacks.ui_tabs)
 script_callbacks.on_ui_settings(callbacks.ui_settings)

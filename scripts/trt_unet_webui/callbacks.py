@@ -55,6 +55,13 @@ def sweep_leftovers() -> None:
         log.info("TensorRT: removed %d leftovers of killed builds", len(swept))
 
 
+@guarded("taking the snapshot of the names the UNet's forward resolves")
+def snapshot_forward_names() -> None:
+    """At load, after the WebUI's own patching: what later passes compare with (forward_names.py)."""
+    from sd_unet_trt.scripts.trt_unet_webui import forward_names
+    forward_names.take_snapshot()
+
+
 @guarded("reading the TensorRT library setting")
 def choose_tensorrt_library() -> None:
     """At load, before any backend is made: the library serves the whole run (restart to change)."""

@@ -23,7 +23,7 @@ import torch
 
 from modules import devices, sd_unet, shared
 
-from sd_unet_trt.scripts.trt_unet_webui import generation, live_weights, settings
+from sd_unet_trt.scripts.trt_unet_webui import forward_names, generation, live_weights, settings
 from sd_unet_trt.scripts.trt_unet_webui.fallback import FallbackPlacement, restore_builtin
 from sd_unet_trt.scripts.trt_unet_webui.served import served_first
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
@@ -171,7 +171,8 @@ class TrtUnet(sd_unet.SdUnet):
             restore_builtin(sd_model)
             return
         live = live_weights.describe(sd_model.model.diffusion_model, lora_functional())
-        self.problem = live.problem
+        # a layer's patch, else a name the forward code resolves replaced (FreeU's th.cat)
+        self.problem = live.problem or forward_names.problem()
         if self.problem:
             return
         try:

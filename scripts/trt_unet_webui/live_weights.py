@@ -12,7 +12,8 @@
   `calc_updown`, in the order and arithmetic of `network_apply_weights` (each network sees the
   weight the previous one produced), or, in functional mode, each from the base weight.
 - Problems: what engines cannot reproduce, so every call of the pass falls back with the reason: a
-  layer's forward replaced or hooked by an unknown extension, a module class whose forward comes
+  layer's forward replaced or hooked by an unknown extension, Hypertile switched on (its wrappers,
+  left on the layers once it is off, are inert then and do not count), a module class whose forward comes
   from outside torch/ldm/sgm/the WebUI/its Lora (token merging, say), circular padding (the
   WebUI's Tiling), fp8 weight storage with a network, DoRA in functional mode (the WebUI leaves
   DoRA out there).
@@ -61,24 +62,55 @@ class LiveUNet:
     networks: list[str] = field(default_factory=list)  # "name:multiplier" of those that change the UNet
 
 
-def replaced(module: torch.nn.Module, name: str):
-    """The module's instance attribute `name` (a forward) unless it is just its class's method bound
-    to it, which sd-webui-controlnet leaves behind when it restores a layer it patched."""
-    value = vars(module).get(name)
-    if value is None:
-        return None
+HYPERTILE_PARAMS = "__webui_hypertile_params"  # the WebUI's Hypertile keeps each wrapped layer's state here
+
+
+def replacement(module: torch.nn.Module, name: str, value):
+    """`value` as module's `name` (a forward) unless it is just its class's method bound to it, which
+    sd-webui-controlnet leaves behind when it restores a layer it patched, and Hypertile wraps."""
     if getattr(value, "__self__", None) is module and getattr(value, "__func__", None) is getattr(type(module), name, None):
         return None
     return value
+
+
+def replaced(module: torch.nn.Module, name: str):
+    """The module's instance attribute `name`, unless it is its class's own method (replacement)."""
+    value = vars(module).get(name)
+    return None if value is None else replacement(module, name, value)
+
+
+def hypertile_params(module: torch.nn.Module, forward):
+    """Hypertile's state when `forward` is its wrapper (None otherwise). The WebUI's Hypertile wraps
+    attention layers the first time it is switched on and never unwraps them: switched off, the
+    wrapper calls the forward it wrapped (`params.forward`) unchanged (its `params.enabled` is off)."""
+    params = vars(module).get(HYPERTILE_PARAMS)
+    wrapped = getattr(forward, "__wrapped__", None)  # functools.wraps(params.forward)
+    if params is None or wrapped is None or wrapped is not getattr(params, "forward", None):
+        return None
+    return params
+
+
+def layer_forward_problem(path: str, module: torch.nn.Module) -> str:
+    """Why engines cannot compute this layer's own forward ("" when they can)."""
+    forward = replaced(module, "forward")
+    params = hypertile_params(module, forward) if forward is not None else None
+    if params is not None:
+        if getattr(params, "enabled", True):
+            return f"Hypertile is on (UNet layer {path}); engines do not tile attention"
+        forward = replacement(module, "forward", params.forward)  # what the switched-off wrapper calls
+    # `_forward`: the transformer blocks' inner forward, which reference-only and the like patch
+    if forward is not None or replaced(module, "_forward") is not None:
+        return f"an extension replaced the forward of UNet layer {path}"
+    return ""
 
 
 def forward_problem(unet: torch.nn.Module) -> str:
     """Why engines cannot compute what this UNet's modules compute ("" when they can)."""
     classes = {}
     for path, module in unet.named_modules():
-        # `_forward`: the transformer blocks' inner forward, which reference-only and the like patch
-        if path and (replaced(module, "forward") is not None or replaced(module, "_forward") is not None):
-            return f"an extension replaced the forward of UNet layer {path}"
+        problem = layer_forward_problem(path, module) if path else ""
+        if problem:
+            return problem
         if getattr(module, "padding_mode", "zeros") != "zeros":  # the WebUI's Tiling: circular padding
             return f"UNet layer {path} pads {module.padding_mode} (Tiling); engines pad with zeros"
         for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:

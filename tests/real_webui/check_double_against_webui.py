@@ -4,7 +4,8 @@
 
 Only parses source (ast), so it needs no WebUI environment. For every module the double models
 (tests/webui_double/modules/<path>.py -> WEBUI_DIR/modules/<path>.py, and the built-in Lora
-extension's tests/webui_double/lora/<name>.py -> WEBUI_DIR/extensions-builtin/Lora/<name>.py):
+extension's tests/webui_double/lora/<name>.py -> WEBUI_DIR/extensions-builtin/Lora/<name>.py, and
+tests/webui_double/hypertile/hypertile.py -> WEBUI_DIR/extensions-builtin/hypertile/hypertile.py):
 
 - every public function, class, method and class attribute the double defines exists in the real
   module (methods may come from a base class defined in the same real module; attributes may be
@@ -283,6 +284,7 @@ def modelled_modules(webui_dir: Path) -> list[tuple[Path, Path]]:
     pairs = [(path, webui_dir / "modules" / path.relative_to(DOUBLE_DIR))
              for path in sorted(DOUBLE_DIR.rglob("*.py")) if path.name != "__init__.py"]
     pairs += [(path, webui_dir / "extensions-builtin" / "Lora" / path.name) for path in sorted(LORA_DOUBLE_DIR.glob("*.py"))]
+    pairs += [(DOUBLE_DIR.parent / "hypertile" / "hypertile.py", webui_dir / "extensions-builtin" / "hypertile" / "hypertile.py")]
     return pairs
 
 

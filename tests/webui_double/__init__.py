@@ -24,8 +24,9 @@ ROOT = HERE.parents[1]
 def install() -> None:
     """Make `import modules.*` and the Lora extension's `import networks` find this double (the
     extension itself is imported as `sd_unet_trt`, like scripts/trt_unet.py loads it in the WebUI)."""
-    # `modules`, and the built-in Lora extension's folder (its modules are top-level, like there)
-    for path in (str(HERE / "lora"), str(HERE)):
+    # `modules`, and the built-in Lora and Hypertile extensions' folders (their modules are
+    # top-level, like there)
+    for path in (str(HERE / "lora"), str(HERE / "hypertile"), str(HERE)):
         if path not in sys.path:
             sys.path.insert(0, path)
     loaded = sys.modules.get("modules")

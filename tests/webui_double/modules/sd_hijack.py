@@ -7,7 +7,7 @@ ldm/sgm forward signature `forward(self, x, timesteps=None, context=None, y=None
 the ldm/sgm module names, which the extension uses to pick the original forward.
 """
 from sd_unet_trt.models.unet import UNetModel as _OurUNet
-from modules import sd_unet
+from modules import sd_hijack_unet, sd_unet  # noqa: F401 (imported here as the real sd_hijack imports it)
 
 # stand-ins for ldm/sgm's UNetModel and the CLIP tokenizer (not modules of the WebUI)
 DOUBLE_ONLY = {"LdmUNetModel", "SgmUNetModel", "token_count"}
