@@ -3,6 +3,7 @@ subpackages of `sd_unet_trt`, and loading it into the WebUI leaves sys.path as i
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 import textwrap
@@ -23,11 +24,20 @@ def imported_names(path: Path) -> list[str]:
     return names
 
 
+def our_python_files() -> list[Path]:
+    """The checkout's .py files, without hidden folders, the WebUI double and virtual environments: a
+    venv may sit anywhere in the checkout (README.md: `python3 -m venv .venv`), its packages are not ours."""
+    found = []
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".") and name != "webui_double"
+                         and not (Path(folder, name) / "pyvenv.cfg").exists()]
+        found += [Path(folder, name) for name in files if name.endswith(".py")]
+    return sorted(found)
+
+
 def test_no_module_imports_our_folders_as_top_level_packages():
     offenders = []
-    for path in sorted(ROOT.rglob("*.py")):
-        if any(part.startswith(".") for part in path.relative_to(ROOT).parts) or "webui_double" in path.parts:
-            continue
+    for path in our_python_files():
         for name in imported_names(path):
             if name.split(".")[0] in OUR_FOLDERS:
                 offenders.append(f"{path.relative_to(ROOT)}: import {name}")
@@ -52,7 +62,8 @@ def test_loading_the_extension_keeps_blips_models_package_and_sys_path(tmp_path)
         spec.loader.exec_module(module)
         import models.blip
         assert models.blip.WHO == "BLIP", models.blip.__file__
-        added = [p for p in sys.path if p not in before]  # libraries may add their own (setuptools' _vendor)
+        # libraries may add their own folders (setuptools' _vendor), inside the venv even where it is in the checkout
+        added = [p for p in sys.path if p not in before and not p.startswith(sys.prefix + "/")]
         root = {str(ROOT)!r}
         assert not [p for p in added if p == root or p.startswith(root + "/")], added  # not a sibling like root + "venv"
         assert all(p in sys.path for p in before)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib
 
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable
+from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 
 # name -> "module:class"; TensorRT first, it is the product's primary backend.
 REGISTRY = {
@@ -18,7 +19,11 @@ def get_backend(name: str) -> Backend:
         module_name, class_name = REGISTRY[name].split(":")
     except KeyError:
         raise BackendUnavailable(f"unknown backend {name!r} (known: {', '.join(REGISTRY)})") from None
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:  # callers take this for "not installed": an interrupt must not pass for that
+        raise_if_interrupted(e)
+        raise
     return getattr(module, class_name)()
 
 

@@ -8,6 +8,7 @@ from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled
 from sd_unet_trt.trt_core.checkpoint_file import CheckpointError
 from sd_unet_trt.trt_core.export import ExportError
+from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import BuildBusy
 from sd_unet_trt.trt_core.profiles import ProfileError
@@ -29,7 +30,7 @@ def one_line(text: str) -> str:
 
 def exit_code_and_line(error: BaseException) -> tuple[int, str]:
     if isinstance(error, KeyboardInterrupt):
-        return 130, "interrupted; nothing half-written was kept"
+        return INTERRUPTED_EXIT, INTERRUPTED_LINE
     if isinstance(error, KeyError):  # `remove` of an unknown id
         return 2, f"error: {one_line(error.args[0] if error.args else error)}"
     if isinstance(error, OSError) and disk_full(error):
