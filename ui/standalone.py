@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
+import sys
 import tempfile
 import threading
 from functools import lru_cache
@@ -105,6 +107,18 @@ def serve(root: Path, port: int, device: str):
     uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")).run()
 
 
+def port_problem(port: int) -> str:
+    """Why the server cannot listen on 127.0.0.1:port ("" when it can). Asked before anything starts:
+    uvicorn finds out only after Gradio has started, then waits and exits with its own line."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a closing socket is no obstacle
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            return f"port {port} on 127.0.0.1 is taken ({e.strerror}); choose another with --port"
+    return ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sd_unet_trt.ui.standalone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=7861)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = p.parse_args(argv)
+    busy = port_problem(args.port)
+    if busy:
+        print(f"error: {busy}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(f"engines in {Path(args.dir).resolve()}; open http://127.0.0.1:{args.port}", flush=True)
     serve(Path(args.dir), args.port, args.device)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from sd_unet_trt.trt_core import jobs
-from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.backends import best_backend, get_backend
 from sd_unet_trt.trt_core.catalog import CatalogItem, catalog
 from sd_unet_trt.trt_core.jobs import user_message
 from sd_unet_trt.trt_core.pipeline import build_engine
@@ -77,6 +77,16 @@ def engines_table(items: list[CatalogItem]) -> str:
             f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
 
 
+def preferred_backend(device: str, installed: list[str]) -> str | None:
+    """The backend the CLI's `build` would pick on this device (not TensorRT on a machine whose GPU
+    cannot run its engines, or that has none), when the tab offers it."""
+    try:
+        best = best_backend(device).name
+    except Exception:  # noqa: BLE001 - no backend builds here: the tab says why under the choice
+        best = None
+    return best if best in installed else (installed[0] if installed else None)
+
+
 def create_tab(source: ModelSource) -> gr.Blocks:
     workspace = source.workspace
     backends = backend_choices()
@@ -96,14 +106,19 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             model = current()
         except NoModelLoaded as e:
             return ([message(str(e), "warn"), gr.update(choices=[], value=None)]
-                    + [gr.update()] * 12 + [""] * 4 + [""])
+                    + [gr.update()] * 12 + [""] * 4 + [""] + [gr.update()] * 4)
         options = presets(model.family)
         line = (f'<div class="trt-model" data-family="{escape(model.family.name)}">Model: '
                 f"<b>{escape(model.checkpoint.name)}</b> [{escape(model.checkpoint.short_hash)}], "
                 f"{escape(model.family.label)}</div>")
         values = profile_fields(options[0].profile)
         return ([line, gr.update(choices=[p.name for p in options], value=options[0].name)]
-                + values + [""] * 4 + [estimate_text(values, default_backend, default_precision(source.device))])
+                + values + [""] * 4 + [estimate_text(values, default_backend, default_precision(source.device))]
+                + which_defaults(options[0].profile))
+
+    def which_defaults(profile) -> list[int]:
+        """"Which engine?" asks first about the default preset's own size: one its engines cover."""
+        return [profile.width.opt, profile.height.opt, profile.batch.opt, profile.tokens.opt]
 
     def estimate_text(values, backend_name, precision) -> str:
         check = check_fields(values)
@@ -233,7 +248,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         answer = which_engine(items(), whole(width), whole(height), whole(batch), whole(tokens), sha)
         return f'<div class="trt-which">{escape(answer)}</div>'
 
-    default_backend = installed[0] if installed else None
+    default_backend = preferred_backend(source.device, installed)
     with gr.Blocks(analytics_enabled=False, css=TAB_CSS) as tab:
         with gr.Row():
             with gr.Column(scale=5):
@@ -287,9 +302,9 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             which_out = gr.HTML(elem_id="trt_which_out")
 
         engine_outputs = [table, engine_pick, confirm_row, engines_msg]
-        model_outputs = [model_line, preset] + fields + field_msgs + [estimate_box]
+        model_outputs = [model_line, preset] + fields + field_msgs + [estimate_box, q_width, q_height, q_batch, q_tokens]
         model_fail = _guard(lambda e: [message(user_message(e), "error"), gr.update()] + [gr.update()] * 12
-                            + [""] * 4 + [""])
+                            + [""] * 4 + [""] + [gr.update()] * 4)
         engines_fail = _guard(lambda e: [gr.update(), gr.update(), gr.update(visible=False),
                                          message(user_message(e), "error")])
 

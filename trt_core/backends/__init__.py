@@ -40,3 +40,32 @@ def all_backends() -> list[Backend]:
 
 def available_backends() -> list[Backend]:
     return [b for b in all_backends() if b.availability().available]
+
+
+# Inductor's C++ compile of even the tiny UNet takes minutes on a small CPU: not chosen there unless named.
+SLOW_ON_CPU = {"torch"}
+
+
+def best_backend(device: str) -> Backend:
+    """The first backend (in the registry's order of preference) that builds and runs here; else the
+    first that builds at all (TensorRT for RTX builds without a GPU). The CLI's `build` and the tab's
+    default both take this one."""
+    usable, builds_only, reasons = [], [], []
+    for name in REGISTRY:
+        try:
+            backend = get_backend(name)
+        except (ImportError, BackendUnavailable) as e:
+            reasons.append(f"{name}: {e}")
+            continue
+        status = backend.availability()
+        if not status.available:
+            reasons.append(f"{name}: {status.reason}")
+        elif device == "cpu" and name in SLOW_ON_CPU:
+            reasons.append(f"{name}: slow to compile on the CPU (--backend {name} picks it)")
+        elif backend.can_run(device):
+            builds_only.append(backend)
+        else:
+            usable.append(backend)
+    if usable or builds_only:
+        return (usable or builds_only)[0]
+    raise BackendUnavailable("no backend can build here: " + "; ".join(reasons))

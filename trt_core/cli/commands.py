@@ -8,8 +8,8 @@ from tqdm import tqdm
 
 from sd_unet_trt.models.families import TINY, family_named
 from sd_unet_trt.models.unet import seeded_unet
-from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
-from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, ProgressFn
+from sd_unet_trt.trt_core.backends import SLOW_ON_CPU, best_backend, get_backend
+from sd_unet_trt.trt_core.backends.base import Backend, ProgressFn
 from sd_unet_trt.trt_core.catalog import built_file, catalog
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp, family_of_file, unet_from_file
 from sd_unet_trt.trt_core.cli.errors import CliError, one_line
@@ -23,8 +23,6 @@ from sd_unet_trt.trt_core.unet_source import CheckpointUNet, ModuleUNet
 from sd_unet_trt.trt_core.verify import compare
 
 TINY_NAME = "tiny-builtin"
-# Inductor's C++ compile of even the tiny UNet takes minutes on a small CPU: not chosen there unless named.
-SLOW_ON_CPU = {"torch"}
 
 
 def progress_bar(desc: str) -> tuple[ProgressFn, tqdm]:
@@ -73,30 +71,6 @@ def profile_from_args(args, family) -> Profile:
         raise CliError("--profile takes BATCH,HEIGHT,WIDTH,TOKENS each as min:opt:max, "
                        "e.g. 1:1:4,512:512:768,512:512:768,75:75:150") from None
     return profile.validate()
-
-
-def best_backend(device: str) -> Backend:
-    """The first backend (in the registry's order of preference) that builds and runs here; else the
-    first that builds at all (TensorRT for RTX builds without a GPU)."""
-    usable, builds_only, reasons = [], [], []
-    for name in REGISTRY:
-        try:
-            backend = get_backend(name)
-        except (ImportError, BackendUnavailable) as e:
-            reasons.append(f"{name}: {e}")
-            continue
-        status = backend.availability()
-        if not status.available:
-            reasons.append(f"{name}: {status.reason}")
-        elif device == "cpu" and name in SLOW_ON_CPU:
-            reasons.append(f"{name}: slow to compile on the CPU (--backend {name} picks it)")
-        elif backend.can_run(device):
-            builds_only.append(backend)
-        else:
-            usable.append(backend)
-    if usable or builds_only:
-        return (usable or builds_only)[0]
-    raise CliError("no backend can build here: " + "; ".join(reasons))
 
 
 def estimate_line(source, profile: Profile, backend: Backend, precision: str, device: str, workspace: Workspace) -> str:

@@ -52,6 +52,9 @@ def parser() -> argparse.ArgumentParser:
     def command(name: str, run, help_text: str, needs_dir: bool = True):
         cmd = sub.add_parser(name, help=help_text, description=help_text, formatter_class=Formatter)
         cmd.set_defaults(run=run)
+        # also after the command (`list -v`); SUPPRESS leaves the top-level value when it is not given here
+        cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log progress details, and tracebacks of errors")
         if needs_dir:
             cmd.add_argument("--dir", default=DEFAULT_DIR, help="the workspace: holds Unet-onnx/ and Unet-trt/")
         cmd.add_argument("--device", type=device_name, default=default_device, choices=["cpu", "cuda"],
