@@ -12,6 +12,12 @@ if not __package__:
     sys.modules["sd_unet_trt"] = importlib.util.module_from_spec(_spec)
     _spec.loader.exec_module(sys.modules["sd_unet_trt"])
 
-from sd_unet_trt.trt_core.cli import main  # noqa: E402
+try:
+    from sd_unet_trt.trt_core.cli import main  # noqa: E402 - torch and the rest load here, for seconds
+except KeyboardInterrupt:  # Ctrl-C before main() runs: the same line and code as during a command
+    from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
+
+    print(INTERRUPTED_LINE, file=sys.stderr)
+    sys.exit(INTERRUPTED_EXIT)
 
 sys.exit(main())

@@ -16,6 +16,7 @@ import importlib.util
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 
 QUANTIZED = ("int8", "fp8")
 # The oldest GPU whose tensor cores run each format (TensorRT refuses FP8 below Ada: "the model
@@ -33,6 +34,7 @@ def _modelopt():
     try:
         import modelopt.torch.quantization as mtq
     except Exception as e:  # ImportError, or a broken install
+        raise_if_interrupted(e)
         raise QuantizationUnavailable(
             f"INT8 and FP8 exports need NVIDIA's Model Optimizer (pip install nvidia-modelopt): {e}") from e
     return mtq

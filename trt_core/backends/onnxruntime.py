@@ -23,6 +23,7 @@ from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
                                                 ProgressFn, WeightsUnsupported, control_inputs, no_progress)
 from sd_unet_trt.trt_core.export import DATA_NAME, WEIGHTS_METADATA
+from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.weights import fingerprint
 
@@ -122,7 +123,8 @@ class OnnxRuntimeBackend(Backend):
     def availability(self) -> Availability:
         try:
             import onnxruntime  # noqa: F401
-        except ImportError:
+        except ImportError as e:
+            raise_if_interrupted(e)
             return Availability(False, "ONNX Runtime is not installed (pip install onnxruntime, or onnxruntime-gpu)")
         return Availability(True)
 

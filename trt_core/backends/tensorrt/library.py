@@ -16,6 +16,8 @@ from types import ModuleType
 
 import torch
 
+from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
+
 TENSORRT, TENSORRT_RTX = "tensorrt", "tensorrt_rtx"
 AUTOMATIC = "Automatic"
 SUPPORTED_MAJORS = {TENSORRT: (10, 11), TENSORRT_RTX: (1,)}
@@ -75,7 +77,8 @@ def import_library(name: str) -> Library | None:
     for module_name in modules:
         try:
             return Library(importlib.import_module(module_name), name)
-        except Exception:  # ImportError, or a broken install raising OSError on a missing .so
+        except Exception as e:  # ImportError, or a broken install raising OSError on a missing .so
+            raise_if_interrupted(e)
             continue
     return None
 
