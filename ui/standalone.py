@@ -27,6 +27,7 @@ from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
 from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.trt_core.workspace_path import workspace_folder
 from sd_unet_trt.ui.event_calls import EventCallCheck
 from sd_unet_trt.ui.source import ModelSource
 
@@ -122,7 +123,8 @@ def port_problem(port: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sd_unet_trt.ui.standalone", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dir", default="./artifacts", help="folder holding Unet-onnx/ and Unet-trt/")
+    p.add_argument("--dir", type=workspace_folder, default="./artifacts",
+                   help="folder holding Unet-onnx/ and Unet-trt/")
     p.add_argument("--port", type=int, default=7861)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     args = p.parse_args(argv)

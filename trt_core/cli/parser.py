@@ -9,9 +9,11 @@ import torch
 from sd_unet_trt.trt_core.backends import REGISTRY
 from sd_unet_trt.trt_core.cli import commands, demo
 from sd_unet_trt.trt_core.profiles import BATCH_LIMITS
+from sd_unet_trt.trt_core.workspace_path import workspace_folder
 
 DEFAULT_DIR = "./artifacts"
 MAX_STEPS = 1000
+MAX_SEED = 2**32 - 1  # the WebUI's seed range; torch's generator takes no more than 64 bits
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -56,7 +58,8 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                          help="log progress details, and tracebacks of errors")
         if needs_dir:
-            cmd.add_argument("--dir", default=DEFAULT_DIR, help="the workspace: holds Unet-onnx/ and Unet-trt/")
+            cmd.add_argument("--dir", type=workspace_folder, default=DEFAULT_DIR,
+                             help="the workspace: holds Unet-onnx/ and Unet-trt/")
         cmd.add_argument("--device", type=device_name, default=default_device, choices=["cpu", "cuda"],
                          help="where engines are checked and run")
         return cmd
@@ -66,9 +69,10 @@ def parser() -> argparse.ArgumentParser:
         cmd.add_argument("--prediction", default="eps", choices=["eps", "v"], help="v for SD2.x 768-v models")
 
     d = command("demo", demo.cmd_demo, demo.cmd_demo.__doc__, needs_dir=False)
-    d.add_argument("--dir", help="keep the artifacts in this folder (default: a temp folder, removed afterwards)")
+    d.add_argument("--dir", type=workspace_folder,
+                   help="keep the artifacts in this folder (default: a temp folder, removed afterwards)")
     d.add_argument("--steps", type=bounded_int(1, MAX_STEPS), default=8, help="sampling steps per run")
-    d.add_argument("--seed", type=int, default=0, help="seed of the noise and prompts")
+    d.add_argument("--seed", type=bounded_int(0, MAX_SEED), default=0, help="seed of the noise and prompts")
     d.add_argument("--backends", help=f"comma-separated, of {', '.join(REGISTRY)} (default: every one available "
                                       f"here, the torch backend only on a GPU)")
     d.add_argument("--triton", metavar="HOST:PORT", help="also sample through a Triton server serving the tiny "
@@ -98,7 +102,9 @@ def parser() -> argparse.ArgumentParser:
 
     e = command("export", commands.cmd_export, commands.cmd_export.__doc__)
     e.add_argument("--checkpoint", required=True, help="a .safetensors or .ckpt file")
-    e.add_argument("--out", help="the export folder (default: the one builds use, under --dir)")
+    e.add_argument("--out", help="the export folder (default: the one builds use, under --dir): a new or empty "
+                                 "folder, or an earlier export of this extension, which is replaced; a folder "
+                                 "holding anything else is refused and left as it is")
     e.add_argument("--weights", default="fp16", choices=["fp16", "fp32"], help="the dtype stored in the ONNX")
     e.add_argument("--prediction", default="eps", choices=["eps", "v"], help="v for SD2.x 768-v models")
     e.add_argument("--family", help="the model family (default: read off the weights)")
