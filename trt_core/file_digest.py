@@ -51,6 +51,8 @@ def file_problem(path: Path, expected_sha256: str, expected_size: int) -> str:
     name = Path(path).name
     if not expected_sha256:
         return f"{name} was built before engine files were fingerprinted; rebuild it"
+    if Path(path).is_symlink():  # whatever it points to is not ours to load
+        return f"{name} is a symbolic link, not the engine file that was built; remove it and rebuild"
     try:
         size = os.stat(path).st_size
     except OSError as e:

@@ -31,7 +31,7 @@ PORTABLE_ARCH = "portable"  # gpu_arch of an engine built for several GPUs
 
 def _keep_previous(path: Path) -> Path | None:
     """A second name for the engine file a rebuild replaces, to put it back if registering fails."""
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():  # a link is no engine of ours to keep
         return None
     previous = path.with_name(f"{TEMP_MARK}{os.getpid()}-{path.name}.previous")
     try:
@@ -129,12 +129,15 @@ class Manifest:
         return lock
 
     def file_path(self, entry: EngineEntry) -> Path:
-        """The entry's file, refusing any path that leaves the engine folder."""
+        """The entry's file, refusing any path that leaves the engine folder. The folders on the way
+        are resolved, the file itself is not: a symbolic link put in its place stays the entry's file
+        (engine_status says what it is; `remove` deletes the link), and is never followed."""
         root = self.dir.resolve()
-        path = (root / entry.file).resolve()
-        if Path(entry.file).is_absolute() or root not in path.parents:
+        name = Path(entry.file)
+        folder = (root / name).parent.resolve()
+        if name.is_absolute() or ".." in name.parts or (folder != root and root not in folder.parents):
             raise ValueError(f"entry {entry.id!r} points outside {root}: {entry.file!r}")
-        return path
+        return folder / name.name
 
     def recover_hint(self) -> str:
         # `--dir` takes the workspace, the folder that holds this engine folder
@@ -328,9 +331,14 @@ def engine_status(entry: EngineEntry, manifest: Manifest, backend_version: str |
     A None version/arch means the backend is not installed here. A PORTABLE_ARCH engine runs on
     several GPUs: its backend's own check of the file says which (Backend.file_problem)."""
     try:
-        present = manifest.file_path(entry).is_file()
+        path = manifest.file_path(entry)
     except ValueError as e:
         return EngineStatus("missing", str(e))
+    if path.is_symlink():
+        return EngineStatus("missing", f"{entry.file} is a symbolic link (to {os.readlink(path)}), not the engine "
+                                       f"file that was built; `remove {entry.id}` drops the entry and the link, "
+                                       f"never what it points to")
+    present = path.is_file()
     if not present:
         return EngineStatus("missing", f"file {entry.file} is gone")
     if backend_version is None:

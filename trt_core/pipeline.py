@@ -12,6 +12,7 @@ the record's digest, and a copy of the record is kept beside the engines for the
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,9 +64,19 @@ class Workspace:
     def manifest(self) -> Manifest:
         return Manifest(self.engine_dir)
 
+    def writable(self) -> bool:
+        """Whether this process may change the workspace. A shared engine folder, a read-only mount or
+        another user's files are read as they are: listing and verifying take no write lock."""
+        lock = self.engine_dir / ".manifest.lock"
+        return (all(os.access(d, os.W_OK) for d in (self.onnx_dir, self.engine_dir) if d.is_dir())
+                and (not lock.exists() or os.access(lock, os.W_OK)))
+
     def sweep(self) -> list[Path]:
         """Remove what killed builds left (temp files and folders of processes that are gone) in both
-        folders, and register engines a killed build left with only their sidecar."""
+        folders, and register engines a killed build left with only their sidecar. Nothing where
+        this process cannot write: what is there is then read as it is."""
+        if not self.writable():
+            return []
         swept = remove_stale_temps(self.onnx_dir) + remove_stale_temps(self.engine_dir)
         if self.engine_dir.is_dir():
             try:
