@@ -125,6 +125,8 @@ def _fold_around_weights(graph, weight_names: set[str]) -> None:
     folding, so no weight is transposed or merged into an anonymous constant."""
     import onnx_graphsurgeon as gs
 
+    from sd_unet_trt.trt_core.onnxruntime_log import route_onnxruntime_log
+    route_onnxruntime_log()  # the folding sessions' optimizer notes: shown with -v
     weights = {name: t for name, t in graph.tensors().items() if isinstance(t, gs.Constant) and name in weight_names}
     values = {}
     for name, tensor in weights.items():
