@@ -149,7 +149,8 @@ def verify_engine(backend: Backend, path: Path, entry_id: str, reference: torch.
                   outcome: BuildOutcome, device: torch.device, progress: ProgressFn) -> dict[str, float]:
     """The built engine against the PyTorch UNet, before it may replace anything: one call at each
     profile point, and for INT8/FP8 a whole denoising loop too (quality.py), whose final latent
-    must stay within the precision's tolerance."""
+    must stay within the precision's tolerance; a backend that can rebuild its quantized recipe in
+    PyTorch is also held tightly to that (its implementation gate)."""
     progress(f"verify: {backend.name} engine against PyTorch", 0.9)
     engine = backend.load(path, entry_id, request.family, request.profile, device=device.type)
     ref_dtype = next(reference.parameters()).dtype
@@ -157,6 +158,9 @@ def verify_engine(backend: Backend, path: Path, entry_id: str, reference: torch.
     try:
         accuracy = require(compare(engine, reference, request.family, request.profile, outcome.precision,
                                    device=device, ref_dtype=ref_dtype), what).as_dict()
+        if outcome.precision in QUANTIZED:
+            progress(f"verify: {backend.name} engine against its quantized recipe", 0.91)
+            accuracy.update(backend.implementation_gate(engine, path, reference, request.profile, device, what) or {})
         if outcome.precision in QUANTIZED:
             progress(f"verify: {backend.name} engine over a denoising loop", 0.93)
             profile = request.profile

@@ -89,3 +89,42 @@ def require(accuracy: Accuracy, what: str) -> Accuracy:
             f"{what} differs from the PyTorch UNet by {accuracy.max_rel:.2e} (relative), over the "
             f"{accuracy.tolerance:.0e} allowed, at shapes {', '.join(accuracy.shapes)}; it was not registered")
     return accuracy
+
+
+# The implementation gate of a quantized engine (the torch backend's fake_quant.py makes its
+# reference). First, exactly: the quantized weights and scales the engine stores are the recipe's,
+# bit for bit. Then its output: worst ||engine - fake-quantized|| / ||fake-quantized||, by the
+# engine's float type. That figure cannot be tight: a value next to a rounding boundary of the
+# 8-bit grid lands on either side with any change of arithmetic order, moves by a whole FP8 step,
+# and the next quantized layers amplify it (tiny UNet on this CPU, fp32, same recipe: eager vs
+# fake-quantized 2.6%, the compiled engine vs fake-quantized 4-5%). float16 (GPU) is provisional:
+# the bench records it beside the figure for a planted 2x scale error.
+IMPLEMENTATION_TOLERANCE = {torch.float32: 0.10, torch.float16: 0.10, torch.bfloat16: 0.15}
+GATE_SEEDS = (101, 102, 103)
+
+
+def implementation_error(engine: Callable[..., torch.Tensor], reference: torch.nn.Module, family: ModelFamily,
+                         profile: Profile, device: torch.device | str) -> float:
+    """Worst relative error of the engine against `reference` (its quantized recipe fake-quantized
+    in PyTorch) over a few fixed calls at the profile's points; NaN comes back as inf."""
+    worst = 0.0
+    for seed in GATE_SEEDS:
+        worst = max(worst, compare(engine, reference, family, profile, "fp8", device=device, seed=seed).max_rel)
+    return worst
+
+
+def require_implementation(error: float, dtype: torch.dtype, what: str,
+                           mismatched: list[str] = ()) -> dict[str, float]:
+    """The figures the manifest keeps, or VerificationError when the engine is not its recipe:
+    `mismatched` names stored quantized weights or scales that are not the recipe's bit for bit."""
+    if mismatched:
+        raise VerificationError(
+            f"{what} does not hold its quantized recipe: {len(mismatched)} stored weights or scales differ from what "
+            f"the recipe makes of the PyTorch UNet ({', '.join(mismatched[:3])}); it was not registered")
+    tolerance = IMPLEMENTATION_TOLERANCE[dtype]
+    if not error <= tolerance:  # NaN fails too
+        raise VerificationError(
+            f"{what} does not compute its quantized recipe: it differs from the recipe fake-quantized in PyTorch "
+            f"by {error:.2%}, over the {tolerance:.0%} allowed (a wrong scale, or weights that did not follow); "
+            "it was not registered")
+    return {"implementation_rel_error": error, "implementation_tolerance": tolerance}

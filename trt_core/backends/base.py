@@ -176,6 +176,12 @@ class Backend(ABC):
         """The hardware an engine is tied to, e.g. "sm_89" or "cpu"."""
         return "any"
 
+    def implementation_gate(self, engine: "Engine", path: Path, unet: torch.nn.Module, profile: Profile,
+                            device: torch.device, what: str) -> dict[str, Any] | None:
+        """For a quantized engine whose recipe this backend can rebuild in PyTorch: the engine held
+        tightly to that recipe (its figures for the manifest, or VerificationError); else None."""
+        return None
+
     @abstractmethod
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
               cancel: CancelToken | None = None) -> BuildOutcome:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sd_unet_trt.models.unet import CrossAttention
-from sd_unet_trt.trt_core.backends.torch_compiled.quantized import QuantizedLinear
 
 # SDPA kernels by the names the `attention` build option takes
 SDPA_KERNELS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
@@ -81,7 +80,7 @@ def weight_sources(module: torch.nn.Module, unet: torch.nn.Module) -> dict[str, 
     names = {id(p): name for name, p in unet.named_parameters()}
     out = {name: [(names[id(p)], 0)] for name, p in module.named_parameters(remove_duplicate=False) if id(p) in names}
     for path, child in module.named_modules(remove_duplicate=False):
-        if isinstance(child, QuantizedLinear) and id(child.source) in names:
+        if hasattr(child, "weight_format") and id(child.source) in names:  # a quantized layer
             out[f"{path}.weight"] = [(names[id(child.source)], 0)]
         if isinstance(child, FusedProjectionAttention):
             for attr, parts in child.sources.items():

@@ -35,6 +35,7 @@ from sd_unet_trt.trt_core.backends.torch_compiled.attention import (
     weight_sources,
 )
 from sd_unet_trt.trt_core.backends.torch_compiled.engine import TorchCompiledEngine
+from sd_unet_trt.trt_core.backends.torch_compiled.fake_quant import fake_quantized, stored_mismatches
 from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (
     ARTIFACT,
     FORMAT,
@@ -47,18 +48,16 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (
     weights_for_compile,
     write_weights,
 )
-from sd_unet_trt.trt_core.backends.torch_compiled.quantized import (
-    DEFAULT_LAYERS,
-    compute_dtype,
-    quantized_linears,
-    quantized_weights,
-)
+from sd_unet_trt.trt_core.backends.torch_compiled.quantized import compute_dtype, quantized_weights
+from sd_unet_trt.trt_core.backends.torch_compiled.recipe import (RECIPE_OPTIONS, int8_problem, quantized_module,
+                                                                 recipe_of)
 from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
+from sd_unet_trt.trt_core.verify import implementation_error, require_implementation
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BUILD_OPTIONS = ("inductor", "channels_last", "attention", "fuse_projections", "quantize_layers")
+BUILD_OPTIONS = ("inductor", "channels_last", "attention", "fuse_projections", "int8_on_any_gpu", *RECIPE_OPTIONS)
 # Inductor settings over its defaults; BuildRequest.options["inductor"] adds to them. The engine
 # replays its own CUDA graphs, so Inductor's are off.
 INDUCTOR_DEFAULTS: dict[str, Any] = {"triton.cudagraphs": False}
@@ -147,11 +146,25 @@ class TorchCompiledBackend(Backend):
     def profile_problem(self, profile: Profile) -> str | None:
         return varying_size_problem(profile)
 
+    def implementation_gate(self, engine: Any, path: Path, unet: torch.nn.Module, profile: Profile,
+                            device: torch.device, what: str) -> dict[str, Any] | None:
+        recipe = read_metadata(path).get("recipe")
+        if recipe is None:
+            return None
+        reference = fake_quantized(unet, recipe, engine.dtype)
+        try:
+            mismatched = stored_mismatches(reference, engine.stored_weights())
+            error = implementation_error(engine, reference, engine.family, profile, device)
+        finally:
+            del reference
+        return require_implementation(error, engine.dtype, what, mismatched)
+
     def precision_problem(self, precision: str) -> str | None:
         if precision not in (*DTYPES, *QUANTIZED):
             return f"unknown precision {precision!r} (known: {', '.join((*DTYPES, *QUANTIZED))})"
         if precision in QUANTIZED and torch.cuda.is_available():
-            return capability_problem(precision, torch.cuda.get_device_capability())
+            capability = torch.cuda.get_device_capability()
+            return capability_problem(precision, capability) or (int8_problem(capability) if precision == "int8" else None)
         return None
 
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,
@@ -161,7 +174,7 @@ class TorchCompiledBackend(Backend):
         if request.module is None:
             raise ValueError("the torch backend compiles the PyTorch UNet itself; the build request has no module")
         problem = self.precision_problem(request.precision)
-        if problem:
+        if problem and not (request.precision == "int8" and request.options.get("int8_on_any_gpu")):
             raise ValueError(problem)
         device = torch.device(request.device)
         if device.type == "cuda" and not torch.cuda.is_available():
@@ -182,8 +195,9 @@ class TorchCompiledBackend(Backend):
         started = time.monotonic()
         progress("export: tracing the UNet with torch.export", 0.0)
         unet = _module_for(request.module, device, dtype)
-        layers = request.options.get("quantize_layers", DEFAULT_LAYERS) if quantized else None
-        computed = quantized_linears(unet, request.precision, layers) if quantized else unet
+        recipe = recipe_of(request.precision, request.options) if quantized else None
+        computed, recipe = (quantized_module(unet, family, tuple(shapes["x"][2:]), recipe) if quantized
+                            else (unet, None))
         module = UNetCall(fused_projections(computed) if fuse else computed, family.y_dim is not None).eval()
         sources, scaled = weight_sources(module, unet), quantized_weights(module)
         example = _example_inputs(family, shapes, device, dtype)
@@ -201,7 +215,8 @@ class TorchCompiledBackend(Backend):
         weights = weights_for_compile(weights, channels_last)
         record = {"format": FORMAT, "family": family.name, "profile": profile.to_dict(), "precision": request.precision,
                   "compute_dtype": str(dtype).removeprefix("torch."),
-                  "device": device.type, "torch": torch.__version__, "fuse_projections": fuse, "attention": attention}
+                  "device": device.type, "torch": torch.__version__, "fuse_projections": fuse, "attention": attention,
+                  **({"recipe": recipe} if recipe else {})}
         inductor = {**INDUCTOR_DEFAULTS, **request.options.get("inductor", {})}
         compile_started = time.monotonic()
         with torch.no_grad(), sdpa_scope(preference):
@@ -226,7 +241,8 @@ class TorchCompiledBackend(Backend):
             "export_seconds": round(export_seconds, 2), "compile_seconds": round(compile_seconds, 2),
             "inductor": inductor, "channels_last": channels_last, "compiled_rows": shapes["x"][0],
             "fuse_projections": fuse, "attention": attention,
-            **({"quantized_layers": layers, "quantized_weights": len(scaled)} if quantized else {}),
+            **({"quantized_layers": recipe["layers"], "quantized_weights": len(scaled),
+                "recipe": {k: v for k, v in recipe.items() if k != "input_amax"}} if quantized else {}),
         })
 
     def load(self, path: Path, name: str, family: ModelFamily, profile: Profile, device: str = "cuda",
@@ -266,6 +282,6 @@ class TorchCompiledBackend(Backend):
         return TorchCompiledEngine(name, family, profile, runner, device, dtype,
                                    cuda_graphs=cuda_graphs and device.type == "cuda", weights_bytes=max(held, 0),
                                    weights=weights, sources=[entry.get("sources", []) for entry in record["weights"]],
-                                   quantized=quantized)
+                                   quantized=quantized, names=[entry["name"] for entry in record["weights"]])
 
 

@@ -11,7 +11,7 @@ import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import Engine, WeightsUnsupported, control_inputs
-from sd_unet_trt.trt_core.backends.torch_compiled.quantized import quantize_rows
+from sd_unet_trt.trt_core.backends.torch_compiled.quantized import requantize
 from sd_unet_trt.trt_core.profiles import CallShape, Profile
 
 MAX_GRAPHS = 16  # CUDA graphs kept per engine (one per exact call shape), least recently used dropped
@@ -41,23 +41,27 @@ class TorchCompiledEngine(Engine):
     `weights` are the compiled graph's weight inputs and `sources` says, per weight, which UNet
     weights (state-dict name, first row) it holds: `set_weights` writes new values into them in
     place, so the next run and every captured CUDA graph see them. `quantized` maps a stored weight
-    that is INT8 or FP8 to its format and its scales' position: new values are quantized per row
-    into both (per-channel scales need no calibration)."""
+    that is INT8 or FP8 to its format and its scales' position: new values are quantized into both
+    (per row, or per tensor for the static FP8 recipe: weight scales need no calibration; a static
+    recipe's input scales stay as calibrated)."""
 
     def __init__(self, name: str, family: ModelFamily, profile: Profile, runner: Any, device: torch.device,
                  dtype: torch.dtype, cuda_graphs: bool, weights_bytes: int = 0,
                  weights: list[torch.Tensor] | None = None, sources: list[list[list]] | None = None,
-                 quantized: Mapping[int, tuple[str, int]] | None = None):
+                 quantized: Mapping[int, tuple[str, int]] | None = None, names: list[str] | None = None):
         self.name, self.family, self.profile = name, family, profile
         self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
         self._runner = runner
         self._weights_bytes = weights_bytes
         self._weights = weights or []
         self._quantized = dict(quantized or {})
+        self._names = list(names or [])
         # UNet weight -> where it is: (graph weight, first row, rows); several parts of one graph
         # weight are the projections a fused attention concatenated
         self._targets: dict[str, list[tuple[int, int, int]]] = {}
         for index, held in enumerate(sources or []):
+            if not held:  # e.g. a quantized layer's scales: no UNet weight of their own (0-d for static FP8)
+                continue
             rows = [int(row) for _, row in held] + [self._weights[index].shape[0] if self._weights else 0]
             for (unet_name, _), start, end in zip(held, rows, rows[1:]):
                 self._targets.setdefault(unet_name, []).append((index, start, end - start))
@@ -107,14 +111,19 @@ class TorchCompiledEngine(Engine):
                     raise WeightsUnsupported(f"engine {self.name}: {name} is {list(part.shape)}, "
                                              f"the new value is {list(value.shape)}")
                 if index in self._quantized:
-                    precision, scale_index = self._quantized[index]
-                    values, scales = quantize_rows(value.to(part.device), precision)
-                    writes += [(part, values), (self._weights[scale_index][row:row + rows], scales)]
+                    weight_format, scale_index = self._quantized[index]
+                    values, scales = requantize(value.to(part.device), weight_format)
+                    scale = self._weights[scale_index]
+                    writes += [(part, values), (scale[row:row + rows] if scale.dim() else scale, scales)]
                 else:
                     writes.append((part, value))
         with self._lock, torch.no_grad():
             for part, value in writes:
                 part.copy_(value)
+
+    def stored_weights(self) -> dict[str, torch.Tensor]:
+        """The compiled graph's weight inputs by their graph names (views: what every call reads)."""
+        return dict(zip(self._names, self._weights))
 
     def weights_of(self, names: list[str]) -> dict[str, torch.Tensor]:
         out = {}

@@ -26,6 +26,8 @@ LAYER_SETS: dict[str, tuple[str, ...]] = {
     "no_text_kv": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
                    "attn2.to_q", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"),
     "feed_forward": ("ff.net.0.proj", "ff.net.2"),
+    # attention's q/k/v kept in the float type: they set which tokens attend to which
+    "no_qkv": ("attn1.to_out.0", "attn2.to_out.0", "ff.net.0.proj", "ff.net.2"),
 }
 DEFAULT_LAYERS = "transformer"
 
@@ -46,6 +48,14 @@ def quantize_rows(t: torch.Tensor, precision: str) -> tuple[torch.Tensor, torch.
     return scaled.to(qdtype), scale.squeeze(-1)
 
 
+def quantize_tensor(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FP8 E4M3 with one scale for the whole tensor: (values, 0-dim float32 scale)."""
+    qdtype, qmax = FORMATS["fp8"]
+    t = t.float()
+    scale = t.abs().amax().clamp_min(1e-12) / qmax
+    return (t / scale).clamp(-qmax, qmax).to(qdtype), scale
+
+
 class QuantizedLinear(torch.nn.Module):
     """A linear layer computing in INT8 or FP8: x quantized per row, the weight per output channel,
     the product rescaled to x's dtype. `source` is the float weight it was made from (kept for the
@@ -57,6 +67,7 @@ class QuantizedLinear(torch.nn.Module):
             raise ValueError(f"a {linear.in_features}x{linear.out_features} layer cannot be quantized "
                              "(the scaled products need multiples of 16)")
         self.precision = precision
+        self.weight_format = precision  # how the engine re-quantizes a new weight (per row)
         with torch.no_grad():
             values, scale = quantize_rows(linear.weight, precision)
         self.weight = torch.nn.Parameter(values, requires_grad=False)
@@ -79,14 +90,14 @@ class QuantizedLinear(torch.nn.Module):
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
-def _replaced(module: torch.nn.Module, path: str, make: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
+def replaced(module: torch.nn.Module, path: str, make: Callable[[torch.nn.Module], torch.nn.Module]) -> torch.nn.Module:
     """A shallow copy of `module` with the submodule at dotted `path` replaced by make(it); the
     containers on the way are copied too, everything else is shared."""
     head, _, rest = path.partition(".")
     clone = copy.copy(module)
     clone._modules = dict(module._modules)
     child = module._modules[head]
-    clone._modules[head] = _replaced(child, rest, make) if rest else make(child)
+    clone._modules[head] = replaced(child, rest, make) if rest else make(child)
     return clone
 
 
@@ -95,17 +106,29 @@ def quantized_linears(module: torch.nn.Module, precision: str, layers: str = DEF
     The caller's module is untouched (containers copied, other layers shared)."""
     if precision not in FORMATS:
         raise ValueError(f"unknown quantized precision {precision!r} (known: {', '.join(FORMATS)})")
+    for path in transformer_layer_paths(module, layers):
+        module = replaced(module, path, lambda linear: QuantizedLinear(linear, precision))
+    return module
+
+
+def transformer_layer_paths(module: torch.nn.Module, layers: str) -> list[str]:
+    """The dotted paths of the layer set's linear layers in every transformer block of `module`."""
     if layers not in LAYER_SETS:
         raise ValueError(f"unknown quantized layer set {layers!r} (known: {', '.join(LAYER_SETS)})")
     blocks = [path for path, child in module.named_modules() if isinstance(child, BasicTransformerBlock)]
-    for block in blocks:
-        for layer in LAYER_SETS[layers]:
-            module = _replaced(module, f"{block}.{layer}", lambda linear: QuantizedLinear(linear, precision))
-    return module
+    return [f"{block}.{layer}" for block in blocks for layer in LAYER_SETS[layers]]
+
+
+def requantize(value: torch.Tensor, weight_format: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A new float weight in a quantized layer's storage format: (values, scales); "fp8_tensor"
+    is the static recipe's one scale per tensor (static_fp8.py), the others one per row."""
+    if weight_format == "fp8_tensor":
+        return quantize_tensor(value)
+    return quantize_rows(value, weight_format)
 
 
 def quantized_weights(module: torch.nn.Module) -> dict[str, dict[str, str]]:
     """For each quantized weight of `module` (by its name there): its format and its scale's name."""
-    return {f"{path}.weight": {"format": child.precision, "scale": f"{path}.weight_scale"}
-            for path, child in module.named_modules(remove_duplicate=False) if isinstance(child, QuantizedLinear)}
+    return {f"{path}.weight": {"format": child.weight_format, "scale": f"{path}.weight_scale"}
+            for path, child in module.named_modules(remove_duplicate=False) if hasattr(child, "weight_format")}
 
