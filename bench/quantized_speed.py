@@ -24,8 +24,11 @@ from typing import Any
 
 import torch
 
+from gemm_shapes import linear_shapes, measure_shapes
 from measure import Footprint, environment, log, rel_error, release, sync, time_steps
-from steps import compiled_step, eager_step, kernel_breakdown, router_step
+from quantized_gate import gate_figures
+from steps import compiled_step, eager_step, kernel_breakdown, router_step, separate_quantization_kernels
+from variants import VARIANTS
 from workloads import WORKLOADS, make_inputs, make_unet
 
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
@@ -35,12 +38,21 @@ from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 from sd_unet_trt.models.vae import decode, seeded_decoder  # noqa: E402
 from sd_unet_trt.trt_core.quality import conditionings, denoise, psnr_db  # noqa: E402
 
+STATIC = {"activation_scales": "static"}
+# INT8 is measured on every GPU, also where the backend does not offer it (recipe.py's rule)
+INT8 = {"int8_on_any_gpu": True}
 # row name -> (precision, build options)
 ENGINE_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "fp32": ("fp32", {}), "fp16": ("fp16", {}), "bf16": ("bf16", {}),
-    "int8": ("int8", {}), "fp8": ("fp8", {}),
-    **{f"{p}_{layers}": (p, {"quantize_layers": layers}) for p in ("int8", "fp8") for layers in LAYER_SETS
-       if layers != "transformer"},
+    "int8": ("int8", INT8), "fp8": ("fp8", {}),
+    **{f"{p}_{layers}": (p, {"quantize_layers": layers, **(INT8 if p == "int8" else {})})
+       for p in ("int8", "fp8") for layers in LAYER_SETS if layers != "transformer"},
+    # the fp16 build variants of bench/variants.py (SDPA kernel forced, GEMM autotuning, ...)
+    **{f"fp16_{name}": ("fp16", variant.build) for name, variant in VARIANTS.items() if name != "default"},
+    # FP8 with static per-tensor scales (issue 22): each layer set; per-channel weights; exact accumulation
+    **{f"fp8s_{layers}": ("fp8", {**STATIC, "quantize_layers": layers}) for layers in LAYER_SETS},
+    "fp8s_transformer_channel": ("fp8", {**STATIC, "weight_scales": "channel"}),
+    "fp8s_transformer_exact": ("fp8", {**STATIC, "fast_accum": False}),
 }
 TORCHAO_ROWS = ("torchao_int8", "torchao_fp8")
 LOOP_SEEDS, LOOP_PROMPTS, LOOP_STEPS = 2, 2, 20
@@ -98,6 +110,9 @@ class Ladder:
         eager = next((r for r in self.result["rows"] if r["name"] == "eager_fp16" and "median_ms" in r), None)
         if eager and "median_ms" in row:
             row["speedup_over_eager"] = eager["median_ms"] / row["median_ms"]
+        fp16 = next((r for r in self.result["rows"] if r["name"] == "fp16" and "median_ms" in r), None)
+        if fp16 and "median_ms" in row:
+            row["speedup_over_fp16_engine"] = fp16["median_ms"] / row["median_ms"]
         self.result["rows"].append(row)
         self.path.write_text(json.dumps(self.result, indent=1))
         log("row " + json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()
@@ -147,12 +162,23 @@ class Ladder:
         row.update(self.quality(lambda *a: step(a)))
         row.update(time_steps(step, self.timing, self.device, 20, self.seconds))
         row["vram_mib"] = memory.mib()
+        if precision in ("int8", "fp8"):  # after timing: the gate's fp32 reference needs memory too
+            row.update(gate_figures(engine, path, self.master, self.work.family, profile, self.device))
         if breakdown and self.device.type == "cuda":
             plain = TorchCompiledBackend().load(path, "plain", self.work.family, profile, device=self.device.type,
                                                 cuda_graphs=False)
-            row["breakdown"] = kernel_breakdown(lambda inputs: plain(*inputs), self.timing[0], self.device)
+            row["breakdown"] = kernel_breakdown(lambda inputs: plain(*inputs), self.timing[0], self.device, top=40)
+            row["breakdown"]["separate_quantization_kernels"] = separate_quantization_kernels(
+                row["breakdown"]["all_kernels_ms"])
             plain.close()
         return row
+
+    def run_gemm_shapes(self) -> None:
+        """The UNet's transformer GEMMs one by one in fp16, INT8 and FP8 (bench/gemm_shapes.py)."""
+        shapes = linear_shapes(self.master, self.check)
+        self.add({"name": "gemm_shapes", "label": "transformer GEMMs one by one (CUDA graph of repeats)",
+                  **measure_shapes(shapes, self.device)})
+        release(self.device)
 
     def run_torchao(self, name: str) -> None:
         from torchao.quantization import (Float8DynamicActivationFloat8WeightConfig,
@@ -186,17 +212,58 @@ class Ladder:
 
 
 ROW_NEEDS_S = {"sd15": 60, "sdxl": 110, "tiny": 60}  # a build, its checks and timing, about
+# 8-bit builds compile longer (H200, issue 12: SD1.5 70-93 s, SDXL 236-238 s) and run the gate too
+QUANTIZED_NEEDS_S = {"sd15": 110, "sdxl": 280, "tiny": 150}
 DEFAULT_PLAN = ("sd15:eager_fp16,fp16,int8,fp8;sdxl:eager_fp16,fp16,int8,fp8;"
                 "sd15:fp8_feed_forward,int8_feed_forward,bf16,fp32;sdxl:fp8_feed_forward,int8_feed_forward,bf16,fp32;"
                 "sd15:torchao_int8,torchao_fp8;sdxl:torchao_int8,torchao_fp8")
+# issue 22, one GPU call each (the most wanted rows first: the budget guard skips what does not fit)
+PLANS = {
+    "issue22-sd15": "sd15:gemm_shapes,eager_fp16,fp16,fp8s_transformer,fp8s_no_qkv,fp8s_feed_forward,"
+                    "fp16_cudnn_attn,fp16_flash_attn,int8,fp8s_transformer_channel,fp8s_transformer_exact",
+    "issue22-sdxl": "sdxl:gemm_shapes,eager_fp16,fp16,fp8s_no_qkv,fp8s_transformer",
+    "issue22-sdxl-more": "sdxl:fp16,fp8s_feed_forward,fp16_flash_attn,fp16_cudnn_attn,int8",
+    # autotuning ran past 7 minutes on SD1.5 (bench/NOTES.md): alone, --budget-s 580
+    "issue22-autotune": "sd15:fp16_autotune,fp16",
+    "issue22-tiny": "tiny:gemm_shapes,eager_fp16,fp16,fp8s_transformer,fp8s_no_qkv,fp8s_feed_forward,int8",
+}
+
+
+def row_needs_s(key: str, name: str) -> float:
+    """About how long a row takes, for the budget guard."""
+    if name == "gemm_shapes":
+        return 30
+    variant = VARIANTS.get(name.removeprefix("fp16_"))
+    if name.startswith("fp16_") and variant:
+        return variant.build_budget_s[key]
+    precision = ENGINE_ROWS.get(name, ("",))[0]
+    return QUANTIZED_NEEDS_S[key] if precision in ("int8", "fp8") else ROW_NEEDS_S[key]
+
+
+def write_profile_summary(ladder: "Ladder", out: Path) -> None:
+    """The fastest static FP8 row's top kernels, and any quantization kernel Inductor left unfused."""
+    rows = [r for r in ladder.result["rows"] if r["name"].startswith("fp8s_") and "breakdown" in r]
+    if not rows:
+        return
+    best = min(rows, key=lambda r: r["median_ms"])
+    lines = [f"{ladder.work.name}: {best['name']} {best['median_ms']:.2f} ms/step, "
+             f"kernels {best['breakdown']['total_ms']:.2f} ms in one profiled step", "", "| kernel | ms |", "|---|---|"]
+    lines += [f"| `{name[:110]}` | {ms:.3f} |" for name, ms in best["breakdown"]["top_kernels_ms"]]
+    separate = best["breakdown"]["separate_quantization_kernels"]
+    lines += ["", f"kernels holding only an amax or a cast ({len(separate)}, {sum(separate.values()):.3f} ms):"]
+    lines += [f"- `{name}` {ms:.3f} ms" for name, ms in separate.items()] or ["- none"]
+    path = out / f"{ladder.key}-fp8-profile.md"
+    path.write_text("\n".join(lines) + "\n")
+    log(f"profile summary: {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--plan", default=DEFAULT_PLAN,
-                        help="model:row,row;model:row,... in the order to run (rows: eager_fp16, "
-                             f"{', '.join(ENGINE_ROWS)}, {', '.join(TORCHAO_ROWS)})")
-    parser.add_argument("--breakdown", default="fp16,fp8,int8", help="engine rows profiled kernel by kernel")
+                        help=f"a plan's name ({', '.join(PLANS)}) or model:row,row;model:row,... in the order to "
+                             f"run (rows: gemm_shapes, eager_fp16, {', '.join(ENGINE_ROWS)}, {', '.join(TORCHAO_ROWS)})")
+    parser.add_argument("--breakdown", default="fp16,fp8,int8,fp8s_transformer,fp8s_no_qkv,fp8s_feed_forward",
+                        help="engine rows profiled kernel by kernel")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path("bench/results/latest"))
     parser.add_argument("--engines", type=Path, default=Path("/tmp/quantized-speed-engines"))
@@ -207,19 +274,21 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     breakdown = set(args.breakdown.split(","))
     ladders: dict[str, Ladder] = {}
-    for part in args.plan.split(";"):
+    for part in PLANS.get(args.plan, args.plan).split(";"):
         key, _, names = part.partition(":")
         if key not in ladders:
             ladders[key] = Ladder(key, torch.device(args.device), args.out, args.engines, args.seconds)
             ladders[key].prepare()
         ladder = ladders[key]
         for name in names.split(","):
-            if time.monotonic() - started + ROW_NEEDS_S[key] > args.budget_s:
+            if time.monotonic() - started + row_needs_s(key, name) > args.budget_s:
                 ladder.add({"name": name, "skipped": "the run's time budget was spent"})
                 continue
             try:
                 if name == "eager_fp16":
                     ladder.run_eager()
+                elif name == "gemm_shapes":
+                    ladder.run_gemm_shapes()
                 elif name in TORCHAO_ROWS:
                     ladder.run_torchao(name)
                 else:
@@ -228,6 +297,8 @@ def main() -> None:
                 log(traceback.format_exc())
                 ladder.add({"name": name, "failed": f"{type(e).__name__}: {str(e)[:1500]}"})
                 release(ladder.device)
+    for ladder in ladders.values():
+        write_profile_summary(ladder, args.out)
     try:
         from chart import draw
         log(f"chart: {draw(args.out)}")

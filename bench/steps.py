@@ -93,6 +93,26 @@ def kernel_breakdown(step: Step, inputs: tuple, device: torch.device, top: int =
         classes[cls] = classes.get(cls, 0.0) + ms
     ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
     return {"total_ms": sum(kernels.values()), "by_class_ms": dict(sorted(classes.items(), key=lambda kv: -kv[1])),
-            "top_kernels_ms": ranked, "kernel_count": len(kernels)}
+            "top_kernels_ms": ranked, "kernel_count": len(kernels), "all_kernels_ms": kernels}
+
+
+# the ops an activation's quantization adds (Inductor names a fused kernel after the ops it holds)
+QUANTIZATION_OPS = ("_to_copy", "clamp", "reciprocal", "mul", "div", "abs", "amax", "max", "expand", "clone", "view")
+
+
+def separate_quantization_kernels(kernels: dict[str, float]) -> dict[str, float]:
+    """Kernels that hold a row-wise amax (a reduction the static recipe should not have) or only an
+    activation's quantization (a cast Inductor did not fuse into the kernel producing the
+    activation), with their ms: for a static FP8 engine this should be empty."""
+    found = {}
+    for name, ms in kernels.items():
+        if not name.startswith("triton"):
+            continue
+        ops = name.split("_fused_", 1)[-1].rsplit("_", 1)[0]
+        for op in sorted(QUANTIZATION_OPS, key=len, reverse=True):
+            ops = ops.replace(op, "")
+        if "amax" in name or not ops.strip("_0123456789"):
+            found[name] = ms
+    return found
 
 
