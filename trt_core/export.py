@@ -27,13 +27,12 @@ from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, fam
 from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.export_folder import DATA_NAME, ONNX_NAME, put_in_place, writable
 from sd_unet_trt.trt_core.quantize import QUANTIZED, QUANTIZED_OPSET, calibration_inputs, quantized_unet
 from sd_unet_trt.trt_core.weights import RECORD_NAME, WeightsRecord
 
 OPSET = 17
 WEIGHTS_METADATA = "sd_unet_trt.weights"  # metadata_props key: the named weights' shapes and fingerprints
-ONNX_NAME = "unet.onnx"
-DATA_NAME = "unet.onnx.data"
 PROTOBUF_LIMIT = 2 * 1024**3
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -167,10 +166,12 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
                 cancel: CancelToken | None = None, source_label: str = "a module in memory",
                 checkpoint_sha256: str = "") -> ExportResult:
     """Write `out_dir/unet.onnx` (and `unet.onnx.data` when over protobuf's 2 GB) and its weights
-    record. The folder appears whole or not at all: it is assembled in a temp folder and renamed
-    into place."""
+    record. The folder appears whole or not at all: it is assembled in a temp folder and moved into
+    place (trt_core.export_folder), only into a new or empty folder or over an earlier export of
+    ours; any other folder is refused (FolderRefused) before anything is exported."""
     if weights not in ("fp32", "fp16", *QUANTIZED):
         raise ExportError(f"ONNX weights must be fp32, fp16, int8 or fp8, not {weights!r}")
+    out_dir = writable(out_dir)
     started = time.monotonic()
     cancel = cancel or CancelToken()
     first = next(source.parameters(), None)
@@ -190,7 +191,6 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
         unet_on_device = quantized_unet(unet_on_device, weights, calibration_inputs(family, (latent, latent)),
                                         in_place=True)
         cancel.raise_if_cancelled()
-    out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{TEMP_MARK}{os.getpid()}-{out_dir.name}.", dir=out_dir.parent))
     try:
@@ -221,9 +221,7 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
         record.save(final / RECORD_NAME)
         cancel.raise_if_cancelled()
         progress("export: saving", 0.95)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(final, out_dir)
+        put_in_place(final, out_dir, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     progress("export: done", 1.0)

@@ -27,6 +27,7 @@ from sd_unet_trt.trt_core.backends.base import (Backend, BuildOutcome, BuildRequ
                                                 no_progress)
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
+from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
 from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, ManifestError, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
@@ -114,7 +115,13 @@ def ensure_onnx(source: UNetSource, workspace: Workspace, weights: str, device: 
     """The checkpoint's ONNX, exported once and reused by every profile and backend while its
     weights record says it holds this checkpoint's weights."""
     folder = workspace.onnx_folder(source.checkpoint, source.family, weights)
-    if folder.exists():
+    if (folder.exists() or folder.is_symlink()) and not is_our_export(folder) and not is_empty_folder(folder):
+        # no weights record of ours (an export of an older version, or someone's files): kept, not replaced
+        kept = set_aside(folder)
+        log.warning("replacing the export in %s, kept as %s: it has no weights record of this extension (an export "
+                    "made before weights were recorded may hold a LoRA that was merged into the model at the time)",
+                    folder, kept.name)
+    elif folder.exists():
         try:
             found = ExportResult.read(folder, source.family, weights)
         except ValueError as e:

@@ -14,6 +14,7 @@ from sd_unet_trt.trt_core.catalog import built_file, catalog
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp, family_of_file, unet_from_file
 from sd_unet_trt.trt_core.cli.errors import CliError, one_line
 from sd_unet_trt.trt_core.export import export_onnx
+from sd_unet_trt.trt_core.export_folder import writable
 from sd_unet_trt.trt_core.export_process import progress_line
 from sd_unet_trt.trt_core.identity import checkpoint_of_file, checkpoint_of_module
 from sd_unet_trt.trt_core.manifest import CheckpointId
@@ -186,6 +187,7 @@ def cmd_export(args) -> int:
     sha256 = args.sha256 or checkpoint_of_file(path).sha256
     out = Path(args.out) if args.out else Workspace(Path(args.dir)).onnx_folder(CheckpointId.of(sha256, path.stem),
                                                                                  family, args.weights)
+    writable(out)  # refused before the UNet is read, not after
     if args.progress_lines:
         def update(phase, fraction):
             print(progress_line(phase, fraction), flush=True)

@@ -8,6 +8,7 @@ from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled
 from sd_unet_trt.trt_core.checkpoint_file import CheckpointError
 from sd_unet_trt.trt_core.export import ExportError
+from sd_unet_trt.trt_core.export_folder import FolderRefused
 from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import BuildBusy
@@ -21,7 +22,7 @@ class CliError(RuntimeError):
 
 # Failures with a message meant for the user, as it is.
 EXPECTED = (CliError, BackendUnavailable, BuildBusy, BuildCancelled, CheckpointError, DiskFullError, ExportError,
-            ManifestError, ProfileError, UnsupportedModelError, VerificationError, ValueError)
+            FolderRefused, ManifestError, ProfileError, UnsupportedModelError, VerificationError, ValueError)
 
 
 def one_line(text: str) -> str:
