@@ -147,8 +147,11 @@ def checks(sd1_size: bool):
             return
         status, _ = webui.request("POST", "/sdapi/v1/options", {"sd_model_checkpoint": f"{SD1_SIZE}.safetensors"})
         check(status == 200, f"the SD1-size checkpoint loaded ({status})")
-        if built(webui, "onnxruntime fp32, 64 px, for the SD1-size checkpoint (320 base channels)", body):
-            freeu_checks(webui, "SD1-size (320 base channels)", "sd1lora", label, freeu_must_act=True)
+        # fp16: ONNX Runtime takes models under 2 GB, and the SD1-size UNet is 3.4 GB in fp32
+        if built(webui, "onnxruntime fp16, 64 px, for the SD1-size checkpoint (320 base channels)",
+                 {**body, "precision": "fp16"}):
+            freeu_checks(webui, "SD1-size (320 base channels)", "sd1lora", "[onnxruntime fp16] 64x64 px",
+                         freeu_must_act=True)
     return run
 
 
