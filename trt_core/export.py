@@ -27,6 +27,7 @@ from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, fam
 from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
+from sd_unet_trt.trt_core.finite import non_finite_problem
 from sd_unet_trt.trt_core.export_folder import DATA_NAME, ONNX_NAME, put_in_place, writable
 from sd_unet_trt.trt_core.quantize import QUANTIZED, QUANTIZED_OPSET, calibration_inputs, quantized_unet
 from sd_unet_trt.trt_core.weights import RECORD_NAME, WeightsRecord
@@ -183,6 +184,9 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
     progress("export: preparing the UNet", 0.02)
     unet = shadow_unet(source, family, dtype)
     state = unet.state_dict()
+    problem = non_finite_problem(state, source.state_dict(), weights)
+    if problem:  # before anything is written: such weights would only fail the ONNX check, as "differs by inf"
+        raise ExportError(problem)
     record = WeightsRecord.of(state, source_label, checkpoint_sha256, dtype=weights)
     unet_on_device = unet.to(device)  # no-op for tensors already there; copies only offloaded ones
     if quantized:

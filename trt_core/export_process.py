@@ -115,6 +115,9 @@ def export_checkpoint_file(path: Path, sha256: str, stamp: FileStamp, family_nam
             reader.join(timeout=5)
     if code != 0:
         said = [line for line in errors if line.strip()]
+        last = (said or [f"exit code {code}"])[-1]
+        if code == 2 and last.startswith("error: "):  # the child's one line for the user (cli/errors.py), as it is
+            raise ExportError(f"{Path(path).name}: {last[len('error: '):]}")
         log.warning("the export process of %s ended with code %s:\n%s", Path(path).name, code, "\n".join(said[-40:]))
-        raise ExportError(f"the export of {Path(path).name} failed: {(said or [f'exit code {code}'])[-1]}")
+        raise ExportError(f"the export of {Path(path).name} failed: {last}")
     return ExportResult.read(Path(out_dir), family_named(family_name), weights)

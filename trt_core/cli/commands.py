@@ -194,13 +194,16 @@ def cmd_export(args) -> int:
         bar = None
     else:
         update, bar = progress_bar("export")
-    unet = unet_from_file(path, family)
-    if args.expect_stamp and args.expect_stamp != "{0.size}:{0.mtime_ns}".format(FileStamp.of(path)):
-        raise CliError(f"{path.name} changed on disk while it was read; load it again and retry")
-    result = export_onnx(unet, family, out, weights=args.weights, device=args.device, progress=update,
-                         source_label=f"checkpoint file {path.name}", checkpoint_sha256=sha256)
+    try:
+        unet = unet_from_file(path, family)
+        if args.expect_stamp and args.expect_stamp != "{0.size}:{0.mtime_ns}".format(FileStamp.of(path)):
+            raise CliError(f"{path.name} changed on disk while it was read; load it again and retry")
+        result = export_onnx(unet, family, out, weights=args.weights, device=args.device, progress=update,
+                             source_label=f"checkpoint file {path.name}", checkpoint_sha256=sha256)
+    finally:  # the bar ends its line, so an error is a line of its own
+        if bar is not None:
+            bar.close()
     if bar is not None:
-        bar.close()
         print(f"exported {path.name} ({family.label}) to {result.onnx_path} in {result.seconds:.1f} s")
     return 0
 
