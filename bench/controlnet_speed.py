@@ -31,7 +31,7 @@ from steps import router_step
 from workloads import WORKLOADS, make_inputs, make_unet
 
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
-from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
+from sd_unet_trt.trt_core.backends import get_backend  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 
 
@@ -80,7 +80,7 @@ def run_model(key: str, device: torch.device, out: Path, seconds: float) -> None
     add({"name": "controlnet_alone", "label": "the ControlNet model alone, eager",
          **time_steps(lambda item: controlnet(item[0][0], item[1], *item[0][1:]), sets, device, 20, seconds)})
 
-    backend = TorchCompiledBackend()
+    backend = get_backend("torch")
     profile = Profile.static(1, work.px, work.px)
     for name, family in (("engine_with_controlnet", work.family.with_controlnet()), ("engine_plain", work.family)):
         file = out / f"{key}-{name}{backend.file_suffix}"

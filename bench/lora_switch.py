@@ -32,7 +32,7 @@ from workloads import WORKLOADS, Workload, make_inputs, make_unet
 
 from sd_unet_trt.scripts.trt_unet_webui.live_weights import merge_function  # noqa: E402
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
-from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
+from sd_unet_trt.trt_core.backends import get_backend  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 from sd_unet_trt.trt_core.router import Router  # noqa: E402
 from sd_unet_trt.trt_core.weight_sync import Merge, WeightSync  # noqa: E402
@@ -87,7 +87,7 @@ def run(work: Workload, device: torch.device, seconds: float) -> dict:
     log(f"{work.name}: building the torch engine (fp16)")
     unet = make_unet(work.family, device)
     profile = Profile.static(1, work.px, work.px)
-    backend = TorchCompiledBackend()
+    backend = get_backend("torch")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "engine.torch.zip"
         t0 = time.monotonic()

@@ -32,7 +32,7 @@ from variants import VARIANTS
 from workloads import WORKLOADS, make_inputs, make_unet
 
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
-from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
+from sd_unet_trt.trt_core.backends import get_backend  # noqa: E402
 from sd_unet_trt.trt_core.backends.torch_compiled.quantized import LAYER_SETS  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
 from sd_unet_trt.models.vae import decode, seeded_decoder  # noqa: E402
@@ -131,7 +131,7 @@ class Ladder:
 
     def run_engine(self, name: str, breakdown: bool) -> None:
         precision, options = ENGINE_ROWS[name]
-        backend = TorchCompiledBackend()
+        backend = get_backend("torch")
         path = self.engines / f"{self.key}-{name}{backend.file_suffix}"
         profile = Profile.static(1, self.work.px, self.work.px)
         request = BuildRequest(Path("unused.onnx"), self.work.family, profile, precision, module=self.master,
@@ -165,8 +165,8 @@ class Ladder:
         if precision in ("int8", "fp8"):  # after timing: the gate's fp32 reference needs memory too
             row.update(gate_figures(engine, path, self.master, self.work.family, profile, self.device))
         if breakdown and self.device.type == "cuda":
-            plain = TorchCompiledBackend().load(path, "plain", self.work.family, profile, device=self.device.type,
-                                                cuda_graphs=False)
+            plain = get_backend("torch").load(path, "plain", self.work.family, profile, device=self.device.type,
+                                              cuda_graphs=False)
             row["breakdown"] = kernel_breakdown(lambda inputs: plain(*inputs), self.timing[0], self.device, top=40)
             row["breakdown"]["separate_quantization_kernels"] = separate_quantization_kernels(
                 row["breakdown"]["all_kernels_ms"])

@@ -47,12 +47,12 @@ def step_export(model: str, folder: Path) -> dict:
 def step_build(model: str, folder: Path, engine: Path) -> dict:
     from sd_unet_trt.models.families import family_named
     from sd_unet_trt.trt_core.backends.base import BuildRequest
-    from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
+    from sd_unet_trt.trt_core.backends import get_backend
     from sd_unet_trt.trt_core.profiles import presets_for
 
     family = family_named(FAMILIES[model])
     preset = presets_for(family)[0]
-    backend = TensorRTBackend()
+    backend = get_backend("tensorrt")
     started = time.monotonic()
     outcome = backend.build(BuildRequest(folder / "unet.onnx", family, preset.profile, "fp16"), engine)
     return {"library": backend.version(), "profile": preset.name, "build_s": round(time.monotonic() - started, 1),

@@ -23,7 +23,7 @@ from measure import environment, log
 
 from sd_unet_trt.models.families import TINY  # noqa: E402
 from sd_unet_trt.models.unet import seeded_unet  # noqa: E402
-from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from sd_unet_trt.trt_core.backends import get_backend  # noqa: E402
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint  # noqa: E402
 from sd_unet_trt.trt_core.identity import checkpoint_of_module  # noqa: E402
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     workspace = Workspace(root / "ws")
     unet = seeded_unet(TINY.unet_config(), seed=1)
     checkpoint = checkpoint_of_module(unet, "tiny")
-    build_engine(ModuleUNet(unet, checkpoint, TINY), PROFILE, OnnxRuntimeBackend(), workspace, "fp32", "cpu")
+    build_engine(ModuleUNet(unet, checkpoint, TINY), PROFILE, get_backend("onnxruntime"), workspace, "fp32", "cpu")
     export_triton(workspace, checkpoint.sha256, root / "repo", "cpu", args.instances)
     port = server.free_port()
     process = server.start(root / "repo", root, port, server.free_port(), root / "triton.log")

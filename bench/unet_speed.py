@@ -28,7 +28,7 @@ from variants import VARIANTS, Variant, profile_for
 from workloads import WORKLOADS, flop_count, make_inputs, make_unet
 
 from sd_unet_trt.trt_core.backends.base import BuildRequest  # noqa: E402
-from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend  # noqa: E402
+from sd_unet_trt.trt_core.backends import get_backend  # noqa: E402
 
 
 class Bench:
@@ -136,7 +136,7 @@ class Bench:
         """The variant's engine file, built once per distinct set of build options."""
         key = variant.build_key()
         if key not in self.builds:
-            backend = TorchCompiledBackend()
+            backend = get_backend("torch")
             path = self.artifacts / f"{self.key}-{name}{backend.file_suffix}"
             request = BuildRequest(Path("unused.onnx"), self.work.family, profile_for(self.work, "static"),
                                    self.precision, module=self.unet, device=self.device.type, options=variant.build)
@@ -160,7 +160,7 @@ class Bench:
         if self.out_of_time(f"torch[{name}]", needs):
             return
         path, build_s, details = self.build(variant, name)
-        backend = TorchCompiledBackend()
+        backend = get_backend("torch")
         profile = profile_for(self.work, "static")
         base = Footprint(self.device)
         base.start()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sd_unet_trt.trt_core.profiles import Profile, Range
-from sd_unet_trt.trt_core.backends.base import EngineUnavailable
+from sd_unet_trt.trt_core.backends.base import Engine, EngineUnavailable
 from sd_unet_trt.trt_core.router import EngineRecord, Router, split_rows
 
 BASE = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 64, 128), Range(75, 75, 150))  # rows 1..4
@@ -141,9 +141,11 @@ def test_memory_budget_unloads_the_least_recently_used(ort_engine):
     _, engine = ort_engine("tiny", BASE)
     loads, closed = [], []
 
-    class Sized:
+    class Sized(Engine):
+        memory_bytes = 100
+
         def __init__(self, name, profile):
-            self.name, self.family, self.profile, self.memory_bytes = name, engine.family, profile, 100
+            self.name, self.family, self.profile = name, engine.family, profile
 
         def __call__(self, x, t, c, y=None):
             return engine(x, t, c, y)

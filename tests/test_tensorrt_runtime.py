@@ -3,6 +3,7 @@ differs): real numbers from real buffers. TensorRT for RTX's runtime: test_tenso
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -10,8 +11,14 @@ import pytest
 import torch
 
 from sd_unet_trt.models.families import TINY
-from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, play, tiny_onnx,  # noqa: F401
-                                       tiny_request, tiny_unet)
+from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, play, registered_double,  # noqa: F401
+                                       tiny_onnx, tiny_request, tiny_unet)
+from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.catalog import router_for_checkpoint
+from sd_unet_trt.trt_core.hook_policy import engines_router
+from sd_unet_trt.trt_core.identity import checkpoint_of_module
+from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo
 from sd_unet_trt.trt_core.backends.tensorrt.plan_file import EngineFileError, StaleEngineError, read_header
 from sd_unet_trt.trt_core.backends.tensorrt.runtime import EngineRunError, RefitError, TensorRTEngine
@@ -115,6 +122,45 @@ def test_switching_engines_needs_no_files(backend, tiny_onnx, tmp_path):
         torch.testing.assert_close(a(*xa), ort_reference(tiny_onnx, *xa), rtol=0, atol=0)
         torch.testing.assert_close(b(*xb), ort_reference(tiny_onnx, *xb), rtol=0, atol=0)
     assert backend._memory.held_bytes() == max(a.activation_bytes, b.activation_bytes)
+
+
+WIDE_ONLY = Profile.from_dict({"batch": {"min": 1, "opt": 1, "max": 1}, "height": {"min": 64, "opt": 64, "max": 64},
+                               "width": {"min": 192, "opt": 192, "max": 256},
+                               "tokens": {"min": 75, "opt": 75, "max": 75}})
+
+
+def test_a_checkpoints_engines_share_one_activation_memory_counted_once(registered_double, tiny_unet, tmp_path):
+    """As the WebUI, the CLI and serving get them: through the catalog's router, each engine loaded
+    on its first call. One backend instance loads both, so they share one activation buffer, and
+    the router's budget counts that buffer once (issue 21)."""
+    workspace, checkpoint = Workspace(tmp_path), checkpoint_of_module(tiny_unet, "tiny")
+    for profile in (TINY_PROFILE, WIDE_ONLY):
+        build_engine(ModuleUNet(tiny_unet, checkpoint, TINY), profile, get_backend("tensorrt"), workspace,
+                     precision="fp32", device="cpu")
+    router, left_out = router_for_checkpoint(workspace, checkpoint.sha256, "cpu")
+    assert left_out == [] and len(router.records) == 2
+    for call in (inputs(2, 8, 8), inputs(1, 8, 24)):  # only the first engine covers one, only the second the other
+        assert router.run(*call).covered
+    a, b = (router._loaded[engine_id] for engine_id in router.loaded)
+    assert a.profile != b.profile and a.activation_bytes != b.activation_bytes
+    assert a._memory is b._memory
+    assert a._memory.held_bytes() == max(a.activation_bytes, b.activation_bytes)
+    assert router.loaded_bytes == a._plan_bytes + b._plan_bytes + max(a.activation_bytes, b.activation_bytes)
+    # the WebUI's CUDA graphs setting is part of the instance's key, not set on a shared instance
+    hooked, _ = engines_router(workspace, checkpoint.sha256, "cpu", cuda_graphs=True)
+    assert hooked.run(*inputs(2, 8, 8)).covered
+    graphs = get_backend("tensorrt", cuda_graphs=True)
+    assert hooked._loaded[hooked.loaded[0]]._memory is graphs._memory is not a._memory
+    assert graphs.cuda_graphs and not get_backend("tensorrt").cuda_graphs
+
+
+def test_the_registry_makes_one_backend_per_name_and_options(registered_double):
+    with ThreadPoolExecutor(8) as pool:
+        made = {id(b) for b in pool.map(lambda _: get_backend("tensorrt"), range(64))}
+    assert made == {id(get_backend("tensorrt"))}
+    assert get_backend("tensorrt", cuda_graphs=True) is get_backend("tensorrt", cuda_graphs=True) is not get_backend("tensorrt")
+    # an option a backend does not take does not make another instance of it
+    assert get_backend("onnxruntime", cuda_graphs=True) is get_backend("onnxruntime")
 
 
 def test_a_call_outside_the_profile_is_refused_before_tensorrt(backend, engine_file, fake_trt):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -21,9 +20,9 @@ class CatalogItem:
     status: EngineStatus
 
 
-@lru_cache(maxsize=None)
 def installed_backend(name: str) -> Backend | None:
-    """One instance per backend for the process (a TensorRT backend picks its library once)."""
+    """The process's instance of the backend (backends.get_backend), or None when it is unknown or
+    its module does not import."""
     try:
         return get_backend(name)
     except (ImportError, BackendUnavailable):
@@ -74,10 +73,11 @@ def engine_label(entry: EngineEntry) -> str:
 
 def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda",
                           memory_budget_bytes: int | None = None, preferred_backend: str | None = None,
-                          make_backend: Callable[[str], Backend] = get_backend) -> tuple[Router, list[CatalogItem]]:
-    """A router over the checkpoint's ready engines, loaded lazily on first use; also the ones
-    left out and why. The preferred backend's engines come first, so the router picks them when
-    several engines cover a call equally well."""
+                          backend_options: dict | None = None) -> tuple[Router, list[CatalogItem]]:
+    """A router over the checkpoint's ready engines, loaded lazily on first use by the process's
+    backend instances with `backend_options` (e.g. cuda_graphs); also the ones left out and why.
+    The preferred backend's engines come first, so the router picks them when several engines
+    cover a call equally well."""
     manifest = workspace.manifest()
     order = [preferred_backend] + [b for b in REGISTRY if b != preferred_backend] if preferred_backend in REGISTRY else list(REGISTRY)
     ready, left_out = [], []
@@ -88,8 +88,11 @@ def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda
     ready.sort(key=lambda item: order.index(item.entry.backend) if item.entry.backend in order else len(order))
 
     def loader(entry: EngineEntry) -> Callable[[], Engine]:
-        return lambda: make_backend(entry.backend).load(built_file(manifest, entry), entry.id,
-                                                        family_named(entry.family), entry.profile, device=device)
+        def load() -> Engine:
+            backend = get_backend(entry.backend, **(backend_options or {}))
+            return backend.load(built_file(manifest, entry), entry.id, family_named(entry.family), entry.profile,
+                                device=device)
+        return load
     records = [EngineRecord(item.entry.id, family_named(item.entry.family), item.entry.profile, loader(item.entry),
                             label=engine_label(item.entry), weights=item.entry.checkpoint.weights) for item in ready]
     return Router(records, memory_budget_bytes), left_out

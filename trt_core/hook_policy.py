@@ -12,7 +12,6 @@ import math
 from dataclasses import dataclass
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.catalog import CatalogItem, router_for_checkpoint
 from sd_unet_trt.trt_core.manifest import INDEX_NAME
 from sd_unet_trt.trt_core.pipeline import Workspace
@@ -36,13 +35,9 @@ def engines_router(workspace: Workspace, sha256: str, device: str, memory_budget
                    preferred_backend: str = AUTOMATIC, cuda_graphs: bool = False) -> tuple[Router, list[CatalogItem]]:
     """The checkpoint's router with the WebUI's settings: preferred backend first, CUDA graphs
     on or off for the backends that have them."""
-    def make_backend(name: str):
-        backend = get_backend(name)
-        if hasattr(backend, "cuda_graphs"):
-            backend.cuda_graphs = cuda_graphs
-        return backend
     return router_for_checkpoint(workspace, sha256, device, memory_budget_bytes,
-                                 None if preferred_backend == AUTOMATIC else preferred_backend, make_backend)
+                                 None if preferred_backend == AUTOMATIC else preferred_backend,
+                                 {"cuda_graphs": cuda_graphs})
 
 
 def short_reason(call: CallShape) -> str:

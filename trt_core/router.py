@@ -114,9 +114,15 @@ class Router:
 
     @property
     def loaded_bytes(self) -> int:
-        """Device memory the loaded engines hold."""
+        """Device memory the loaded engines hold: each one's own, and each buffer they share once, at
+        the largest need among them (Engine.shared_memory)."""
         with self._lock:
-            return sum(engine.memory_bytes for engine in self._loaded.values())
+            shared: dict[object, int] = {}
+            for engine in self._loaded.values():
+                if engine.shared_memory is not None:
+                    key, nbytes = engine.shared_memory
+                    shared[key] = max(shared.get(key, 0), nbytes)
+            return sum(engine.memory_bytes for engine in self._loaded.values()) + sum(shared.values())
 
     def plan(self, call: CallShape, unavailable: Mapping[str, str] | None = None) -> Plan:
         """`unavailable`: engines that could not take this call (by id, why), not asked again."""

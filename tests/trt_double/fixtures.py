@@ -10,6 +10,7 @@ import pytest
 
 from sd_unet_trt.models.families import TINY
 from sd_unet_trt.models.unet import seeded_unet
+from sd_unet_trt.trt_core import backends
 from sd_unet_trt.trt_core.backends.base import BuildRequest
 from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
 from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
@@ -49,6 +50,21 @@ def backend_on(gpu: GpuInfo, **kwargs) -> TensorRTBackend:
 @pytest.fixture
 def backend(fake_trt) -> TensorRTBackend:
     return backend_on(ADA_12GB)
+
+
+class RegisteredTensorRT(TensorRTBackend):
+    """TensorRTBackend as the process's backend registry makes it (from its name and options alone),
+    seeing the double and an Ada GPU."""
+
+    def __init__(self, **options):
+        super().__init__(gpu_probe=lambda device: ADA_12GB, importer=double_importer, **options)
+
+
+@pytest.fixture
+def registered_double(fake_trt, monkeypatch):
+    """The registry's "tensorrt" is the double, with no instance made before this test."""
+    monkeypatch.setitem(backends.REGISTRY, "tensorrt", f"{__name__}:{RegisteredTensorRT.__name__}")
+    monkeypatch.setattr(backends, "_instances", {})
 
 
 @pytest.fixture(scope="session")

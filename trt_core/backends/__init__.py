@@ -1,7 +1,9 @@
-"""The backends, in order of preference. Each is imported only when asked for."""
+"""The backends, in order of preference, and the process's one instance of each. Each is imported
+only when asked for."""
 from __future__ import annotations
 
 import importlib
+import threading
 
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable
 from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
@@ -14,7 +16,13 @@ REGISTRY = {
 }
 
 
-def get_backend(name: str) -> Backend:
+# (name, options it takes) -> the instance every caller in the process shares: a TensorRT backend
+# chooses its library once, and the engines it loads share one activation buffer.
+_instances: dict[tuple[str, tuple], Backend] = {}
+_instances_lock = threading.Lock()
+
+
+def backend_class(name: str) -> type[Backend]:
     try:
         module_name, class_name = REGISTRY[name].split(":")
     except KeyError:
@@ -24,7 +32,20 @@ def get_backend(name: str) -> Backend:
     except ImportError as e:  # callers take this for "not installed": an interrupt must not pass for that
         raise_if_interrupted(e)
         raise
-    return getattr(module, class_name)()
+    return getattr(module, class_name)
+
+
+def get_backend(name: str, **options) -> Backend:
+    """The process's instance of the backend with these options (e.g. cuda_graphs=True), made on
+    first use. Options the backend does not take (its `instance_options`) are ignored, so one call
+    serves every backend."""
+    cls = backend_class(name)
+    taken = tuple(sorted((key, value) for key, value in options.items() if key in cls.instance_options))
+    with _instances_lock:
+        backend = _instances.get((name, taken))
+        if backend is None:
+            backend = _instances[(name, taken)] = cls(**dict(taken))
+        return backend
 
 
 def all_backends() -> list[Backend]:

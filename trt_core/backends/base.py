@@ -103,8 +103,16 @@ class Engine(ABC):
 
     @property
     def memory_bytes(self) -> int:
-        """Device memory held while loaded (weights and workspace), for the router's budget."""
+        """Device memory held while loaded (weights and workspace) for this engine alone, for the
+        router's budget."""
         return 0
+
+    @property
+    def shared_memory(self) -> tuple[object, int] | None:
+        """Device memory this engine uses together with other engines (one buffer they take turns
+        on), beyond memory_bytes: (the buffer's key, bytes this engine needs of it). The router counts
+        each buffer once, at the largest need of its loaded engines."""
+        return None
 
     def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         """Run with these values for the UNet weights they name (state-dict names) from now on; the
@@ -143,6 +151,7 @@ class Backend(ABC):
     name: str  # "tensorrt", "onnxruntime", "torch"
     file_suffix: str  # of engine files, e.g. ".trt"
     quantizes_onnx = False  # INT8/FP8 engines are built from an ONNX export with Q/DQ nodes
+    instance_options: tuple[str, ...] = ()  # keyword arguments the constructor takes (backends.get_backend)
 
     @abstractmethod
     def availability(self) -> Availability:

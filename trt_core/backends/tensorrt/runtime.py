@@ -136,7 +136,11 @@ class TensorRTEngine(Engine):
 
     @property
     def memory_bytes(self) -> int:
-        return self._plan_bytes + self.activation_bytes
+        return self._plan_bytes
+
+    @property
+    def shared_memory(self) -> tuple[object, int]:
+        return (self._memory, str(self.device)), self.activation_bytes
 
     def _feeds(self, x, timesteps, context, y, control=None) -> dict[str, torch.Tensor]:
         given = {"x": x, "timesteps": timesteps, "context": context}
