@@ -205,6 +205,33 @@ def export_tools_current(folder: Path, installed: dict[str, str]) -> bool:
         return False
 
 
+def export_tools_ours(folder: Path) -> bool:
+    """Whether the folder is one this installer wrote: a real folder with its record."""
+    try:
+        record = json.loads((folder / EXPORT_TOOLS_RECORD).read_text())
+        return not folder.is_symlink() and isinstance(record, dict) and {"python", "packages"} <= record.keys()
+    except (OSError, ValueError):
+        return False
+
+
+def replace_folder(folder: Path, new: Path) -> None:
+    """Put `new` in the place of `folder` (one of ours): the old one is renamed aside, the new one in,
+    and the old one is put back if that fails; only then is the old one deleted."""
+    if not folder.exists():
+        os.replace(new, folder)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".partial-{folder.name}-old-", dir=folder.parent))
+    try:
+        os.replace(folder, aside / folder.name)
+        try:
+            os.replace(new, folder)
+        except BaseException:
+            os.replace(aside / folder.name, folder)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
 def install_export_tools(part: Part = EXPORT_TOOLS) -> None:
     """The export tools in a folder of their own, next to (never over) this environment's packages:
     only what the environment lacks or pins too old for them goes there."""
@@ -213,6 +240,10 @@ def install_export_tools(part: Part = EXPORT_TOOLS) -> None:
     folder = export_tools_folder()
     installed = installed_versions()
     if export_tools_current(folder, installed):
+        return
+    if (folder.exists() or folder.is_symlink()) and not export_tools_ours(folder):
+        say(f"{part.title} not installed: {folder} was not written by this installer (it has no "
+            f"{EXPORT_TOOLS_RECORD}) and is left as it is; move it away and start again; {part.without}")
         return
     planned = plan(part.requirements, installed, part.free, ignore_installed=True)
     if planned.problem:
@@ -233,9 +264,7 @@ def install_export_tools(part: Part = EXPORT_TOOLS) -> None:
             return
         (staging / EXPORT_TOOLS_RECORD).write_text(json.dumps(
             {"python": sys.version, "packages": dict(own), "environment": shared}, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        replace_folder(folder, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

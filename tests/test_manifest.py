@@ -1,3 +1,4 @@
+import hashlib
 import json
 import multiprocessing
 import subprocess
@@ -20,7 +21,8 @@ def make_entry(manifest, name, content=b"engine", file=None):
     (manifest.dir / file).parent.mkdir(parents=True, exist_ok=True)
     (manifest.dir / file).write_bytes(content)
     return EngineEntry(id=name, checkpoint=CKPT, family="tiny", backend="onnxruntime", backend_version="1.0",
-                       gpu_arch="cpu", profile=PROFILE, precision="fp32", file=file, file_size=len(content))
+                       gpu_arch="cpu", profile=PROFILE, precision="fp32", file=file, file_size=len(content),
+                       file_sha256=hashlib.sha256(content).hexdigest())
 
 
 def test_add_list_remove(tmp_path):
@@ -152,7 +154,7 @@ def test_the_weights_record_goes_with_the_last_engine_that_shares_it(tmp_path):
     m.add(make_entry(m, "b"))
     record = m.weights_record_path(CKPT.weights)
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text("{}")
+    record.write_text(json.dumps({"format": "sd-unet-weights/1", "digest": CKPT.weights}))
     m.remove("a")
     assert record.is_file()  # "b" holds the same weights
     m.remove("b")

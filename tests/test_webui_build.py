@@ -65,6 +65,8 @@ def test_an_engine_built_after_a_lora_generation_holds_the_checkpoints_weights(w
     assert "replacing the export" in caplog.text and "may hold a LoRA" in caplog.text
     assert entry.checkpoint.weights == digest(fingerprints(own)) != digest(merged)
     assert (stale / "unet.weights.json").is_file()
+    kept = [p for p in stale.parent.iterdir() if p.name.startswith(f"{stale.name}.kept-")]  # set aside, not deleted
+    assert len(kept) == 1 and (kept[0] / ONNX_NAME).read_bytes() == b"an export from an earlier version"
     plain_fast = generate(runner, "Automatic", "a cat")
     plain_ref = generate(runner, "None", "a cat")
     value = plain_fast.infotexts[0].split("TensorRT: ", 1)[1]

@@ -133,19 +133,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _writer_pid(temp: Path) -> int | None:
-    try:
-        return int(temp.name[len(TEMP_MARK):].split("-", 1)[0])
-    except ValueError:
-        return None
+    """The pid in a temp name of the pattern this module writes (`.partial-<pid>-<name>...`); None for
+    any other name, a user's `.partial-notes.txt` say, which is no temp of ours."""
+    pid, dash, rest = temp.name[len(TEMP_MARK):].partition("-")
+    return int(pid) if temp.name.startswith(TEMP_MARK) and pid.isascii() and pid.isdigit() and dash and rest else None
 
 
 def remove_stale_temps(directory: Path | str) -> list[Path]:
-    """Remove temp files and folders whose writer process is gone (a killed build), never a live writer's."""
+    """Remove temp files and folders whose writer process is gone (a killed build), never a live
+    writer's, nor anything whose name is not of the pattern written here."""
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    stale = [p for p in directory.iterdir() if p.name.startswith(TEMP_MARK)
-             and (_writer_pid(p) is None or not _pid_alive(_writer_pid(p)))]
+    stale = [p for p in directory.iterdir() if _writer_pid(p) is not None and not _pid_alive(_writer_pid(p))]
     for p in stale:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)

@@ -17,6 +17,8 @@ from typing import Any, Iterable
 from filelock import FileLock, Timeout
 
 from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_bytes, atomic_write_text, remove_stale_temps
+from sd_unet_trt.trt_core.engine_files import (is_runtime_cache, is_sidecar_of, is_weights_record,
+                                               why_not_the_engine_built)
 from sd_unet_trt.trt_core.manifest_schema import entry_problem
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError
 
@@ -226,13 +228,36 @@ class Manifest:
         return self.file_path(entry).with_name(self.file_path(entry).name + SIDECAR_SUFFIX)
 
     def companions(self, entry: EngineEntry) -> list[Path]:
-        """Files kept beside an engine and named after it (its sidecar, a runtime cache per GPU)."""
-        path = self.file_path(entry)
-        return sorted(path.parent.glob(glob.escape(path.name) + ".*"))
+        """Files kept beside an engine that are provably its own: its sidecar (describing this entry)
+        and a runtime cache per GPU (by the name they are written under); a user's file named after
+        the engine is none of them."""
+        path, sidecar = self.file_path(entry), self.sidecar(entry)
+        caches = [p for p in path.parent.glob(glob.escape(path.name) + ".*") if is_runtime_cache(path, p)]
+        return sorted(caches + ([sidecar] if is_sidecar_of(sidecar, entry.id, entry.file) else []))
 
-    def remove(self, entry_id: str) -> EngineEntry:
+    def _remove_files(self, entry: EngineEntry) -> dict[str, str]:
+        """Delete the entry's engine file and companions where they are provably ours; the files left
+        where they are (a name -> why)."""
+        kept = {}
+        path, sidecar = self.file_path(entry), self.sidecar(entry)
+        if path.is_symlink():  # a link put in the engine's place goes with its entry, its target untouched
+            path.unlink()
+        elif path.exists():
+            why = why_not_the_engine_built(path, entry.file_sha256)
+            if why:
+                kept[path.name] = why
+            else:
+                path.unlink()
+        companions = self.companions(entry)
+        for companion in companions:
+            companion.unlink(missing_ok=True)
+        if (sidecar.exists() or sidecar.is_symlink()) and sidecar not in companions:
+            kept[sidecar.name] = "it does not describe this engine"
+        return kept
+
+    def remove(self, entry_id: str) -> "Removal":
         """Delete an engine: its index entry, its file and companions, and the weights record no
-        other engine shares."""
+        other engine shares; a file there that is not provably ours is kept and named."""
         with self._locked():
             entries = self._parse(self._read_index())
             entry = next((e for e in entries if e.id == entry_id), None)
@@ -240,13 +265,15 @@ class Manifest:
                 raise KeyError(f"no engine {entry_id!r} in {self.path}")
             kept = [e for e in entries if e.id != entry_id]
             self._write(kept)
-            self.file_path(entry).unlink(missing_ok=True)
-            for path in self.companions(entry):
-                path.unlink(missing_ok=True)
+            left = self._remove_files(entry)
             digest = entry.checkpoint.weights
-            if digest and not any(e.checkpoint.weights == digest for e in kept):
-                self.weights_record_path(digest).unlink(missing_ok=True)
-        return entry
+            record = self.weights_record_path(digest) if digest else None
+            if record is not None and not any(e.checkpoint.weights == digest for e in kept):
+                if is_weights_record(record, digest):
+                    record.unlink()
+                elif record.exists() or record.is_symlink():
+                    left[f"{record.parent.name}/{record.name}"] = "it is not the weights record of this engine"
+        return Removal(entry, left)
 
     def prune(self) -> list[EngineEntry]:
         """Drop entries whose engine file is gone, register engines a killed build left with only their
@@ -317,6 +344,16 @@ class Manifest:
                     kept.unlink(missing_ok=True)
                 raise
         return RecoverReport(list(by_id.values()), kept, notes)
+
+
+@dataclass
+class Removal:
+    entry: EngineEntry
+    kept: dict[str, str]  # files left where they were, not provably the engine's (name -> why)
+
+    def line(self, verb: str = "removed") -> str:
+        said = f"{verb} {self.entry.id}" + ("" if self.entry.file in self.kept else f" and {self.entry.file}")
+        return said + "".join(f"; kept {name}: {why}" for name, why in self.kept.items())
 
 
 @dataclass

@@ -235,8 +235,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         if not engine_id or workspace.manifest().get(engine_id) is None:
             return engine_views(f"{shown(engine_id) if engine_id else 'that engine'} is no longer in the manifest",
                                 "warn")
-        entry = workspace.manifest().remove(engine_id)
-        return engine_views(f"deleted {entry.id} and {entry.file}", "ok")
+        removal = workspace.manifest().remove(engine_id)
+        return engine_views(removal.line("deleted"), "warn" if removal.kept else "ok")
 
     def which(width, height, batch, tokens):
         def whole(v):

@@ -213,12 +213,12 @@ def register(app: FastAPI) -> bool:
                 current.router.unload(engine_id)
             return source.workspace.manifest().remove(engine_id)
         try:
-            entry = run_exclusive(remove)
+            removal = run_exclusive(remove)
         except KeyError:
             raise HTTPException(404, f"no engine {shown(engine_id)} in the manifest") from None
         except ManifestError as e:
             raise HTTPException(500, public(e)) from None
         sd_unet.list_unets()
-        return {"deleted": entry.id}
+        return {"deleted": removal.entry.id, "kept": removal.kept}
 
     return True

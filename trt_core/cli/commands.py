@@ -155,8 +155,7 @@ def cmd_remove(args) -> int:
     """Delete an engine: its file, its sidecar and runtime caches, and its manifest entry."""
     workspace = Workspace(Path(args.dir))
     workspace.sweep()
-    entry = workspace.manifest().remove(args.id)
-    print(f"removed {entry.id} and {entry.file}")
+    print(workspace.manifest().remove(args.id).line())
     return 0
 
 

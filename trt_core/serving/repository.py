@@ -22,6 +22,7 @@ from pathlib import Path
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_text
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
+from sd_unet_trt.trt_core.export_folder import FolderRefused
 from sd_unet_trt.trt_core.pipeline import Workspace
 
 MAX_QUEUE_DELAY_US = 2000  # what a request may wait for others to batch with
@@ -86,6 +87,19 @@ def config_text(name: str, family: ModelFamily, max_rows: int, preferred: list[i
             f"parameters [\n{params}\n]\n")
 
 
+def is_our_config(path: Path, sha256: str) -> bool:
+    """Whether `path` is a config.pbtxt this command wrote for this checkpoint (a Python-backend
+    model whose parameters name the checkpoint's whole sha256): the only one it may replace."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return ('backend: "python"' in text and 'key: "python_paths"' in text
+            and f'key: "checkpoint" value: {{ string_value: {json.dumps(sha256)} }}' in text)
+
+
 def export_triton(workspace: Workspace, sha256: str, out_dir: Path, device: str = "cpu",
                   instances: int = 1) -> Path:
     """Write (or add a version to) the checkpoint's model in the repository `out_dir`; its folder."""
@@ -102,6 +116,10 @@ def export_triton(workspace: Workspace, sha256: str, out_dir: Path, device: str 
     profiles = [r.profile for r in router.records]
     name = model_name(sha256)
     folder = Path(out_dir) / name
+    config_path = folder / "config.pbtxt"
+    if (config_path.exists() or config_path.is_symlink()) and not is_our_config(config_path, sha256):
+        raise FolderRefused(f"{config_path} was not written by export-triton for this checkpoint and is left as it "
+                            f"is; choose another folder for --out")
     folder.mkdir(parents=True, exist_ok=True)
     versions = [int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit()]
     version = max(versions, default=0) + 1
@@ -117,6 +135,6 @@ def export_triton(workspace: Workspace, sha256: str, out_dir: Path, device: str 
         os.replace(staging, folder / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    atomic_write_text(folder / "config.pbtxt", config)
+    atomic_write_text(config_path, config)
     return folder
 
