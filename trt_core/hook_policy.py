@@ -1,6 +1,7 @@
 """What the WebUI's UNet hook decides, kept free of the WebUI so it runs and is tested anywhere.
 
-- `engines_router`: a router over one checkpoint's ready engines, the preferred backend first.
+- `engines_router`: a router over one checkpoint's ready engines, the preferred backend first;
+  `checkpoint_records`: a Triton server's engines put ahead of them.
 - `suggestion`: the profile that would cover a call the engines missed.
 - `expected_calls` / `uncovered_calls`: the calls a generation will make (docs/DESIGN.md's call
   table), checked against the engines before sampling starts.
@@ -10,13 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.catalog import CatalogItem, router_for_checkpoint
 from sd_unet_trt.trt_core.manifest import INDEX_NAME
 from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape
-from sd_unet_trt.trt_core.router import Router
+from sd_unet_trt.trt_core.router import EngineRecord, Router
 
 INFOTEXT_KEY = "TensorRT"
 AUTOMATIC = "Automatic"
@@ -34,10 +36,27 @@ def manifest_signature(workspace: Workspace) -> tuple[int, int] | None:
 def engines_router(workspace: Workspace, sha256: str, device: str, memory_budget_bytes: int | None = None,
                    preferred_backend: str = AUTOMATIC, cuda_graphs: bool = False) -> tuple[Router, list[CatalogItem]]:
     """The checkpoint's router with the WebUI's settings: preferred backend first, CUDA graphs
-    on or off for the backends that have them."""
-    return router_for_checkpoint(workspace, sha256, device, memory_budget_bytes,
-                                 None if preferred_backend == AUTOMATIC else preferred_backend,
-                                 {"cuda_graphs": cuda_graphs})
+    on or off for the backends that have them, engines of one weights digest (checkpoint_records)."""
+    router, left_out = router_for_checkpoint(workspace, sha256, device, memory_budget_bytes,
+                                             None if preferred_backend == AUTOMATIC else preferred_backend,
+                                             {"cuda_graphs": cuda_graphs})
+    router.replace_records(checkpoint_records(router.records, [])[0])
+    return router, left_out
+
+
+def checkpoint_records(local: Sequence[EngineRecord], served: Sequence[EngineRecord]) -> tuple[list[EngineRecord], str]:
+    """One checkpoint's engines as the hook routes between them: a Triton server's first (the user
+    asked for the server), then the local ones, all of one weights digest (one checkpoint file has
+    one: the first local engine's, else the server's). Also why the server's engines are left out
+    ("" when they are not)."""
+    problem = ""
+    if local:
+        fitting = [r for r in served if r.weights == local[0].weights]
+        if served and not fitting:
+            problem = "the Triton server's engines hold other weights than the local engines; local engines serve"
+        served = fitting
+    records = [*served, *local]
+    return [r for r in records if r.weights == records[0].weights], problem
 
 
 def short_reason(call: CallShape) -> str:

@@ -8,7 +8,8 @@ an engine that cannot is not used until the weights change again (its reason is 
 
 Callers may share one router across threads (API callers, the tab, library users). An engine
 stays open while a call runs on it: unload, eviction and close take it out of use at once and
-close it when its last running call ends; unload and close return only then."""
+close it when its last running call ends; unload and close return only then. Engines load one at a
+time, outside the router's lock: planning and calls on loaded engines go on meanwhile."""
 from __future__ import annotations
 
 import logging
@@ -99,6 +100,9 @@ class Router:
         self._retired: dict[int, Engine] = {}  # out of use, closed when its last running call ends
         self._lock = threading.RLock()  # guards all of the above; engines run without it
         self._closed = threading.Condition(self._lock)  # notified when a retired engine is closed
+        # Loads take turns (one engine's memory at a time, never the same engine twice) without the
+        # lock above. Taken before it, never while holding it.
+        self._load_lock = threading.Lock()
 
     @classmethod
     def from_engines(cls, engines: Sequence[Engine], memory_budget_bytes: int | None = None) -> "Router":
@@ -201,22 +205,52 @@ class Router:
             return False
         return True
 
+    def replace_records(self, records: Sequence[EngineRecord]) -> None:
+        """Route between these engines from now on (e.g. a server's, back after it did not answer);
+        a loaded engine no longer among them is unloaded."""
+        with self._lock:
+            self.records = list(records)
+            kept = {record.id for record in self.records}
+            for engine_id in [i for i in self._loaded if i not in kept]:
+                self._take_out(engine_id)
+
     def _checkout(self, record: EngineRecord) -> Engine | None:
         """The record's engine, loaded if need be and kept open until `_release`; None when it was set
-        aside or cannot take the current weights (another thread's doing since the plan)."""
-        with self._lock:
-            if record.id in self.failed or record.id in self.unfit:
-                return None
-            engine = self._loaded.get(record.id)
-            if engine is None:
-                engine = record.load()
+        aside, cannot take the current weights or is no longer routed to (another thread's doing
+        since the plan)."""
+        settled, engine = self._checkout_loaded(record)
+        if settled:
+            return engine
+        with self._load_lock:
+            settled, engine = self._checkout_loaded(record)  # another thread may have loaded it meanwhile
+            if settled:
+                return engine
+            engine = record.load()
+            with self._lock:
+                if record.id in self.failed or not self._routes_to(record):  # decided during the load
+                    engine.close()
+                    return None
                 self._loaded[record.id] = engine
                 self._evict(keep=record.id)
                 if not self._give_weights(record.id, engine):
                     return None
+                return self._checkout_loaded(record)[1]
+
+    def _checkout_loaded(self, record: EngineRecord) -> tuple[bool, Engine | None]:
+        """(False, None) when the record's engine must be loaded first; else (True, the engine checked
+        out, or None when it must not be used now)."""
+        with self._lock:
+            if record.id in self.failed or record.id in self.unfit or not self._routes_to(record):
+                return True, None
+            engine = self._loaded.get(record.id)
+            if engine is None:
+                return False, None
             self._loaded.move_to_end(record.id)
             self._running[id(engine)] = self._running.get(id(engine), 0) + 1
-            return engine
+            return True, engine
+
+    def _routes_to(self, record: EngineRecord) -> bool:
+        return any(r.id == record.id for r in self.records)
 
     def _release(self, engine: Engine) -> None:
         with self._lock:
@@ -304,13 +338,15 @@ class Router:
         return torch.cat(outputs)
 
     def unload(self, engine_id: str) -> None:
-        """Unload the engine; returns once it is closed (after the calls running on it end)."""
-        with self._lock:
+        """Unload the engine; returns once it is closed (after the load in progress and the calls
+        running on it end)."""
+        with self._load_lock, self._lock:
             self._await_closed([self._take_out(engine_id)])
 
     def close(self) -> None:
-        """Unload every engine; returns once all are closed, those retired earlier too."""
-        with self._lock:
+        """Unload every engine; returns once all are closed (a load in progress too), those retired
+        earlier too."""
+        with self._load_lock, self._lock:
             for engine_id in list(self._loaded):
                 self._take_out(engine_id)
             self._await_closed(list(self._retired.values()))

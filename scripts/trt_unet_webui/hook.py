@@ -82,7 +82,8 @@ def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
         return CheckpointEngines(name, None, None, signature, "the engine manifest cannot be read")
     for item in left_out:
         log.info("TensorRT: engine %s not used: %s", item.entry.id, item.status.reason)
-    router.records, server_problem = served_first(router.records, sha256)  # the user asked for the server
+    records, server_problem = served_first(router.records, sha256)  # the user asked for the server
+    router.replace_records(records)
     if server_problem:
         log.warning("TensorRT: %s", server_problem)
     if not router.records:
@@ -93,7 +94,6 @@ def checkpoint_engines(sha256: str, name: str) -> CheckpointEngines:
         record = workspace().weights_record(digest)
     except ValueError as e:
         return CheckpointEngines(name, None, None, signature, f"the engines' weights record is unusable ({e}); rebuild them")
-    router.records = [r for r in router.records if r.weights == digest]  # one checkpoint file: one digest
     return CheckpointEngines(name, router, WeightSync(record, devices.device), signature, server_problem=server_problem)
 
 
@@ -156,7 +156,8 @@ class TrtUnet(sd_unet.SdUnet):
                 if dropped.router is not None:
                     dropped.router.close()
         elif engines.server_problem:  # asked again at every pass until it answers
-            engines.router.records, engines.server_problem = served_first(engines.router.records, sha256)
+            records, engines.server_problem = served_first(engines.router.records, sha256)
+            engines.router.replace_records(records)
         self.checkpoints.move_to_end(sha256)
         return engines
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 from sd_unet_trt.scripts.trt_unet_webui import settings
+from sd_unet_trt.trt_core.hook_policy import checkpoint_records
 from sd_unet_trt.trt_core.router import EngineRecord
 from sd_unet_trt.trt_core.serving.remote import remote_records
 from sd_unet_trt.trt_core.serving.repository import model_name
@@ -27,12 +28,9 @@ def served_records(sha256: str) -> tuple[list[EngineRecord], str]:
 
 
 def served_first(records: list[EngineRecord], sha256: str) -> tuple[list[EngineRecord], str]:
-    """`records` (a router's, all of one weights digest) with the server's engines ahead of them,
-    and why there are none of the server's ("" when there are, or no server is set)."""
+    """`records` (a router's local ones) with the server's engines ahead of them
+    (hook_policy.checkpoint_records), and why there are none of the server's ("" when there are,
+    or no server is set)."""
     served, problem = served_records(sha256)
-    if records:
-        fitting = [r for r in served if r.weights == records[0].weights]
-        if served and not fitting:
-            problem = "the Triton server's engines hold other weights than the local engines; local engines serve"
-        served = fitting
-    return served + records, problem
+    records, mismatch = checkpoint_records(records, served)
+    return records, problem or mismatch

@@ -313,3 +313,92 @@ def test_a_call_of_two_billion_rows_is_refused_at_once():
     assert not plan.covered and not result.covered and result.reason == plan.reason
     assert "base: 2000000000 rows would need more than 64 runs of at most 4 rows" in plan.reason, plan.reason
     assert elapsed < 1, f"took {elapsed:.1f} s"
+
+
+class Gate:
+    """A load that waits until it is let through, and says when it started."""
+
+    def __init__(self) -> None:
+        self.started, self.open = threading.Event(), threading.Event()
+        self.loads = 0
+
+    def load(self, engine: Engine):
+        def slow():
+            self.loads += 1
+            self.started.set()
+            assert self.open.wait(10), "the load was never let through"
+            return engine
+        return slow
+
+
+def test_a_slow_load_holds_up_no_other_threads_plan_or_loaded_engine():
+    """Deserializing a plan takes seconds: meanwhile other threads plan and run on loaded engines."""
+    gate = Gate()
+    router = Router([EngineRecord("base", TINY, BASE, lambda: Cheap("base", BASE)),
+                     EngineRecord("hires", TINY, HIRES, gate.load(Cheap("hires", HIRES)))])
+    base_call, hires_call = calls([BASE_SHAPES[1], HIRES_SHAPES[0]])
+    assert router.run(*base_call).engine == "base"
+    with ThreadPoolExecutor(2) as pool:
+        loading = pool.submit(router.run, *hires_call)
+        try:
+            assert gate.started.wait(10)
+            other = pool.submit(lambda: (router.plan(CallShape.of(base_call[0], base_call[2])).record.id,
+                                         router.run(*base_call).engine, router.loaded))
+            planned, ran, loaded = other.result(timeout=5)  # before: waited for the load, and timed out
+        finally:
+            gate.open.set()
+        assert (planned, ran, loaded) == ("base", "base", ["base"])
+        assert loading.result(timeout=10).engine == "hires" and router.loaded == ["base", "hires"]
+
+
+def test_threads_waiting_for_one_slow_load_load_it_once():
+    gate = Gate()
+    router = Router([EngineRecord("base", TINY, BASE, gate.load(Cheap("base", BASE)))])
+    call = calls([BASE_SHAPES[1]])[0]
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(router.run, *call) for _ in range(4)]
+        assert gate.started.wait(10)
+        time.sleep(0.05)  # the other three are waiting for it
+        gate.open.set()
+        assert [run.result(timeout=10).engine for run in runs] == ["base"] * 4
+    assert gate.loads == 1
+
+
+def test_close_and_unload_wait_for_the_load_in_progress_and_leave_nothing_open():
+    for take_out in (Router.close, lambda router: router.unload("base")):
+        gate, closed = Gate(), []
+
+        class Noted(Cheap):
+            def close(self):
+                closed.append(self.name)
+        router = Router([EngineRecord("base", TINY, BASE, gate.load(Noted("base", BASE)))])
+        with ThreadPoolExecutor(2) as pool:
+            run = pool.submit(router.run, *calls([BASE_SHAPES[1]])[0])
+            assert gate.started.wait(10)
+            taking_out = pool.submit(take_out, router)
+            time.sleep(0.05)
+            waited = not taking_out.done()
+            gate.open.set()
+            taking_out.result(timeout=10)
+            assert run.result(timeout=10).engine == "base"
+        assert (waited, router.loaded, closed) == (True, [], ["base"])
+
+
+def test_records_replaced_during_a_load_are_routed_to_and_the_dropped_engine_is_closed():
+    gate, closed = Gate(), []
+
+    class Noted(Cheap):
+        def close(self):
+            closed.append(self.name)
+    dropped = EngineRecord("dropped", TINY, BASE, gate.load(Noted("dropped", BASE)))
+    kept = EngineRecord("kept", TINY, BASE, lambda: Noted("kept", BASE))
+    router = Router([dropped, kept])
+    with ThreadPoolExecutor(1) as pool:
+        run = pool.submit(router.run, *calls([BASE_SHAPES[1]])[0])
+        assert gate.started.wait(10)
+        router.replace_records([kept])  # e.g. the hook's records read again
+        gate.open.set()
+        assert run.result(timeout=10).engine == "kept"
+    assert (router.loaded, closed) == (["kept"], ["dropped"])
+    router.replace_records([])
+    assert (router.loaded, closed) == ([], ["dropped", "kept"])
