@@ -20,7 +20,7 @@ from sd_unet_trt.trt_core.verify import IMPLEMENTATION_TOLERANCE, implementation
 
 def planted_scale(path: Path) -> tuple[int, str]:
     """The stored position and name of the scale to plant a defect in: the middle quantized layer's
-    weight scale (an input scale 2x off changes no FP8 output: a power of two only moves the exponent)."""
+    weight scale (an input scale 2x off hardly changes an FP8 output: a power of two only moves exponents)."""
     names = [entry["name"] for entry in read_metadata(path)["weights"]]
     found = [(i, name) for i, name in enumerate(names) if name.endswith("weight_scale")]
     if not found:

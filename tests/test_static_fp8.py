@@ -189,8 +189,9 @@ def test_the_gate_refuses_an_engine_with_one_scale_off_by_2x(built, engine, unet
     bad = implementation_error(engine, reference, TINY, PROFILE, "cpu")
     if scale == "weight_scale":  # the layer's output doubles: the output check sees it too
         assert bad > 1.5 * passed["implementation_rel_error"]
-    else:  # FP8 is a float format: a power-of-two input scale only moves exponents, no output changes
-        assert bad == pytest.approx(passed["implementation_rel_error"], rel=1e-3)
+    else:  # FP8 is a float format: a power-of-two input scale moves exponents (only subnormals round
+        # differently), so the output hardly moves (measured 5.47% against 5.52%): only the stored bits show it
+        assert bad < 1.1 * passed["implementation_rel_error"]
 
 
 def test_an_output_far_from_the_recipe_is_refused_in_one_line():

@@ -67,8 +67,8 @@ def fake_quantized(unet: torch.nn.Module, recipe: dict[str, Any],
 def stored_mismatches(reference: torch.nn.Module, stored: dict[str, torch.Tensor], prefix: str = "unet.") -> list[str]:
     """The quantized weights and scales the engine stores (`stored`, by graph name) that are not
     bit for bit what the recipe makes of the PyTorch UNet's weights and the recorded calibration.
-    A scale 2x off in an input scale alone changes no output (FP8 is a floating-point format: a
-    power of two only moves the exponent), so the stored values are compared, not only outputs."""
+    An input scale 2x off hardly changes any output (FP8 is a floating-point format: a power
+    of two only moves exponents; only subnormal values round differently), so the stored values are compared, not only outputs."""
     mismatched = []
     for path, layer in reference.named_modules():
         if isinstance(layer, FakeQuantLinear):
