@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The real AUTOMATIC1111 WebUI v1.10.1 with this extension, measured through its API (README.md).
+#   bench/webui_gpu/run.sh [--parts sd15,lora,controlnet,profile,sdxl,medvram,cnspeed] [--device cuda|cpu]
+#                          [--tiny] [--payload DIR] [--work DIR] [--python PY] [--steps N] [--repeats N]
+# On the GPU machine: defaults (cuda, full-size models, the machine's python3). CPU rehearsal:
+#   --device cpu --tiny --python /work/gpu_rehearsal/venv/bin/python
+# Unpacks the payload (prepare.sh's tarballs; parts already unpacked in WORK by an earlier call are
+# reused), makes the checkpoints, starts the WebUI (127.0.0.1, --api; on cuda its defaults: fp16,
+# automatic attention optimization), waits for "Startup time", runs measure.py, stops it; --medvram
+# in a second start. Results under $OUT (default WORK/out): results.json, table.txt, bundle.tar.gz.
+set -uo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+PARTS=sd15,lora,controlnet,profile DEVICE=cuda TINY=0 PAYLOAD=$REPO/.gpu_payload WORK=/tmp/webui_gpu PY=python3
+STEPS=20 REPEATS=3 PORT=${PORT:-7870}
+while [ $# -gt 0 ]; do
+  case $1 in
+    --parts) PARTS=$2; shift ;; --device) DEVICE=$2; shift ;; --tiny) TINY=1 ;;
+    --payload) PAYLOAD=$2; shift ;; --work) WORK=$2; shift ;; --python) PY=$2; shift ;;
+    --steps) STEPS=$2; shift ;; --repeats) REPEATS=$2; shift ;;
+    *) echo "run.sh: unknown argument $1 (see the header of $0)"; exit 2 ;;
+  esac
+  shift
+done
+OUT=${OUT:-$WORK/out}
+mkdir -p "$WORK" "$OUT"
+LOGS=$WORK/logs && mkdir -p "$LOGS"
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
+say() { echo "[run.sh $(date +%T)] $*"; }
+T0=$(date +%s)
+
+# 1. Payload: each tarball once per machine (two calls back to back share /tmp).
+for part in webui site-py site-cv; do
+  if [ -f "$WORK/.unpacked-$part" ]; then continue; fi
+  if [ ! -f "$PAYLOAD/$part.tar.xz" ]; then
+    say "missing $part: neither $PAYLOAD/$part.tar.xz carried nor unpacked in $WORK by an earlier call"; exit 3
+  fi
+  dest=$WORK/src; [ "$part" = webui ] || dest=$WORK/site
+  mkdir -p "$dest" && tar -xJf "$PAYLOAD/$part.tar.xz" -C "$dest" && touch "$WORK/.unpacked-$part" || exit 3
+  say "unpacked $part.tar.xz ($(du -sh "$dest" | cut -f1) in $(basename "$dest"))"
+done
+export PYTHONPATH=$WORK/site:$WORK/src/CLIP${PYTHONPATH:+:$PYTHONPATH}
+export HF_HOME=$WORK/src/hf_home HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
+export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 PYTHONUNBUFFERED=1
+WEBUI=$WORK/src/webui
+"$PY" -c 'import sys, torch, numpy, transformers, gradio, fastapi, pydantic, cv2, skimage
+print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__,
+      "transformers", transformers.__version__, "gradio", gradio.__version__, "fastapi", fastapi.__version__,
+      "pydantic", pydantic.VERSION, "cv2", cv2.__version__, "skimage", skimage.__version__)' 2>&1 | tee "$LOGS/versions.txt"
+"$PY" -m pip list --format=freeze > "$LOGS/pip-list.txt" 2>/dev/null
+
+# 2. Checkpoints (and LoRAs), once per machine.
+MODELS=sd15; { has sdxl || [[ $PARTS == *medvram* && ${MEDVRAM_MODELS:-sd15} == *sdxl* ]]; } && MODELS=sd15,sdxl
+CKPT=$WORK/checkpoints
+TINYFLAG=(); [ "$TINY" = 1 ] && TINYFLAG=(--tiny)
+say "checkpoints: $MODELS"
+(cd "$WEBUI" && "$PY" "$HERE/make_checkpoints.py" "$WEBUI" "$CKPT" --models "$MODELS" --device "$DEVICE" \
+  "${TINYFLAG[@]}") 2>&1 | tee -a "$LOGS/make_checkpoints.log" || { say "make_checkpoints failed"; exit 4; }
+
+# 3. The WebUI's data folder: checkpoints, LoRAs, this extension (a copy), the bench helper.
+DATA=$WORK/data
+mkdir -p "$DATA/models/Stable-diffusion" "$DATA/models/Lora" "$DATA/extensions"
+for f in "$CKPT"/*.safetensors "$CKPT"/*.yaml; do [ -e "$f" ] && ln -sf "$f" "$DATA/models/Stable-diffusion/"; done
+for f in "$CKPT"/Lora/*.safetensors; do ln -sf "$f" "$DATA/models/Lora/"; done
+[ -e "$DATA/models/VAE-approx" ] || cp -r "$WEBUI/models/VAE-approx" "$DATA/models/VAE-approx"
+# copied over an earlier copy: this call's code, the engines built by an earlier call kept
+mkdir -p "$DATA/extensions/sd-unet-trt"
+tar -C "$REPO" --exclude=./.git --exclude=./.gpu_payload --exclude=./.whl --exclude='__pycache__' -cf - . |
+  tar -x -C "$DATA/extensions/sd-unet-trt"
+rm -rf "$DATA/extensions/bench-helper" && cp -r "$HERE/bench_helper" "$DATA/extensions/bench-helper"
+if has controlnet; then
+  [ -e "$DATA/extensions/sd-webui-controlnet" ] || ln -s "$WORK/src/sd-webui-controlnet" "$DATA/extensions/sd-webui-controlnet"
+else
+  rm -f "$DATA/extensions/sd-webui-controlnet"
+fi
+cat > "$DATA/config.json" <<'EOF'
+{"sd_model_checkpoint": "bench_sd15.safetensors", "sd_unet": "None", "sd_vae": "Automatic",
+ "CLIP_stop_at_last_layers": 1, "samples_save": false, "grid_save": false, "lora_functional": false}
+EOF
+export BENCH_TINY=$TINY BENCH_CONTROLNET=1
+
+start_webui() {  # start_webui LOGNAME EXTRA_ARGS...: the WebUI in the background; WEBUI_PID
+  local log=$LOGS/$1.log; shift
+  local device_args=()
+  [ "$DEVICE" = cpu ] && device_args=(--use-cpu all --no-half --no-half-vae --precision full --skip-torch-cuda-test)
+  (cd "$WEBUI" && exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-version-check \
+    --api --server-name 127.0.0.1 --port "$PORT" --data-dir "$DATA" --no-download-sd-model --do-not-download-clip \
+    "${device_args[@]}" "$@") > "$log" 2>&1 &
+  WEBUI_PID=$!
+  local started; started=$(date +%s)
+  until grep -q "Startup time" "$log"; do
+    if ! kill -0 "$WEBUI_PID" 2>/dev/null || [ $(($(date +%s) - started)) -gt 600 ]; then
+      say "the WebUI did not start; its log's end:"; tail -30 "$log"; return 1
+    fi
+    sleep 1
+  done
+  say "WebUI up in $(($(date +%s) - started)) s: $(grep -m1 'Startup time' "$log")"
+}
+stop_webui() { kill "$WEBUI_PID" 2>/dev/null; wait "$WEBUI_PID" 2>/dev/null; }
+
+MEASURE=(--url "http://127.0.0.1:$PORT" --out "$OUT/results" --steps "$STEPS" --repeats "$REPEATS")
+[ "$TINY" = 1 ] && MEASURE+=(--tiny)
+PROFILE_MODELS=sd15; has sdxl && PROFILE_MODELS=sd15,sdxl
+FAILED=0
+MAIN_PARTS=$(echo "$PARTS" | tr ',' '\n' | grep -v -x -e medvram -e cnspeed | paste -sd, -)
+if [ -n "$MAIN_PARTS" ]; then
+  start_webui webui && {
+    "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label webui --parts "$MAIN_PARTS" --profile-models "$PROFILE_MODELS" \
+      --lora-models "$PROFILE_MODELS" || FAILED=1
+    stop_webui
+  } || FAILED=1
+fi
+if has medvram; then
+  start_webui webui-medvram --medvram && {
+    "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label medvram --parts medvram --medvram-models "${MEDVRAM_MODELS:-$MODELS}" || FAILED=1
+    stop_webui
+  } || FAILED=1
+fi
+if has cnspeed; then  # bench/controlnet_speed.py, outside the WebUI (issue #13's figure)
+  CN=(--out "$OUT/results/controlnet_speed"); [ "$TINY" = 1 ] && CN+=(--models tiny --device cpu)
+  say "bench/controlnet_speed.py ${CN[*]}"
+  (cd "$REPO/bench" && "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
+fi
+
+# 4. Results: one JSON, one table, one tarball (logs, grids, profiles): the device returns 8 files at most.
+"$PY" "$HERE/report.py" "$OUT/results" "$OUT/results.json" > "$OUT/table.txt" || FAILED=1
+tar -czf "$OUT/bundle.tar.gz" -C "$WORK" logs -C "$OUT" results 2>/dev/null
+say "done in $(($(date +%s) - T0)) s; failed=$FAILED"
+cat "$OUT/table.txt"
+exit $FAILED
