@@ -105,8 +105,12 @@ class Bench:
 
     # --- model setup ------------------------------------------------------------------------------
     def load(self, model: str) -> None:
+        name = f"bench_{model}.safetensors"
+        _, options = self.webui.request("GET", "/sdapi/v1/options")
+        if str(options.get("sd_model_checkpoint", "")).startswith(name):
+            return
         started = time.perf_counter()
-        self.post("/sdapi/v1/options", {"sd_model_checkpoint": f"bench_{model}.safetensors"})
+        self.post("/sdapi/v1/options", {"sd_model_checkpoint": name})
         self.record({"scenario": f"load bench_{model}", "seconds": time.perf_counter() - started})
 
     def px(self, model: str) -> int:

@@ -69,8 +69,11 @@ for sdist in "$WHEELS"/*.tar.gz; do  # pure-Python packages published as sources
   "$PY312" -m pip wheel -q --no-deps -w "$WHEELS" "$sdist" && rm "$sdist"
 done
 "$PY312" -m pip install -q --no-deps --no-index --no-compile --target "$BUILD/site" "$WHEELS"/*.whl
-# test suites are never imported (type stubs are: scikit-image's lazy_loader reads __init__.pyi)
+# test suites are never imported (type stubs are: scikit-image's lazy_loader reads __init__.pyi);
+# gradio's CDN copy of its frontend (for hosted Spaces) and the frontend's source maps are never served
 find "$BUILD/site" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
+rm -rf "$BUILD/site/gradio/templates/cdn"
+find "$BUILD/site/gradio/templates" -name '*.map' -delete
 rm -rf "$BUILD/site/bin"
 
 # 4. Packing. site-cv.tar.xz: OpenCV alone (its libraries are half the size); site-py.tar.xz: the rest.
@@ -78,8 +81,10 @@ cd "$BUILD/site"
 ls -d cv2 opencv_python_headless* > "$BUILD/cv.list"
 ls -A | grep -v -x -F -f "$BUILD/cv.list" > "$BUILD/py.list"
 # OpenCV takes most of the time (about 8 minutes on 2 busy cores): kept when wheels.txt did not change
-if [ ! -s "$PAYLOAD/site-cv.tar.xz" ] || [ "$HERE/wheels.txt" -nt "$PAYLOAD/site-cv.tar.xz" ]; then
+CV_PIN=$(grep -i '^opencv' "$BUILD/wheels.txt")
+if [ ! -s "$PAYLOAD/site-cv.tar.xz" ] || [ "$(cat "$PAYLOAD/site-cv.pin" 2>/dev/null)" != "$CV_PIN" ]; then
   tar -cf - -T "$BUILD/cv.list" | $XZ > "$PAYLOAD/site-cv.tar.xz.part" && mv "$PAYLOAD/site-cv.tar.xz.part" "$PAYLOAD/site-cv.tar.xz"
+  echo "$CV_PIN" > "$PAYLOAD/site-cv.pin"
 fi
 tar -cf - -T "$BUILD/py.list" | $XZ > "$PAYLOAD/site-py.tar.xz"
 tar -cf - -C "$S" . | $XZ > "$PAYLOAD/webui.tar.xz"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The real AUTOMATIC1111 WebUI v1.10.1 with this extension, measured through its API (README.md).
-#   bench/webui_gpu/run.sh [--parts sd15,lora,controlnet,profile,sdxl,medvram,cnspeed] [--device cuda|cpu]
+#   bench/webui_gpu/run.sh [--parts checkpoints,sd15,lora,controlnet,profile,sdxl,medvram,cnspeed] [--device cuda|cpu]
 #                          [--tiny] [--payload DIR] [--work DIR] [--python PY] [--steps N] [--repeats N]
 # On the GPU machine: defaults (cuda, full-size models, the machine's python3). CPU rehearsal:
 #   --device cpu --tiny --python /work/gpu_rehearsal/venv/bin/python
@@ -29,28 +29,43 @@ has() { [[ ",$PARTS," == *",$1,"* ]]; }
 say() { echo "[run.sh $(date +%T)] $*"; }
 T0=$(date +%s)
 
-# 1. Payload: each tarball once per machine (two calls back to back share /tmp).
+# 1. Payload: each tarball carried (PAYLOAD/*/NAME.tar.xz or PAYLOAD/NAME.tar.xz) is unpacked once per
+# machine; two calls back to back share /tmp, so a later call finds what an earlier one unpacked.
+# The WebUI needs all three; checkpoints and cnspeed need no OpenCV (site-cv).
+NEEDED=(webui site-py); [[ ",$PARTS," =~ ,(sd15|sdxl|lora|controlnet|profile|medvram), ]] && NEEDED+=(site-cv)
 for part in webui site-py site-cv; do
-  if [ -f "$WORK/.unpacked-$part" ]; then continue; fi
-  if [ ! -f "$PAYLOAD/$part.tar.xz" ]; then
-    say "missing $part: neither $PAYLOAD/$part.tar.xz carried nor unpacked in $WORK by an earlier call"; exit 3
+  [ -f "$WORK/.unpacked-$part" ] && continue
+  tarball=$(ls "$PAYLOAD"/*/"$part.tar.xz" "$PAYLOAD/$part.tar.xz" 2>/dev/null | head -1)
+  if [ -z "$tarball" ]; then
+    if [[ " ${NEEDED[*]} " == *" $part "* ]]; then
+      say "missing $part: $part.tar.xz neither carried (in $PAYLOAD) nor unpacked in $WORK by an earlier call" \
+          "on this machine (calls must follow each other within 30 s: README.md)"; exit 3
+    fi
+    continue
   fi
   dest=$WORK/src; [ "$part" = webui ] || dest=$WORK/site
-  mkdir -p "$dest" && tar -xJf "$PAYLOAD/$part.tar.xz" -C "$dest" && touch "$WORK/.unpacked-$part" || exit 3
+  mkdir -p "$dest" && tar -xJf "$tarball" -C "$dest" && touch "$WORK/.unpacked-$part" || exit 3
   say "unpacked $part.tar.xz ($(du -sh "$dest" | cut -f1) in $(basename "$dest"))"
 done
 export PYTHONPATH=$WORK/site:$WORK/src/CLIP${PYTHONPATH:+:$PYTHONPATH}
 export HF_HOME=$WORK/src/hf_home HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export GRADIO_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 PYTHONUNBUFFERED=1
 WEBUI=$WORK/src/webui
-"$PY" -c 'import sys, torch, numpy, transformers, gradio, fastapi, pydantic, cv2, skimage
-print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.cuda.is_available(), "numpy", numpy.__version__,
-      "transformers", transformers.__version__, "gradio", gradio.__version__, "fastapi", fastapi.__version__,
-      "pydantic", pydantic.VERSION, "cv2", cv2.__version__, "skimage", skimage.__version__)' 2>&1 | tee "$LOGS/versions.txt"
+"$PY" -c 'import importlib, sys
+names = "torch numpy transformers tokenizers huggingface_hub gradio fastapi pydantic pytorch_lightning onnxruntime cv2 skimage".split()
+def version(name):
+    try:
+        module = importlib.import_module(name)
+        return getattr(module, "__version__", getattr(module, "VERSION", "?"))
+    except Exception as e:
+        return f"not importable ({type(e).__name__})"
+import torch
+print("python", sys.version.split()[0], "cuda", torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")
+print(", ".join(f"{n} {version(n)}" for n in names))' 2>&1 | tee "$LOGS/versions.txt"
 "$PY" -m pip list --format=freeze > "$LOGS/pip-list.txt" 2>/dev/null
 
 # 2. Checkpoints (and LoRAs), once per machine.
-MODELS=sd15; { has sdxl || [[ $PARTS == *medvram* && ${MEDVRAM_MODELS:-sd15} == *sdxl* ]]; } && MODELS=sd15,sdxl
+MODELS=sd15; { has sdxl || has checkpoints; } && MODELS=sd15,sdxl
 CKPT=$WORK/checkpoints
 TINYFLAG=(); [ "$TINY" = 1 ] && TINYFLAG=(--tiny)
 say "checkpoints: $MODELS"
@@ -95,17 +110,31 @@ start_webui() {  # start_webui LOGNAME EXTRA_ARGS...: the WebUI in the backgroun
     sleep 1
   done
   say "WebUI up in $(($(date +%s) - started)) s: $(grep -m1 'Startup time' "$log")"
+  # The checkpoint it loads at start must be in before any request: a checkpoint change meanwhile
+  # loads a second model in parallel, and the WebUI's load_state_dict patches then stay in place
+  # (torch.nn.Module.load_state_dict left without its `assign` argument for the rest of the session).
+  until grep -q -e "Model loaded in" -e "Stable diffusion model failed to load" "$log"; do
+    if ! kill -0 "$WEBUI_PID" 2>/dev/null || [ $(($(date +%s) - started)) -gt 900 ]; then
+      say "the WebUI loaded no model; its log's end:"; tail -30 "$log"; return 1
+    fi
+    sleep 1
+  done
+  say "$(grep -m1 -e 'Model loaded in' -e 'Stable diffusion model failed to load' "$log")"
 }
 stop_webui() { kill "$WEBUI_PID" 2>/dev/null; wait "$WEBUI_PID" 2>/dev/null; }
 
-MEASURE=(--url "http://127.0.0.1:$PORT" --out "$OUT/results" --steps "$STEPS" --repeats "$REPEATS")
+# results stay in WORK (a later call's bundle holds the earlier calls' too); $OUT gets 3 files
+RESULTS=$WORK/results && mkdir -p "$RESULTS"
+MEASURE=(--url "http://127.0.0.1:$PORT" --out "$RESULTS" --steps "$STEPS" --repeats "$REPEATS")
 [ "$TINY" = 1 ] && MEASURE+=(--tiny)
-PROFILE_MODELS=sd15; has sdxl && PROFILE_MODELS=sd15,sdxl
+# lora and profile run for the models whose matrix part is in this call (SD1.5 when neither is)
+PROFILE_MODELS=$(echo "$PARTS" | tr ',' '\n' | grep -x -e sd15 -e sdxl | paste -sd, -)
+PROFILE_MODELS=${PROFILE_MODELS:-sd15}
 FAILED=0
-MAIN_PARTS=$(echo "$PARTS" | tr ',' '\n' | grep -v -x -e medvram -e cnspeed | paste -sd, -)
+MAIN_PARTS=$(echo "$PARTS" | tr ',' '\n' | grep -v -x -e medvram -e cnspeed -e checkpoints | paste -sd, -)
 if [ -n "$MAIN_PARTS" ]; then
   start_webui webui && {
-    "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label webui --parts "$MAIN_PARTS" --profile-models "$PROFILE_MODELS" \
+    "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label "webui_${MAIN_PARTS//,/_}" --parts "$MAIN_PARTS" --profile-models "$PROFILE_MODELS" \
       --lora-models "$PROFILE_MODELS" || FAILED=1
     stop_webui
   } || FAILED=1
@@ -117,14 +146,14 @@ if has medvram; then
   } || FAILED=1
 fi
 if has cnspeed; then  # bench/controlnet_speed.py, outside the WebUI (issue #13's figure)
-  CN=(--out "$OUT/results/controlnet_speed"); [ "$TINY" = 1 ] && CN+=(--models tiny --device cpu)
+  CN=(--out "$RESULTS/controlnet_speed"); [ "$TINY" = 1 ] && CN+=(--models tiny --device cpu)
   say "bench/controlnet_speed.py ${CN[*]}"
   (cd "$REPO/bench" && "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
 fi
 
 # 4. Results: one JSON, one table, one tarball (logs, grids, profiles): the device returns 8 files at most.
-"$PY" "$HERE/report.py" "$OUT/results" "$OUT/results.json" > "$OUT/table.txt" || FAILED=1
-tar -czf "$OUT/bundle.tar.gz" -C "$WORK" logs -C "$OUT" results 2>/dev/null
+"$PY" "$HERE/report.py" "$RESULTS" "$OUT/results.json" > "$OUT/table.txt" || FAILED=1
+tar -czf "$OUT/bundle.tar.gz" -C "$WORK" logs results
 say "done in $(($(date +%s) - T0)) s; failed=$FAILED"
 cat "$OUT/table.txt"
 exit $FAILED
