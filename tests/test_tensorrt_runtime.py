@@ -159,6 +159,7 @@ def test_the_registry_makes_one_backend_per_name_and_options(registered_double):
         made = {id(b) for b in pool.map(lambda _: get_backend("tensorrt"), range(64))}
     assert made == {id(get_backend("tensorrt"))}
     assert get_backend("tensorrt", cuda_graphs=True) is get_backend("tensorrt", cuda_graphs=True) is not get_backend("tensorrt")
+    assert get_backend("tensorrt", cuda_graphs=False) is get_backend("tensorrt")  # the default: the same one
     # an option a backend does not take does not make another instance of it
     assert get_backend("onnxruntime", cuda_graphs=True) is get_backend("onnxruntime")
 

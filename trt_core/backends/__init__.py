@@ -38,9 +38,9 @@ def backend_class(name: str) -> type[Backend]:
 def get_backend(name: str, **options) -> Backend:
     """The process's instance of the backend with these options (e.g. cuda_graphs=True), made on
     first use. Options the backend does not take (its `instance_options`) are ignored, so one call
-    serves every backend."""
+    serves every backend; one left out is its default, so it names the same instance."""
     cls = backend_class(name)
-    taken = tuple(sorted((key, value) for key, value in options.items() if key in cls.instance_options))
+    taken = tuple((key, options.get(key, default)) for key, default in sorted(cls.instance_options.items()))
     with _instances_lock:
         backend = _instances.get((name, taken))
         if backend is None:

@@ -151,7 +151,8 @@ class Backend(ABC):
     name: str  # "tensorrt", "onnxruntime", "torch"
     file_suffix: str  # of engine files, e.g. ".trt"
     quantizes_onnx = False  # INT8/FP8 engines are built from an ONNX export with Q/DQ nodes
-    instance_options: tuple[str, ...] = ()  # keyword arguments the constructor takes (backends.get_backend)
+    # keyword arguments the constructor takes, with their defaults (backends.get_backend); not changed
+    instance_options: Mapping[str, Any] = {}
 
     @abstractmethod
     def availability(self) -> Availability:

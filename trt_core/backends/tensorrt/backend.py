@@ -44,7 +44,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     file_suffix = ".trt"
     quantizes_onnx = True
-    instance_options = ("cuda_graphs",)
+    instance_options = {"cuda_graphs": False}
 
     def __init__(self, cuda_graphs: bool = False, gpu_probe: Callable[[str], GpuInfo] = probe_gpu,
                  library_preference: str | None = None, importer=libraries.import_library):
