@@ -200,3 +200,21 @@ def test_hypertile_on_falls_back_and_off_serves_again(webui):
     assert still_wrapped and off.startswith(ENGINE), off
     assert on == ("fallback: Hypertile is on (UNet layer input_blocks.1.1.transformer_blocks.0.attn1); "
                   "engines do not tile attention"), on
+
+
+def test_hypernetworks_fall_back_naming_them(webui):
+    """The WebUI applies `shared.loaded_hypernetworks` in its attention code on every UNet call (the
+    double's attention does not, so only the routing is checked here): such a pass runs the
+    built-in UNet, and engines serve again once none is loaded."""
+    runner, _, _ = webui
+
+    class Hypernetwork:
+        name = "anime_3"
+
+    shared.loaded_hypernetworks.append(Hypernetwork())
+    try:
+        with_net, _ = run_both(runner)
+    finally:
+        shared.loaded_hypernetworks.clear()
+    assert with_net == "fallback: hypernetworks (anime_3) act in the UNet's attention; engines do not take them", with_net
+    assert run_both(runner)[0].startswith(ENGINE)

@@ -157,6 +157,13 @@ def merge_function(layers, nets, functional: bool):
     return apply
 
 
+def hypernetworks_problem(loaded) -> str:
+    """The WebUI applies hypernetworks inside its attention code (sd_hijack_optimizations) on every
+    call, from `shared.loaded_hypernetworks`, changing no layer: engines hold the plain attention."""
+    names = [str(getattr(net, "name", "?")) for net in loaded or ()]
+    return f"hypernetworks ({', '.join(names)}) act in the UNet's attention; engines do not take them" if names else ""
+
+
 def describe(unet: torch.nn.Module, functional: bool) -> LiveUNet:
     """The live UNet's base weights and the active networks' merge, or the problem that stops engines."""
     live = LiveUNet()

@@ -13,5 +13,6 @@ opts = options.Options({
     "skip_early_cond": OptionInfo(0.0, "Ignore negative prompt during early sampling"),
 }, set())
 sd_model = None
+loaded_hypernetworks = []  # extra networks put the hypernetworks of a generation here
 device = devices.device  # the real one is set from devices.device at start-up
 state = shared_state.State()
