@@ -172,8 +172,9 @@ class TrtUnet(sd_unet.SdUnet):
             restore_builtin(sd_model)
             return
         live = live_weights.describe(sd_model.model.diffusion_model, lora_functional())
-        # a layer's patch, else a name the forward code resolves replaced (FreeU's th.cat)
-        self.problem = live.problem or forward_names.problem()
+        # a layer's patch, else a name the forward code resolves replaced (FreeU's th.cat), else hypernetworks
+        self.problem = (live.problem or forward_names.problem()
+                        or live_weights.hypernetworks_problem(getattr(shared, "loaded_hypernetworks", ())))
         if self.problem:
             return
         try:
