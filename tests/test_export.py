@@ -9,8 +9,8 @@ import torch
 from sd_unet_trt.models import unet as arch
 from sd_unet_trt.models.families import family_named
 from sd_unet_trt.trt_core import export as export_mod
-from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.export import DATA_NAME, ONNX_NAME, WEIGHTS_METADATA, ExportError, ExportResult, export_onnx
+from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.weights import RECORD_NAME, fingerprints
 
 TINY = family_named("tiny")

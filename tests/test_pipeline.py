@@ -10,10 +10,10 @@ import torch
 
 from sd_unet_trt.models.families import family_named
 from sd_unet_trt.trt_core.atomic import DiskFullError
-from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
+from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.pipeline import BuildBusy, Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range

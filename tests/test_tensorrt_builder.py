@@ -8,7 +8,6 @@ import threading
 
 import pytest
 
-from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
 from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
 from sd_unet_trt.trt_core.backends.tensorrt.backend import portable_targets
@@ -18,6 +17,7 @@ from sd_unet_trt.trt_core.backends.tensorrt.plan_file import read_header
 from sd_unet_trt.trt_core.backends.tensorrt.progress import PhaseTracker
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import cache_path
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError, Range
+from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken
 from tests.trt_double.fixtures import (ADA_12GB, backend, backend_on, fake_trt, play, tiny_onnx,  # noqa: F401
                                        tiny_request, tiny_unet)
 

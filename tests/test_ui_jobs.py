@@ -6,10 +6,11 @@ import threading
 
 import pytest
 
-from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled
+from sd_unet_trt.trt_core.backends.base import BackendUnavailable
 from sd_unet_trt.trt_core.jobs import CANCELLED, DONE, FAILED, JobRunner, user_message
 from sd_unet_trt.trt_core.pipeline import BuildBusy
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import BuildCancelled
 
 
 def test_one_job_at_a_time_and_progress_never_goes_back():

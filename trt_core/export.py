@@ -26,9 +26,9 @@ import torch
 from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, family_of_config
 from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
-from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.finite import non_finite_problem
 from sd_unet_trt.trt_core.export_folder import DATA_NAME, ONNX_NAME, put_in_place, writable
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED, QUANTIZED_OPSET, calibration_inputs, quantized_unet
 from sd_unet_trt.trt_core.weights import RECORD_NAME, WeightsRecord
 

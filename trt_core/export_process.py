@@ -22,9 +22,9 @@ from pathlib import Path
 
 import sd_unet_trt
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
-from sd_unet_trt.trt_core.backends.base import BuildCancelled, CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp
 from sd_unet_trt.trt_core.export import ExportError, ExportResult
+from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
 PACKAGE_ROOT = Path(sd_unet_trt.__path__[0])

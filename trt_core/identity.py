@@ -7,8 +7,8 @@ from typing import Mapping
 
 import torch
 
-from sd_unet_trt.trt_core.backends.base import ProgressFn, no_progress
 from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.progress import ProgressFn, no_progress
 
 CHUNK = 8 * 1024 * 1024
 

@@ -24,11 +24,12 @@ from typing import Any, Callable
 
 from sd_unet_trt.models.families import UnsupportedModelError
 from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
-from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled, CancelToken, ProgressFn
+from sd_unet_trt.trt_core.backends.base import BackendUnavailable
 from sd_unet_trt.trt_core.export import ExportError
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import BuildBusy
 from sd_unet_trt.trt_core.profiles import ProfileError
+from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken, ProgressFn
 from sd_unet_trt.trt_core.verify import VerificationError
 
 log = logging.getLogger(__name__)

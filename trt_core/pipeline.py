@@ -23,14 +23,14 @@ from filelock import FileLock, Timeout
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.vae import decode, seeded_decoder
 from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, remove_stale_temps, staged_output
-from sd_unet_trt.trt_core.backends.base import (Backend, BuildOutcome, BuildRequest, CancelToken, ProgressFn,
-                                                no_progress)
+from sd_unet_trt.trt_core.backends.base import Backend, BuildOutcome, BuildRequest
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
 from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, ManifestError, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.quality import loop_quality, require_loop

@@ -10,10 +10,10 @@ from pathlib import Path
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.checkpoint_file import CheckpointError, FileStamp, unet_from_file, unet_shapes
 from sd_unet_trt.trt_core.export import ExportResult, export_onnx, shadow_unet
 from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 
 
 @dataclass(frozen=True)

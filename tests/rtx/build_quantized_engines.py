@@ -13,13 +13,14 @@ import onnx
 
 from sd_unet_trt.models.families import TINY
 from sd_unet_trt.models.unet import seeded_unet
-from sd_unet_trt.trt_core.backends.base import BuildRequest, CancelToken, no_progress
+from sd_unet_trt.trt_core.backends.base import BuildRequest
 from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
 from sd_unet_trt.trt_core.backends.tensorrt.builder import BuildSettings, build_plan
 from sd_unet_trt.trt_core.backends.tensorrt.logger import make_logger
 from sd_unet_trt.trt_core.backends.tensorrt.plan_file import read_header
 from sd_unet_trt.trt_core.export import export_onnx
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import CancelToken, no_progress
 
 PROFILE = Profile.static(1, 64, 64)
 

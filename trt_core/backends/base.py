@@ -6,24 +6,17 @@ so listing them never fails on a machine that lacks one.
 """
 from __future__ import annotations
 
-import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED
-
-# progress(phase, fraction of the whole job in [0, 1])
-ProgressFn = Callable[[str, float], None]
-
-
-def no_progress(phase: str, fraction: float) -> None:
-    pass
 
 
 class BackendUnavailable(RuntimeError):
@@ -37,28 +30,6 @@ class WeightsUnsupported(RuntimeError):
 class EngineUnavailable(RuntimeError):
     """This call cannot run on the engine now (a remote server down or slow); the call falls back
     and the engine stays in use for the next one."""
-
-
-class BuildCancelled(RuntimeError):
-    """The caller cancelled the build; nothing was written."""
-
-
-class CancelToken:
-    """Set from another thread (the UI's Cancel button); builders poll it between steps."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def raise_if_cancelled(self) -> None:
-        if self._event.is_set():
-            raise BuildCancelled("build cancelled")
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken, Engine,
-                                                ProgressFn, WeightsUnsupported, control_inputs, no_progress)
+from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, Engine,
+                                                WeightsUnsupported, control_inputs)
 from sd_unet_trt.trt_core.export import DATA_NAME, WEIGHTS_METADATA
 from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.weights import fingerprint
 
 ORT_DTYPES = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(bfloat16)": torch.bfloat16}

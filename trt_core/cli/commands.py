@@ -9,7 +9,7 @@ from tqdm import tqdm
 from sd_unet_trt.models.families import TINY, family_named
 from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.backends import SLOW_ON_CPU, best_backend, get_backend
-from sd_unet_trt.trt_core.backends.base import Backend, ProgressFn
+from sd_unet_trt.trt_core.backends.base import Backend
 from sd_unet_trt.trt_core.catalog import built_file, catalog
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp, family_of_file, unet_from_file
 from sd_unet_trt.trt_core.cli.errors import CliError, one_line
@@ -20,6 +20,7 @@ from sd_unet_trt.trt_core.identity import checkpoint_of_file, checkpoint_of_modu
 from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range, presets_for
+from sd_unet_trt.trt_core.progress import ProgressFn
 from sd_unet_trt.trt_core.unet_source import CheckpointUNet, ModuleUNet
 from sd_unet_trt.trt_core.verify import compare
 

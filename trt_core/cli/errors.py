@@ -5,7 +5,7 @@ import errno
 
 from sd_unet_trt.models.families import UnsupportedModelError
 from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
-from sd_unet_trt.trt_core.backends.base import BackendUnavailable, BuildCancelled
+from sd_unet_trt.trt_core.backends.base import BackendUnavailable
 from sd_unet_trt.trt_core.checkpoint_file import CheckpointError
 from sd_unet_trt.trt_core.export import ExportError
 from sd_unet_trt.trt_core.export_folder import FolderRefused
@@ -13,6 +13,7 @@ from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import BuildBusy
 from sd_unet_trt.trt_core.profiles import ProfileError
+from sd_unet_trt.trt_core.progress import BuildCancelled
 from sd_unet_trt.trt_core.verify import VerificationError
 
 

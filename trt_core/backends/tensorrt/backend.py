@@ -13,8 +13,7 @@ from typing import Callable
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, CancelToken,
-                                                ProgressFn, no_progress)
+from sd_unet_trt.trt_core.backends.base import Availability, Backend, BuildOutcome, BuildRequest
 from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
 from sd_unet_trt.trt_core.backends.tensorrt import plan_file
 from sd_unet_trt.trt_core.backends.tensorrt.builder import (DEFAULT_OPTIMIZATION_LEVEL, BuildSettings, build_plan,
@@ -26,6 +25,7 @@ from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, Ten
 from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile, runtime_cache_path
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem, exporter_problem
 
 HEADER_PEEK = 64 * 1024

@@ -17,10 +17,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
-from sd_unet_trt.trt_core.backends.base import BuildCancelled, BuildRequest, CancelToken, ProgressFn
+from sd_unet_trt.trt_core.backends.base import BuildRequest
 from sd_unet_trt.trt_core.backends.tensorrt.library import Library
 from sd_unet_trt.trt_core.backends.tensorrt.progress import make_progress_monitor
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
+from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken, ProgressFn
 
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's default; 4-5 search longer for a few percent
 # the export's input type for each engine precision (quantized exports compute in fp32 between Q/DQ pairs)

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from types import ModuleType
 
-from sd_unet_trt.trt_core.backends.base import CancelToken, ProgressFn
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn
 
 
 @dataclass

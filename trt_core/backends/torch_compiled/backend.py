@@ -18,15 +18,7 @@ import torch
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.unet import UNetCall
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
-from sd_unet_trt.trt_core.backends.base import (
-    Availability,
-    Backend,
-    BuildOutcome,
-    BuildRequest,
-    CancelToken,
-    ProgressFn,
-    no_progress,
-)
+from sd_unet_trt.trt_core.backends.base import Availability, Backend, BuildOutcome, BuildRequest
 from sd_unet_trt.trt_core.backends.torch_compiled.attention import (
     fused_projections,
     sdpa_choices,
@@ -53,6 +45,7 @@ from sd_unet_trt.trt_core.backends.torch_compiled.recipe import (RECIPE_OPTIONS,
                                                                  recipe_of)
 from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
 from sd_unet_trt.trt_core.verify import implementation_error, require_implementation
 
