@@ -26,13 +26,14 @@ from sd_unet_trt.models.unet import seeded_unet  # noqa: E402
 from sd_unet_trt.trt_core.backends import get_backend  # noqa: E402
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint  # noqa: E402
 from sd_unet_trt.trt_core.identity import checkpoint_of_module  # noqa: E402
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine  # noqa: E402
+from sd_unet_trt.trt_core.pipeline import build_engine  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile, Range  # noqa: E402
 from sd_unet_trt.trt_core.router import Router  # noqa: E402
 from sd_unet_trt.trt_core.serving import server  # noqa: E402
 from sd_unet_trt.trt_core.serving.remote import remote_records  # noqa: E402
 from sd_unet_trt.trt_core.serving.repository import export_triton, model_name  # noqa: E402
 from sd_unet_trt.trt_core.unet_source import ModuleUNet  # noqa: E402
+from sd_unet_trt.trt_core.workspace import Workspace  # noqa: E402
 
 PROFILE = Profile(Range(1, 1, 4), Range(64, 64, 64), Range(64, 64, 64), Range(75, 75, 75))
 

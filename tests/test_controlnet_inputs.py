@@ -11,9 +11,10 @@ from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.export import sample_inputs, unpack_inputs
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import CallShape, Profile, Range
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.trt_core.workspace import Workspace
 
 TINY = family_named("tiny")
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 96), Range(64, 64, 96), Range(75, 75, 150))

@@ -120,9 +120,10 @@ def test_a_build_killed_midway_leaves_no_entry(built):
         from sd_unet_trt.models.unet import seeded_unet, TINY
         from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
         from sd_unet_trt.trt_core.identity import checkpoint_of_module
-        from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+        from sd_unet_trt.trt_core.pipeline import build_engine
         from sd_unet_trt.trt_core.profiles import Profile
         from sd_unet_trt.trt_core.unet_source import ModuleUNet
+        from sd_unet_trt.trt_core.workspace import Workspace
         unet = seeded_unet(TINY, seed=1)
         def die(phase, fraction):
             if phase.startswith("onnxruntime"):

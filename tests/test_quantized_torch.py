@@ -19,10 +19,11 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import read_metada
 from sd_unet_trt.trt_core.backends.torch_compiled.quantized import (LAYER_SETS, QuantizedLinear, quantize_rows,
                                                                     quantized_linears)
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.verify import VerificationError
+from sd_unet_trt.trt_core.workspace import Workspace
 
 PROFILE = Profile.static(1, 64, 64)
 BLOCK = "input_blocks.1.1.transformer_blocks.0"

@@ -24,12 +24,13 @@ from sd_unet_trt.trt_core.backends.torch_compiled.recipe import int8_problem, qu
 from sd_unet_trt.trt_core.backends.torch_compiled.static_fp8 import (FP8_MAX, StaticFP8Linear, calibrate_input_amax,
                                                                      input_scale)
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.quantize import calibration_inputs
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.verify import (IMPLEMENTATION_TOLERANCE, VerificationError, implementation_error,
                                          require_implementation)
+from sd_unet_trt.trt_core.workspace import Workspace
 
 PROFILE = Profile.static(1, 64, 64)
 BLOCK = "input_blocks.1.1.transformer_blocks.0"

@@ -26,9 +26,10 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (ARTIFACT, 
                                                                       read_metadata, read_weights)
 from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.router import Router
+from sd_unet_trt.trt_core.workspace import Workspace
 
 PROFILE = Profile.static(1, 64, 64)  # rows 1-2: compiled for 2, one row is padded
 

@@ -20,13 +20,14 @@ from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.cli.commands import tiny_model
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.router import EngineRecord, Router
 from sd_unet_trt.trt_core.serving import server
 from sd_unet_trt.trt_core.serving.remote import TritonEngine, remote_records
 from sd_unet_trt.trt_core.serving.repository import export_triton, model_name
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.trt_core.workspace import Workspace
 from tests.triton_server import PROBLEM, needs_server, start
 
 TINY = family_named("tiny")

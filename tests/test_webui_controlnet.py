@@ -17,8 +17,8 @@ from sd_unet_trt.models.families import TINY, family_named
 from sd_unet_trt.scripts.trt_unet_webui.live_weights import replaced
 from sd_unet_trt.trt_core.export import export_onnx
 from sd_unet_trt.trt_core.manifest import CheckpointId
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
 
 SHA = "ef" * 32
 XL_SHA = "a7" * 32

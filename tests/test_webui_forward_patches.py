@@ -17,8 +17,8 @@ from tests.webui_double.harness import register_ort_engines, webui_unet
 from modules import errors, paths_internal, processing, sd_hijack_unet, shared
 from sd_unet_trt.scripts.trt_unet_webui import forward_names
 from sd_unet_trt.trt_core.manifest import CheckpointId
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
 
 SHA = "cd" * 32
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 64), Range(64, 64, 64), Range(75, 75, 150))

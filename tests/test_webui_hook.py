@@ -24,8 +24,9 @@ from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.catalog import engine_label
 from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
 
 SHA = "ab" * 32
 OTHER_SHA = "cd" * 32

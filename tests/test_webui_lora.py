@@ -13,8 +13,8 @@ from tests.webui_double import harness
 from tests.webui_double.harness import register_ort_engines, webui_unet
 from modules import errors, processing, sd_unet, shared
 from sd_unet_trt.trt_core.manifest import CheckpointId
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
 
 SHA = "ab" * 32
 SMALL = Profile(Range(1, 1, 2), Range(64, 64, 80), Range(64, 64, 80), Range(75, 75, 150))

@@ -13,8 +13,8 @@ from sd_unet_trt.trt_core.export import export_onnx
 from sd_unet_trt.models import unet as arch
 from sd_unet_trt.models.families import TINY
 from sd_unet_trt.trt_core.manifest import CheckpointId
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
 
 REFINER_SHA = "ee" * 32
 SMALL = Profile(Range(1, 1, 2), Range(64, 64, 80), Range(64, 64, 80), Range(75, 75, 150))

@@ -18,10 +18,10 @@ from tests.webui_double.harness import register_ort_engines, webui_unet
 from modules import errors, processing, shared
 from sd_unet_trt.scripts.trt_unet_webui.settings import TRITON_URL
 from sd_unet_trt.trt_core.manifest import CheckpointId
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.serving import server
 from sd_unet_trt.trt_core.serving.repository import export_triton, model_name
+from sd_unet_trt.trt_core.workspace import Workspace
 
 SHA = "d3" * 32
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 64), Range(64, 64, 64), Range(75, 75, 75))

@@ -10,8 +10,8 @@ from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, Engine
 from sd_unet_trt.trt_core.file_digest import require_built_file
 from sd_unet_trt.trt_core.manifest import EngineEntry, EngineStatus, Manifest, engine_status
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.router import EngineRecord, Router
+from sd_unet_trt.trt_core.workspace import Workspace
 
 
 @dataclass

@@ -16,9 +16,9 @@ from typing import Sequence
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.catalog import CatalogItem, router_for_checkpoint
 from sd_unet_trt.trt_core.manifest import INDEX_NAME
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import CONTEXT_PER_CHUNK, LATENT_SCALE, TOKENS_PER_CHUNK, CallShape
 from sd_unet_trt.trt_core.router import EngineRecord, Router
+from sd_unet_trt.trt_core.workspace import Workspace
 
 INFOTEXT_KEY = "TensorRT"
 AUTOMATIC = "Automatic"

@@ -12,9 +12,8 @@ the record's digest, and a copy of the record is kept beside the engines for the
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,80 +21,26 @@ from filelock import FileLock, Timeout
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.vae import decode, seeded_decoder
-from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, remove_stale_temps, staged_output
+from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, staged_output
 from sd_unet_trt.trt_core.backends.base import Backend, BuildOutcome, BuildRequest
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
 from sd_unet_trt.trt_core.file_digest import file_sha256
-from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, ManifestError, engine_id
+from sd_unet_trt.trt_core.manifest import EngineEntry, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.quality import loop_quality, require_loop
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require
-from sd_unet_trt.trt_core.weights import WeightsRecord
+from sd_unet_trt.trt_core.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-ONNX_DIR, ENGINE_DIR = "Unet-onnx", "Unet-trt"
 
 
 class BuildBusy(RuntimeError):
     """Another build holds the engine folder; one build runs at a time."""
-
-
-@dataclass(frozen=True)
-class Workspace:
-    """Where artifacts live: the WebUI's models folder, or any folder standalone."""
-    root: Path
-
-    @property
-    def onnx_dir(self) -> Path:
-        return self.root / ONNX_DIR
-
-    @property
-    def engine_dir(self) -> Path:
-        return self.root / ENGINE_DIR
-
-    def onnx_folder(self, checkpoint: CheckpointId, family: ModelFamily, weights: str) -> Path:
-        return self.onnx_dir / f"{checkpoint.short_hash}-{family.name}-{weights}"
-
-    def manifest(self) -> Manifest:
-        return Manifest(self.engine_dir)
-
-    def writable(self) -> bool:
-        """Whether this process may change the workspace. A shared engine folder, a read-only mount or
-        another user's files are read as they are: listing and verifying take no write lock."""
-        lock = self.engine_dir / ".manifest.lock"
-        return (all(os.access(d, os.W_OK) for d in (self.onnx_dir, self.engine_dir) if d.is_dir())
-                and (not lock.exists() or os.access(lock, os.W_OK)))
-
-    def sweep(self) -> list[Path]:
-        """Remove what killed builds left (temp files and folders of processes that are gone) in both
-        folders, and register engines a killed build left with only their sidecar. Nothing where
-        this process cannot write: what is there is then read as it is."""
-        if not self.writable():
-            return []
-        swept = remove_stale_temps(self.onnx_dir) + remove_stale_temps(self.engine_dir)
-        if self.engine_dir.is_dir():
-            try:
-                self.manifest().prune()
-            except ManifestError:  # a broken index is for `recover`, which says so; temps are gone anyway
-                pass
-        return swept
-
-    def weights_record_path(self, weights_digest: str) -> Path:
-        """The weights record of engines whose identity carries this digest."""
-        return self.manifest().weights_record_path(weights_digest)
-
-    def weights_record(self, weights_digest: str) -> WeightsRecord:
-        """The fingerprints of the weights engines with this digest hold; ValueError when missing."""
-        record = WeightsRecord.load(self.weights_record_path(weights_digest))
-        if record.digest != weights_digest:
-            raise ValueError(f"{self.weights_record_path(weights_digest).name} does not match its engines")
-        return record
 
 
 def _scaled(progress: ProgressFn, start: float, end: float) -> ProgressFn:

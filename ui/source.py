@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.unet_source import UNetSource
+from sd_unet_trt.trt_core.workspace import Workspace
 
 T = TypeVar("T")
 

@@ -25,8 +25,8 @@ from starlette.responses import PlainTextResponse
 from sd_unet_trt.models.families import TINY
 from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.trt_core.workspace import Workspace
 from sd_unet_trt.trt_core.workspace_path import workspace_folder
 from sd_unet_trt.ui.event_calls import EventCallCheck
 from sd_unet_trt.ui.source import ModelSource

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from modules import paths_internal
 
-from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.workspace import Workspace
 
 
 def workspace() -> Workspace:

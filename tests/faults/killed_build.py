@@ -18,8 +18,9 @@ from pathlib import Path
 
 from sd_unet_trt.trt_core import manifest as manifest_module
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.workspace import Workspace
 from sd_unet_trt.ui.standalone import tiny_model
 
 PROFILE = Profile.static(1, 64, 64)

@@ -19,7 +19,8 @@ import pytest
 
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.manifest import Manifest
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
+from sd_unet_trt.trt_core.workspace import Workspace
 from sd_unet_trt.ui.standalone import tiny_model
 from tests.faults.helpers import REPO, cli
 from tests.faults.killed_build import PROFILE

@@ -15,7 +15,7 @@ import torch
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.manifest import Manifest
-from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.workspace import Workspace
 from tests.faults.helpers import cli, killed_build, leftovers, one_line_error
 
 

@@ -36,8 +36,8 @@ from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import CatalogItem
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, EngineStatus
-from sd_unet_trt.trt_core.pipeline import Workspace
 from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
 from sd_unet_trt.ui.engines import which_engine
 from sd_unet_trt.ui.standalone import tiny_model, tiny_source
 from sd_unet_trt.ui.tab import create_tab

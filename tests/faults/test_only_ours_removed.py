@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sd_unet_trt.trt_core.manifest import Manifest
-from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.workspace import Workspace
 from tests.faults.helpers import REPO, cli, killed_build, one_line_error
 
 DEAD_PID = 999_999_999  # above any pid_max: no process has it

@@ -16,9 +16,10 @@ from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
 from sd_unet_trt.trt_core.backends.tensorrt.plan_file import read_header
 from sd_unet_trt.trt_core.catalog import catalog
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
+from sd_unet_trt.trt_core.workspace import Workspace
 
 DYNAMIC = Profile(Range(1, 1, 2), Range(64, 64, 128), Range(64, 96, 128), Range(75, 75, 150))
 CASES = {

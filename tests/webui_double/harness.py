@@ -21,8 +21,8 @@ from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend  # noqa
 from sd_unet_trt.trt_core.export import ExportResult  # noqa: E402
 from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, engine_id  # noqa: E402
-from sd_unet_trt.trt_core.pipeline import Workspace  # noqa: E402
 from sd_unet_trt.trt_core.profiles import Profile  # noqa: E402
+from sd_unet_trt.trt_core.workspace import Workspace  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "trt_unet.py"
 

@@ -18,11 +18,12 @@ from sd_unet_trt.trt_core.export_folder import writable
 from sd_unet_trt.trt_core.export_process import progress_line
 from sd_unet_trt.trt_core.identity import checkpoint_of_file, checkpoint_of_module
 from sd_unet_trt.trt_core.manifest import CheckpointId
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range, presets_for
 from sd_unet_trt.trt_core.progress import ProgressFn
 from sd_unet_trt.trt_core.unet_source import CheckpointUNet, ModuleUNet
 from sd_unet_trt.trt_core.verify import compare
+from sd_unet_trt.trt_core.workspace import Workspace
 
 TINY_NAME = "tiny-builtin"
 

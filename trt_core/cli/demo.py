@@ -16,11 +16,12 @@ from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.cli.commands import SLOW_ON_CPU, progress_bar, tiny_model
 from sd_unet_trt.trt_core.cli.errors import CliError
 from sd_unet_trt.trt_core.export import sample_inputs
-from sd_unet_trt.trt_core.pipeline import Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import presets_for
 from sd_unet_trt.trt_core.router import Router
 from sd_unet_trt.trt_core.sampling import sample_euler_cfg
 from sd_unet_trt.trt_core.verify import TOLERANCE
+from sd_unet_trt.trt_core.workspace import Workspace
 
 RUNS = 3  # timed runs per row; the median is shown (one run can be far off on a busy machine)
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
-from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.workspace import Workspace
 
 
 class UNetServer:

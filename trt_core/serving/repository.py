@@ -23,7 +23,7 @@ from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_text
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.export_folder import FolderRefused
-from sd_unet_trt.trt_core.pipeline import Workspace
+from sd_unet_trt.trt_core.workspace import Workspace
 
 MAX_QUEUE_DELAY_US = 2000  # what a request may wait for others to batch with
 
