@@ -8,13 +8,14 @@ from typing import Mapping
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models import unet as arch
 
 UNET_PREFIX = "model.diffusion_model."
 CONTROLNET_SUFFIX = "-controlnet"  # a family's name for its engines with ControlNet inputs
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(UserError, ValueError):
     """The weights are not a UNet of a family we can export."""
 
 

@@ -7,10 +7,15 @@ import threading
 import pytest
 
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable
+from sd_unet_trt.trt_core.checkpoint_file import CheckpointError
+from sd_unet_trt.trt_core.cli.errors import exit_code_and_line
+from sd_unet_trt.trt_core.file_digest import UntrustedFile
 from sd_unet_trt.trt_core.jobs import CANCELLED, DONE, FAILED, JobRunner, user_message
 from sd_unet_trt.trt_core.pipeline import BuildBusy
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import BuildCancelled
+from sd_unet_trt.trt_core.quantize import QuantizationUnavailable
+from sd_unet_trt.trt_core.serving.repository import TritonExportError
 
 
 def test_one_job_at_a_time_and_progress_never_goes_back():
@@ -81,3 +86,29 @@ def test_profile_errors_keep_their_field_messages():
     with pytest.raises(ValueError) as caught:
         Profile.static(1, 70, 64).validate()
     assert "height" in user_message(caught.value) and "multiples of 8" in user_message(caught.value)
+
+
+# Errors the CLI always printed as they are, which the tab and the API once showed as
+# "TypeName: ... (see the log)": one base class now decides for all three.
+USER_ERRORS = [
+    CheckpointError("model.safetensors changed on disk while it was read; load it again and retry"),
+    QuantizationUnavailable("INT8 needs nvidia-modelopt: pip install nvidia-modelopt"),
+    UntrustedFile("engine.trt is not the file that was built (sha256 differs); rebuild it"),
+    TritonExportError("no engine of checkpoint 0123456789 is ready on sm_89 in /x"),
+]
+
+
+@pytest.mark.parametrize("exc", USER_ERRORS, ids=lambda e: type(e).__name__)
+def test_a_tab_or_api_build_shows_a_user_error_as_written(exc):
+    runner = JobRunner()
+
+    def work(progress, cancel):
+        raise exc
+
+    done = runner.wait(runner.start("build", work).job_id, timeout=5)
+    assert done.state == FAILED and done.error == str(exc)
+
+
+@pytest.mark.parametrize("exc", USER_ERRORS, ids=lambda e: type(e).__name__)
+def test_the_cli_shows_the_same_user_errors_as_written(exc):
+    assert exit_code_and_line(exc) == (2, f"error: {exc}")

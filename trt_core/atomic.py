@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from sd_unet_trt.errors import UserError
+
 TEMP_MARK = ".partial-"
 
 
@@ -17,7 +19,7 @@ TEMP_MARK = ".partial-"
 FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     def __str__(self) -> str:  # the sentence, without "[Errno 28]" and the path again
         return self.strerror or super().__str__()
 

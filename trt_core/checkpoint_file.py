@@ -9,11 +9,12 @@ from pathlib import Path
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import UNET_PREFIX, ModelFamily, UnsupportedModelError, detect_family
 from sd_unet_trt.models.unet import UNetModel
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """The file cannot be read as a checkpoint; the message says why in one line."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily, config_from_state_dict, family_of_config
 from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
@@ -38,7 +39,7 @@ PROTOBUF_LIMIT = 2 * 1024**3
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     pass
 
 

@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.trt_core.weights import FORMAT, RECORD_NAME
 
 ONNX_NAME = "unet.onnx"
@@ -22,7 +23,7 @@ EXPORT_FILES = (DATA_NAME, ONNX_NAME, RECORD_NAME)  # moved in this order: the r
 RECORD_LIMIT = 256 * 1024**2  # a weights record is a few MB even for SDXL; more is not one of ours
 
 
-class FolderRefused(RuntimeError):
+class FolderRefused(UserError, RuntimeError):
     """The folder holds what this extension did not write; nothing was changed."""
 
 

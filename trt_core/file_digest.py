@@ -12,12 +12,14 @@ import os
 import threading
 from pathlib import Path
 
+from sd_unet_trt.errors import UserError
+
 CHUNK = 1 << 22
 _verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
 _lock = threading.Lock()
 
 
-class UntrustedFile(ValueError):
+class UntrustedFile(UserError, ValueError):
     """The file is not the one this project built (changed, damaged, or from elsewhere)."""
 
 

@@ -22,15 +22,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
-from sd_unet_trt.models.families import UnsupportedModelError
-from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
-from sd_unet_trt.trt_core.backends.base import BackendUnavailable
-from sd_unet_trt.trt_core.export import ExportError
-from sd_unet_trt.trt_core.manifest import ManifestError
-from sd_unet_trt.trt_core.pipeline import BuildBusy
-from sd_unet_trt.trt_core.profiles import ProfileError
+from sd_unet_trt.errors import UserError
+from sd_unet_trt.trt_core.atomic import disk_full
 from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken, ProgressFn
-from sd_unet_trt.trt_core.verify import VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +33,6 @@ Work = Callable[[ProgressFn, CancelToken], Any]
 
 RUNNING, DONE, FAILED, CANCELLED = "running", "done", "failed", "cancelled"
 HISTORY = 20  # finished jobs kept for status queries
-
-# Exceptions whose own message is written for users; anything else is reported by type only.
-USER_FACING = (BuildBusy, BackendUnavailable, ProfileError, UnsupportedModelError, VerificationError,
-               ExportError, ManifestError, DiskFullError)
 
 
 @dataclass(frozen=True)
@@ -90,7 +80,7 @@ def user_message(exc: BaseException) -> str:
     """One line a user can act on; details stay in the log."""
     if isinstance(exc, BuildCancelled):
         return "cancelled; nothing was written"
-    if isinstance(exc, USER_FACING) or getattr(exc, "user_facing", False):
+    if isinstance(exc, UserError):  # its message is written for users; others by type only
         text = str(exc)
     elif isinstance(exc, MemoryError):
         text = "out of memory; try a smaller profile or close other programs"

@@ -16,6 +16,7 @@ from typing import Any, Iterable
 
 from filelock import FileLock, Timeout
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_bytes, atomic_write_text, remove_stale_temps
 from sd_unet_trt.trt_core.engine_files import (is_runtime_cache, is_sidecar_of, is_weights_record,
                                                why_not_the_engine_built)
@@ -43,7 +44,7 @@ def _keep_previous(path: Path) -> Path | None:
     return previous
 
 
-class ManifestError(RuntimeError):
+class ManifestError(UserError, RuntimeError):
     """The manifest cannot be used as it is; the message says how to recover. Nothing was changed."""
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock, Timeout
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.vae import decode, seeded_decoder
 from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, staged_output
@@ -39,7 +40,7 @@ from sd_unet_trt.trt_core.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
-class BuildBusy(RuntimeError):
+class BuildBusy(UserError, RuntimeError):
     """Another build holds the engine folder; one build runs at a time."""
 
 

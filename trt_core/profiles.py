@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 
 TOKENS_PER_CHUNK = 75
@@ -51,7 +52,7 @@ def shown(value: Any, limit: int = 100) -> str:
     return f"a {type(value).__name__}"
 
 
-class ProfileError(ValueError):
+class ProfileError(UserError, ValueError):
     """A profile that cannot be built; `problems` maps a field to its message."""
 
     def __init__(self, problems: dict[str, str]):

@@ -15,6 +15,7 @@ import importlib.util
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 
@@ -26,7 +27,7 @@ MIN_CAPABILITY = {"int8": (7, 5), "fp8": (8, 9)}
 QUANTIZED_OPSET = {"int8": 17, "fp8": 19}
 
 
-class QuantizationUnavailable(RuntimeError):
+class QuantizationUnavailable(UserError, RuntimeError):
     """nvidia-modelopt is not installed where the export runs."""
 
 

@@ -7,6 +7,7 @@ from typing import Callable
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.export import sample_inputs, unpack_inputs
 from sd_unet_trt.trt_core.profiles import Profile
@@ -19,7 +20,7 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2,
 Runner = Callable[..., torch.Tensor]
 
 
-class VerificationError(RuntimeError):
+class VerificationError(UserError, RuntimeError):
     pass
 
 

@@ -4,16 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.workspace import Workspace
 
 T = TypeVar("T")
 
 
-class NoModelLoaded(RuntimeError):
+class NoModelLoaded(UserError, RuntimeError):
     """No checkpoint is loaded in the host; the message tells the user what to do."""
-
-    user_facing = True
 
 
 @dataclass

@@ -13,13 +13,14 @@ from typing import Any, Mapping, Optional
 
 import torch
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import QUANTIZED
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(UserError, RuntimeError):
     """The backend's library or hardware is missing; the message says what to install."""
 
 

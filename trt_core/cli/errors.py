@@ -3,27 +3,18 @@ from __future__ import annotations
 
 import errno
 
-from sd_unet_trt.models.families import UnsupportedModelError
-from sd_unet_trt.trt_core.atomic import DiskFullError, disk_full
-from sd_unet_trt.trt_core.backends.base import BackendUnavailable
-from sd_unet_trt.trt_core.checkpoint_file import CheckpointError
-from sd_unet_trt.trt_core.export import ExportError
-from sd_unet_trt.trt_core.export_folder import FolderRefused
+from sd_unet_trt.errors import UserError
+from sd_unet_trt.trt_core.atomic import disk_full
 from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
-from sd_unet_trt.trt_core.manifest import ManifestError
-from sd_unet_trt.trt_core.pipeline import BuildBusy
-from sd_unet_trt.trt_core.profiles import ProfileError
 from sd_unet_trt.trt_core.progress import BuildCancelled
-from sd_unet_trt.trt_core.verify import VerificationError
 
 
-class CliError(RuntimeError):
+class CliError(UserError, RuntimeError):
     """A user-facing failure: printed as one line, exit code 2."""
 
 
-# Failures with a message meant for the user, as it is.
-EXPECTED = (CliError, BackendUnavailable, BuildBusy, BuildCancelled, CheckpointError, DiskFullError, ExportError,
-            FolderRefused, ManifestError, ProfileError, UnsupportedModelError, VerificationError, ValueError)
+# Failures printed as they are: every UserError, a cancel, and a bad value met while parsing input.
+EXPECTED = (UserError, BuildCancelled, ValueError)
 
 
 def one_line(text: str) -> str:

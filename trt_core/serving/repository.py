@@ -19,6 +19,7 @@ import site
 import tempfile
 from pathlib import Path
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_text
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
@@ -49,7 +50,7 @@ class TritonPythonModel:
 '''
 
 
-class TritonExportError(RuntimeError):
+class TritonExportError(UserError, RuntimeError):
     pass
 
 
