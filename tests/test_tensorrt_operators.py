@@ -20,7 +20,8 @@ import torch
 from sd_unet_trt.models import unet as arch
 from sd_unet_trt.models.families import FAMILIES, TINY
 from sd_unet_trt.models.unet import UNetModel
-from sd_unet_trt.trt_core.export import OPSET, dynamic_axes, export_onnx, sample_inputs
+from sd_unet_trt.trt_core.export import dynamic_axes, export_onnx, sample_inputs
+from sd_unet_trt.trt_core.precision import OPSET
 
 TABLE = Path(__file__).parent / "data" / "onnx_tensorrt_operators_trt10.tsv"
 REDUCED = {

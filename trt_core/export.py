@@ -29,14 +29,13 @@ from sd_unet_trt.models.unet import UNetModel
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.finite import non_finite_problem
 from sd_unet_trt.trt_core.export_folder import DATA_NAME, ONNX_NAME, put_in_place, writable
+from sd_unet_trt.trt_core.precision import EXPORT_WEIGHTS, PRECISIONS
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.quantize import QUANTIZED, QUANTIZED_OPSET, calibration_inputs, quantized_unet
+from sd_unet_trt.trt_core.quantize import calibration_inputs, quantized_unet
 from sd_unet_trt.trt_core.weights import RECORD_NAME, WeightsRecord
 
-OPSET = 17
 WEIGHTS_METADATA = "sd_unet_trt.weights"  # metadata_props key: the named weights' shapes and fingerprints
 PROTOBUF_LIMIT = 2 * 1024**3
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class ExportError(UserError, RuntimeError):
@@ -171,8 +170,8 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
     record. The folder appears whole or not at all: it is assembled in a temp folder and moved into
     place (trt_core.export_folder), only into a new or empty folder or over an earlier export of
     ours; any other folder is refused (FolderRefused) before anything is exported."""
-    if weights not in ("fp32", "fp16", *QUANTIZED):
-        raise ExportError(f"ONNX weights must be fp32, fp16, int8 or fp8, not {weights!r}")
+    if weights not in EXPORT_WEIGHTS:
+        raise ExportError(f"ONNX weights must be {', '.join(EXPORT_WEIGHTS[:-1])} or {EXPORT_WEIGHTS[-1]}, not {weights!r}")
     out_dir = writable(out_dir)
     started = time.monotonic()
     cancel = cancel or CancelToken()
@@ -180,8 +179,8 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
     device = torch.device(device) if device is not None else (first.device if first is not None else torch.device("cpu"))
     if device.type == "meta":
         raise ExportError("the UNet's weights are not loaded (meta device); load the checkpoint first")
-    quantized = weights in QUANTIZED
-    dtype = torch.float32 if quantized else DTYPES[weights]
+    quantized = PRECISIONS[weights].quantized
+    dtype = PRECISIONS[weights].trace_dtype
     progress("export: preparing the UNet", 0.02)
     unet = shadow_unet(source, family, dtype)
     state = unet.state_dict()
@@ -210,7 +209,7 @@ def export_onnx(source: torch.nn.Module, family: ModelFamily, out_dir: Path, *, 
                 *plain, control = unpack_inputs(family, args)
                 args = (*(t for t in plain if t is not None), {"control": list(control)})
             torch.onnx.export(unet_on_device, args, str(raw_dir / ONNX_NAME), dynamo=False,
-                              opset_version=QUANTIZED_OPSET[weights] if quantized else OPSET,
+                              opset_version=PRECISIONS[weights].onnx_opset,
                               input_names=list(family.input_names), output_names=["out"],
                               dynamic_axes=dynamic_axes(family), do_constant_folding=False)
         del unet_on_device, unet

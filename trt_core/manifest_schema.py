@@ -6,6 +6,8 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from sd_unet_trt.trt_core.precision import NAMES
+
 MAX_DEPTH = 16  # entries are 3-4 levels deep; a hostile file may nest thousands
 _RANGE = {"type": "object", "required": ["min", "opt", "max"], "additionalProperties": False,
           "properties": {k: {"type": "integer", "minimum": 0, "maximum": 1 << 20} for k in ("min", "opt", "max")}}
@@ -24,7 +26,7 @@ ENTRY = {
         "family": _TEXT, "backend": _TEXT, "backend_version": _TEXT, "gpu_arch": _TEXT,
         "profile": {"type": "object", "required": ["batch", "height", "width", "tokens"], "additionalProperties": False,
                     "properties": {k: _RANGE for k in ("batch", "height", "width", "tokens")}},
-        "precision": {"enum": ["fp16", "bf16", "fp32", "int8", "fp8"]},
+        "precision": {"enum": list(NAMES)},
         "file": {"type": "string", "pattern": FILE_NAME, "not": {"pattern": r"(^manifest\.json$|\.json$)"}},
         "file_size": {"type": "integer", "minimum": 0},
         "file_sha256": {"type": "string", "pattern": "^([0-9a-f]{64})?$"},

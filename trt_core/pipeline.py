@@ -31,7 +31,7 @@ from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import EngineEntry, engine_id
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.quantize import QUANTIZED
+from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.quality import loop_quality, require_loop
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require
@@ -53,7 +53,7 @@ def onnx_weights(precision: str, quantizes_onnx: bool = False) -> str:
     that builds from them (TensorRT); the torch backend quantizes the PyTorch UNet itself."""
     if precision in QUANTIZED and quantizes_onnx:
         return precision
-    return "fp32" if precision == "fp32" else "fp16"
+    return PRECISIONS[precision].onnx_weights
 
 
 def ensure_onnx(source: UNetSource, workspace: Workspace, weights: str, device: torch.device | str | None,

@@ -13,13 +13,13 @@ from typing import Callable
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.precision import PRECISIONS
 
 UNetFn = Callable[..., torch.Tensor]  # (x, timesteps, context[, y]) -> eps or v, as the family predicts
 
 # The worst final-latent relative error over the loop an engine of each precision may have against
-# the PyTorch UNet it is built from; docs/BENCHMARKS.md ("The quality gate") gives the measurements
-# these come from.
-LOOP_TOLERANCE = {"int8": 0.20, "fp8": 0.40}
+# the PyTorch UNet it is built from.
+LOOP_TOLERANCE = {name: p.loop_tolerance for name, p in PRECISIONS.items() if p.loop_tolerance is not None}
 PSNR_CAP_DB = 99.0
 
 

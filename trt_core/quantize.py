@@ -18,13 +18,7 @@ import torch
 from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
-
-QUANTIZED = ("int8", "fp8")
-# The oldest GPU whose tensor cores run each format (TensorRT refuses FP8 below Ada: "the model
-# contains HW-specific datatypes: fp8_e4m3").
-MIN_CAPABILITY = {"int8": (7, 5), "fp8": (8, 9)}
-# FP8 Q/DQ needs opset 19 (float8 types); INT8 Q/DQ exports at the project's usual opset.
-QUANTIZED_OPSET = {"int8": 17, "fp8": 19}
+from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 
 
 class QuantizationUnavailable(UserError, RuntimeError):
@@ -56,7 +50,8 @@ def exporter_problem() -> str | None:
 def capability_problem(precision: str, capability: tuple[int, int] | None) -> str | None:
     """Why this GPU cannot run engines of this precision, or None. No GPU: nothing to say here (the
     build targets the GPUs the library is told of)."""
-    needed = MIN_CAPABILITY.get(precision)
+    known = PRECISIONS.get(precision)
+    needed = known.min_capability if known else None
     if needed is None or capability is None or capability >= needed:
         return None
     return (f"{precision} engines need a GPU of compute capability {needed[0]}.{needed[1]} or newer "
@@ -86,7 +81,7 @@ def quantized_unet(unet: torch.nn.Module, precision: str, calibration: list[tupl
     if precision not in QUANTIZED:
         raise ValueError(f"unknown quantized precision {precision!r} (known: {', '.join(QUANTIZED)})")
     mtq = _modelopt()
-    config = {"int8": mtq.INT8_DEFAULT_CFG, "fp8": mtq.FP8_DEFAULT_CFG}[precision]
+    config = getattr(mtq, PRECISIONS[precision].modelopt_config)
     parameter = next(unet.parameters())
     model = (unet if in_place else copy.deepcopy(unet)).eval()
 

@@ -10,12 +10,11 @@ import torch
 from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.export import sample_inputs, unpack_inputs
+from sd_unet_trt.trt_core.precision import PRECISIONS
 from sd_unet_trt.trt_core.profiles import Profile
 
 # Norm-wise relative error ||out - ref|| / ||ref|| allowed per precision (METHOD.md's bands).
-TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2, "bf16": 3e-2,
-             # one call of a quantized engine: a sanity bound; its gate is the denoising loop (quality.py)
-             "int8": 0.15, "fp8": 0.3}
+TOLERANCE = {name: p.tolerance for name, p in PRECISIONS.items()}
 
 Runner = Callable[..., torch.Tensor]
 

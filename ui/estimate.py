@@ -15,10 +15,10 @@ from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry
 from sd_unet_trt.trt_core.pipeline import onnx_weights
 from sd_unet_trt.trt_core.profiles import Profile
-from sd_unet_trt.trt_core.quantize import QUANTIZED
+from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.workspace import Workspace
 
-BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1, "fp8": 1}  # quantized: activations stay fp16
+BYTES = {name: p.bytes_per_weight for name, p in PRECISIONS.items()}  # quantized: activations stay fp16
 # Peak activation bytes per latent pixel per row, in units of model_channels x element size:
 # the widest level keeps about this many feature maps alive at once (skip connections included).
 ACTIVATION_MAPS = 40

@@ -7,18 +7,20 @@ from typing import Any, Sequence
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends import all_backends
 from sd_unet_trt.trt_core.backends.base import Backend
+from sd_unet_trt.trt_core.precision import NAMES, QUANTIZED
+from sd_unet_trt.trt_core.precision import PRECISIONS as PRECISION_TABLE
 from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for, shown, whole_number
 
 # (field, label, unit) in the order the editor shows them; each has min / opt / max.
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
               ("width", "Width", "px"), ("tokens", "Prompt tokens", "tokens"))
-PRECISIONS = ("fp16", "bf16", "fp32", "int8", "fp8")  # int8/fp8: torch and TensorRT backends
+PRECISIONS = NAMES  # the form offers every precision; int8/fp8: torch and TensorRT backends
 # What a user should know before choosing a quantized precision (docs/BENCHMARKS.md has the figures).
 PRECISION_NOTES = {
-    precision: (f"{precision.upper()}: held to a whole 20-step denoising loop against the PyTorch UNet before it is "
+    precision: (f"{PRECISION_TABLE[precision].label}: held to a whole 20-step denoising loop against the PyTorch UNet before it is "
                 "registered; smaller weights, but on an H200 the torch backend's quantized engines measured slower "
                 "than fp16 (SDXL: int8 38.4, fp8 33.8, fp16 31.3 ms/step)")
-    for precision in ("int8", "fp8")}
+    for precision in QUANTIZED}
 
 
 def presets(family: ModelFamily) -> list[Preset]:

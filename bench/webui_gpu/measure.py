@@ -258,7 +258,7 @@ def compare(reference: list[np.ndarray], images: list[np.ndarray]) -> dict:
     diff = np.abs(a - b)
     mse = float((diff ** 2).mean())
     return {"max": int(diff.max()), "mean": round(float(diff.mean()), 3),
-            "psnr_db": round(10 * np.log10(255.0 ** 2 / mse), 2) if mse else float("inf")}
+            "psnr_db": round(float(10 * np.log10(255.0 ** 2 / mse)), 2) if mse else None}  # None: identical
 
 
 def grid(reference: np.ndarray, image: np.ndarray, path: Path) -> None:

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the payload that bench/webui_gpu/run.sh needs on the GPU machine, which can fetch nothing:
 #   bench/webui_gpu/prepare.sh [PAYLOAD_DIR]          (default: .gpu_payload/ in the repo root)
-# Writes PAYLOAD_DIR/webui.tar.xz (the WebUI v1.10.1 and its repositories, openai/CLIP,
+# Writes PAYLOAD_DIR/main/webui.tar.xz (the WebUI v1.10.1 and its repositories, openai/CLIP,
 # sd-webui-controlnet, a Hugging Face cache for the CLIP tokenizer and text config) and
-# PAYLOAD_DIR/site-*.tar.xz (wheels.txt installed for CPython 3.12 x86-64, split in two so that each
+# PAYLOAD_DIR/main/site-py.tar.xz and cv/site-cv.tar.xz (wheels.txt installed for CPython 3.12 x86-64, split in two so that each
 # call can carry what it needs; see README.md). Code and configs only: no images, no weights.
 # Runs here, with the mirrors of the `fetch` tool (MIRROR, default /work/.mirror) and a Python 3.12
 # (PY312), and a Python with open_clip for the tokenizer files (HF_PY). About 10 minutes on 2 cores (xz). Nothing fetched goes into git: the folder is ignored.
@@ -76,17 +76,20 @@ rm -rf "$BUILD/site/gradio/templates/cdn"
 find "$BUILD/site/gradio/templates" -name '*.map' -delete
 rm -rf "$BUILD/site/bin"
 
-# 4. Packing. site-cv.tar.xz: OpenCV alone (its libraries are half the size); site-py.tar.xz: the rest.
+# 4. Packing, in two folders that travel in different calls (64 MiB a call): main/ (webui.tar.xz,
+# site-py.tar.xz: all but OpenCV) and cv/ (site-cv.tar.xz: OpenCV alone, its libraries are large).
+mkdir -p "$PAYLOAD/main" "$PAYLOAD/cv"
 cd "$BUILD/site"
 ls -d cv2 opencv_python_headless* > "$BUILD/cv.list"
 ls -A | grep -v -x -F -f "$BUILD/cv.list" > "$BUILD/py.list"
 # OpenCV takes most of the time (about 8 minutes on 2 busy cores): kept when wheels.txt did not change
 CV_PIN=$(grep -i '^opencv' "$BUILD/wheels.txt")
-if [ ! -s "$PAYLOAD/site-cv.tar.xz" ] || [ "$(cat "$PAYLOAD/site-cv.pin" 2>/dev/null)" != "$CV_PIN" ]; then
-  tar -cf - -T "$BUILD/cv.list" | $XZ > "$PAYLOAD/site-cv.tar.xz.part" && mv "$PAYLOAD/site-cv.tar.xz.part" "$PAYLOAD/site-cv.tar.xz"
+if [ ! -s "$PAYLOAD/cv/site-cv.tar.xz" ] || [ "$(cat "$PAYLOAD/site-cv.pin" 2>/dev/null)" != "$CV_PIN" ]; then
+  tar -cf - -T "$BUILD/cv.list" | $XZ > "$PAYLOAD/site-cv.part" && mv "$PAYLOAD/site-cv.part" "$PAYLOAD/cv/site-cv.tar.xz"
   echo "$CV_PIN" > "$PAYLOAD/site-cv.pin"
 fi
-tar -cf - -T "$BUILD/py.list" | $XZ > "$PAYLOAD/site-py.tar.xz"
-tar -cf - -C "$S" . | $XZ > "$PAYLOAD/webui.tar.xz"
+tar -cf - -T "$BUILD/py.list" | $XZ > "$PAYLOAD/main/site-py.tar.xz"
+tar -cf - -C "$S" . | $XZ > "$PAYLOAD/main/webui.tar.xz"
 rm -rf "$BUILD"
-du -b "$PAYLOAD"/*.tar.xz | awk '{printf "%-50s %6.1f MiB\n", $2, $1 / 2^20}'
+du -b "$PAYLOAD"/*/*.tar.xz | awk '{printf "%-50s %6.1f MiB\n", $2, $1 / 2^20}'
+du -sb "$PAYLOAD"/main "$PAYLOAD"/cv | awk '{printf "carry %-44s %6.1f MiB\n", $2, $1 / 2^20}'

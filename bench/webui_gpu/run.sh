@@ -8,6 +8,7 @@
 # reused), makes the checkpoints, starts the WebUI (127.0.0.1, --api; on cuda its defaults: fp16,
 # automatic attention optimization), waits for "Startup time", runs measure.py, stops it; --medvram
 # in a second start. Results under $OUT (default WORK/out): results.json, table.txt, bundle.tar.gz.
+# WEBUI_ARGS (environment): more arguments for the WebUI, e.g. "--disable-nan-check".
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
@@ -100,7 +101,7 @@ start_webui() {  # start_webui LOGNAME EXTRA_ARGS...: the WebUI in the backgroun
   [ "$DEVICE" = cpu ] && device_args=(--use-cpu all --no-half --no-half-vae --precision full --skip-torch-cuda-test)
   (cd "$WEBUI" && exec "$PY" launch.py --skip-prepare-environment --skip-install --skip-version-check \
     --api --server-name 127.0.0.1 --port "$PORT" --data-dir "$DATA" --no-download-sd-model --do-not-download-clip \
-    "${device_args[@]}" "$@") > "$log" 2>&1 &
+    "${device_args[@]}" ${WEBUI_ARGS:-} "$@") > "$log" 2>&1 &
   WEBUI_PID=$!
   local started; started=$(date +%s)
   until grep -q "Startup time" "$log"; do

@@ -25,8 +25,8 @@ from sd_unet_trt.trt_core.backends.base import BackendUnavailable
 from sd_unet_trt.trt_core.catalog import catalog, engine_label
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import build_engine
+from sd_unet_trt.trt_core.precision import NAMES as PRECISION_NAMES
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for, shown
-from sd_unet_trt.ui.form import PRECISIONS
 from sd_unet_trt.ui.source import NoModelLoaded
 
 log = logging.getLogger("sd_unet_trt")
@@ -129,8 +129,8 @@ def start_build(body: dict[str, Any]) -> dict[str, Any]:
     backend = get_backend(backend_name)
     backend.require()
     precision = _text(body, "precision", "fp16")
-    if precision not in PRECISIONS:
-        raise ProfileError({"precision": f"must be {', '.join(PRECISIONS)}, got {shown(precision)}"})
+    if precision not in PRECISION_NAMES:
+        raise ProfileError({"precision": f"must be {', '.join(PRECISION_NAMES)}, got {shown(precision)}"})
     problem = backend.precision_problem(precision)
     if problem:
         raise ProfileError({"precision": problem})

@@ -17,7 +17,7 @@ from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.quantize import QUANTIZED
+from sd_unet_trt.trt_core.precision import NAMES, QUANTIZED
 
 
 class BackendUnavailable(UserError, RuntimeError):
@@ -140,6 +140,8 @@ class Backend(ABC):
 
     def precision_problem(self, precision: str) -> str | None:
         """Why this backend cannot build in `precision`, or None when it can."""
+        if precision not in NAMES:
+            return f"unknown precision {precision!r} (known: {', '.join(NAMES)})"
         if precision in QUANTIZED:
             return f"{precision} engines are built by the torch and TensorRT backends"
         return None

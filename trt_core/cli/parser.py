@@ -8,6 +8,7 @@ import torch
 
 from sd_unet_trt.trt_core.backends import REGISTRY
 from sd_unet_trt.trt_core.cli import commands, demo
+from sd_unet_trt.trt_core.precision import NAMES
 from sd_unet_trt.trt_core.profiles import BATCH_LIMITS
 from sd_unet_trt.trt_core.workspace_path import workspace_folder
 
@@ -83,7 +84,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--backend", choices=list(REGISTRY),
                    help="default: the best one that builds and runs here (tensorrt, then torch on a GPU, "
                         "then onnxruntime)")
-    b.add_argument("--precision", default="fp16", choices=["fp16", "bf16", "fp32", "int8", "fp8"],
+    b.add_argument("--precision", default="fp16", choices=list(NAMES),
                    help="fp16 for GPUs; the CPU runs fp32 best; TensorRT takes fp16 or fp32; int8 and fp8 "
                         "(torch and TensorRT backends; fp8 on Ada, Hopper and newer) are checked over a "
                         "whole denoising loop before they are registered")

@@ -26,10 +26,11 @@ from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFil
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem, exporter_problem
+from sd_unet_trt.trt_core.precision import EXPORT_WEIGHTS, QUANTIZED
+from sd_unet_trt.trt_core.quantize import capability_problem, exporter_problem
 
 HEADER_PEEK = 64 * 1024
-PRECISIONS = ("fp16", "fp32", *QUANTIZED)  # strongly typed: the export's own (a bf16 export is not made)
+PRECISIONS = EXPORT_WEIGHTS  # strongly typed: the export's own (a bf16 export is not made)
 
 
 def portable_targets(library: libraries.Library, precision: str = "fp16") -> tuple[tuple[int, int], ...]:

@@ -17,15 +17,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator
 
+import torch
+
 from sd_unet_trt.trt_core.backends.base import BuildRequest
 from sd_unet_trt.trt_core.backends.tensorrt.library import Library
 from sd_unet_trt.trt_core.backends.tensorrt.progress import make_progress_monitor
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
+from sd_unet_trt.trt_core.precision import EXPORT_WEIGHTS, PRECISIONS
 from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken, ProgressFn
 
 DEFAULT_OPTIMIZATION_LEVEL = 3  # TensorRT's default; 4-5 search longer for a few percent
 # the export's input type for each engine precision (quantized exports compute in fp32 between Q/DQ pairs)
-ONNX_TYPES = {"fp16": "HALF", "fp32": "FLOAT", "int8": "FLOAT", "fp8": "FLOAT"}
+ONNX_TYPES = {name: {torch.float16: "HALF", torch.float32: "FLOAT"}[PRECISIONS[name].trace_dtype]
+              for name in EXPORT_WEIGHTS}
 
 
 class EngineBuildError(RuntimeError):

@@ -40,16 +40,17 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (
     weights_for_compile,
     write_weights,
 )
-from sd_unet_trt.trt_core.backends.torch_compiled.quantized import compute_dtype, quantized_weights
+from sd_unet_trt.trt_core.backends.torch_compiled.quantized import FORMATS, compute_dtype, quantized_weights
 from sd_unet_trt.trt_core.backends.torch_compiled.recipe import (RECIPE_OPTIONS, int8_problem, quantized_module,
                                                                  recipe_of)
 from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.profiles import Profile
+from sd_unet_trt.trt_core.precision import FLOAT, PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.quantize import QUANTIZED, capability_problem
+from sd_unet_trt.trt_core.quantize import capability_problem
 from sd_unet_trt.trt_core.verify import implementation_error, require_implementation
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {name: PRECISIONS[name].dtype for name in FLOAT}  # a float engine computes in its precision
 BUILD_OPTIONS = ("inductor", "channels_last", "attention", "fuse_projections", "int8_on_any_gpu", *RECIPE_OPTIONS)
 # Inductor settings over its defaults; BuildRequest.options["inductor"] adds to them. The engine
 # replays its own CUDA graphs, so Inductor's are off.
@@ -153,8 +154,8 @@ class TorchCompiledBackend(Backend):
         return require_implementation(error, engine.dtype, what, mismatched)
 
     def precision_problem(self, precision: str) -> str | None:
-        if precision not in (*DTYPES, *QUANTIZED):
-            return f"unknown precision {precision!r} (known: {', '.join((*DTYPES, *QUANTIZED))})"
+        if precision not in (*DTYPES, *FORMATS):  # quantized: the formats its kernels take
+            return f"unknown precision {precision!r} (known: {', '.join((*DTYPES, *FORMATS))})"
         if precision in QUANTIZED and torch.cuda.is_available():
             capability = torch.cuda.get_device_capability()
             return capability_problem(precision, capability) or (int8_problem(capability) if precision == "int8" else None)
