@@ -15,9 +15,10 @@ from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
 from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
-from sd_unet_trt.trt_core.pipeline import BuildBusy, Workspace, build_engine
+from sd_unet_trt.trt_core.pipeline import BuildBusy, build_engine
 from sd_unet_trt.trt_core.profiles import Profile, Range
 from sd_unet_trt.trt_core.verify import VerificationError
+from sd_unet_trt.trt_core.workspace import Workspace
 
 TINY = family_named("tiny")
 PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 96), Range(64, 64, 96), Range(75, 75, 150))
