@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 from sd_unet_trt.errors import UserError
+from sd_unet_trt.trt_core.progress import ProgressFn, no_progress
 
 CHUNK = 1 << 22
 _verified: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
@@ -23,11 +24,17 @@ class UntrustedFile(UserError, ValueError):
     """The file is not the one this project built (changed, damaged, or from elsewhere)."""
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: Path | str, progress: ProgressFn = no_progress) -> str:
+    """The file's sha256 (the project's one way to hash a file: checkpoints and engines alike);
+    progress gets the fraction read, for a checkpoint of several GB."""
+    path = Path(path)
+    total, done = max(path.stat().st_size, 1), 0
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
+            done += len(chunk)
+            progress(f"hashing {path.name}", done / total)
     return digest.hexdigest()
 
 

@@ -7,22 +7,9 @@ from typing import Mapping
 
 import torch
 
+from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.progress import ProgressFn, no_progress
-
-CHUNK = 8 * 1024 * 1024
-
-
-def sha256_file(path: Path | str, progress: ProgressFn = no_progress) -> str:
-    path = Path(path)
-    total, done = max(path.stat().st_size, 1), 0
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            done += len(chunk)
-            progress(f"hashing {path.name}", done / total)
-    return digest.hexdigest()
 
 
 def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
@@ -36,7 +23,7 @@ def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def checkpoint_of_file(path: Path | str, progress: ProgressFn = no_progress) -> CheckpointId:
-    return CheckpointId.of(sha256_file(path, progress), Path(path).stem)
+    return CheckpointId.of(file_sha256(path, progress), Path(path).stem)
 
 
 def checkpoint_of_module(module: torch.nn.Module, name: str) -> CheckpointId:

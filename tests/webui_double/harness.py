@@ -67,12 +67,10 @@ def checkpoint_file(models_path: Path, name: str, unet: torch.nn.Module) -> sd_m
     WebUI lists one; builds read their UNet from it."""
     from safetensors.torch import save_file
 
-    from sd_unet_trt.trt_core.identity import sha256_file
-
     path = models_path / "Stable-diffusion" / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({f"model.diffusion_model.{k}": v.contiguous() for k, v in unet.state_dict().items()}, str(path))
-    hashes.file_sha256[str(path)] = sha256_file(path)
+    hashes.file_sha256[str(path)] = file_sha256(path)
     info = sd_models.CheckpointInfo(str(path))
     info.register()
     return info
