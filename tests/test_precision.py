@@ -36,12 +36,12 @@ precision.__file__ = str(root / "trt_core" / "precision.py")
 sys.modules[precision.__name__] = precision
 exec(compile(source, precision.__file__, "exec"), precision.__dict__)
 
-from sd_unet_trt.trt_core import manifest_schema, pipeline, quality, quantize, verify
+from sd_unet_trt.trt_core import estimate, manifest_schema, pipeline, quality, quantize, verify
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.backends.tensorrt import backend as trt_backend, builder as trt_builder
 from sd_unet_trt.trt_core.backends.torch_compiled.backend import TorchCompiledBackend
 from sd_unet_trt.trt_core.cli.parser import parser
-from sd_unet_trt.ui import estimate, form
+from sd_unet_trt.ui import form
 
 commands = next(a for a in parser()._actions if a.dest == "command").choices
 build = next(a for a in commands["build"]._actions if a.dest == "precision")

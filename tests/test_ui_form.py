@@ -9,11 +9,11 @@ from sd_unet_trt.models.families import FAMILIES, TINY
 from sd_unet_trt.trt_core.backends.base import Availability
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import CatalogItem
+from sd_unet_trt.trt_core.estimate import estimate
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, EngineStatus
 from sd_unet_trt.trt_core.profiles import Profile, Range, presets_for
 from sd_unet_trt.trt_core.workspace import Workspace
 from sd_unet_trt.ui.engines import engine_rows, which_engine
-from sd_unet_trt.ui.estimate import estimate
 from sd_unet_trt.ui.form import backend_choices, check_fields, preset_named, presets, profile_fields
 
 GOOD = [1, 1, 4, 512, 512, 768, 512, 512, 768, 75, 75, 150]

@@ -5,10 +5,10 @@ from typing import Sequence
 
 from sd_unet_trt.models.families import UnsupportedModelError, family_named
 from sd_unet_trt.trt_core.catalog import CatalogItem
+from sd_unet_trt.trt_core.estimate import human_bytes
 from sd_unet_trt.trt_core.profiles import (BATCH_LIMITS, CONTEXT_PER_CHUNK, LATENT_SCALE, PX_LIMITS, TOKEN_LIMITS,
                                            TOKENS_PER_CHUNK, CallShape, Range, shown)
 from sd_unet_trt.trt_core.router import EngineRecord, Router
-from sd_unet_trt.ui.estimate import human_bytes
 
 COLUMNS = ["Engine", "Checkpoint", "Width (px)", "Height (px)", "Batch", "Prompt tokens", "Backend",
            "Precision", "GPU", "Size", "Status"]

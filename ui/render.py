@@ -7,9 +7,9 @@ from __future__ import annotations
 from html import escape
 
 from sd_unet_trt.models.families import CONTROLNET_SUFFIX
+from sd_unet_trt.trt_core.estimate import Estimate, human_bytes, human_seconds
 from sd_unet_trt.trt_core.jobs import CANCELLED, DONE, FAILED, JobStatus
 from sd_unet_trt.trt_core.workspace import Workspace
-from sd_unet_trt.ui.estimate import Estimate, human_bytes, human_seconds
 
 COLORS = {"running": "#2563eb", DONE: "#16a34a", FAILED: "#dc2626", CANCELLED: "#6b7280"}
 

@@ -20,7 +20,7 @@ from sd_unet_trt.trt_core.catalog import CatalogItem, catalog
 from sd_unet_trt.trt_core.jobs import user_message
 from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
-from sd_unet_trt.ui.estimate import estimate, human_bytes
+from sd_unet_trt.trt_core.estimate import estimate, human_bytes
 from sd_unet_trt.trt_core.profiles import shown
 from sd_unet_trt.ui.form import (DIMENSIONS, PRECISION_NOTES, PRECISIONS, FormCheck, backend_choices, check_fields, choice_problem,
                                  default_precision, preset_named, presets, profile_fields)

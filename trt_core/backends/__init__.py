@@ -63,10 +63,6 @@ def available_backends() -> list[Backend]:
     return [b for b in all_backends() if b.availability().available]
 
 
-# Inductor's C++ compile of even the tiny UNet takes minutes on a small CPU: not chosen there unless named.
-SLOW_ON_CPU = {"torch"}
-
-
 def best_backend(device: str) -> Backend:
     """The first backend (in the registry's order of preference) that builds and runs here; else the
     first that builds at all (TensorRT for RTX builds without a GPU). The CLI's `build` and the tab's
@@ -81,7 +77,7 @@ def best_backend(device: str) -> Backend:
         status = backend.availability()
         if not status.available:
             reasons.append(f"{name}: {status.reason}")
-        elif device == "cpu" and name in SLOW_ON_CPU:
+        elif device == "cpu" and backend.slow_on_cpu:
             reasons.append(f"{name}: slow to compile on the CPU (--backend {name} picks it)")
         elif backend.can_run(device):
             builds_only.append(backend)

@@ -123,6 +123,12 @@ class Backend(ABC):
     name: str  # "tensorrt", "onnxruntime", "torch"
     file_suffix: str  # of engine files, e.g. ".trt"
     quantizes_onnx = False  # INT8/FP8 engines are built from an ONNX export with Q/DQ nodes
+    # build seconds before this machine has timed any (trt_core/estimate.py): (fixed cost, seconds
+    # per billion parameters), export and verification included
+    build_rate: tuple[float, float]
+    # compiling takes minutes even for the tiny UNet on a small CPU: best_backend (the CLI's `build`,
+    # the tab's default) and the demo take it there only when it is named
+    slow_on_cpu = False
     # keyword arguments the constructor takes, with their defaults (backends.get_backend); not changed
     instance_options: Mapping[str, Any] = {}
 

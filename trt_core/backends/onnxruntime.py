@@ -120,6 +120,7 @@ class OnnxRuntimeEngine(Engine):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     file_suffix = ".ort.onnx"
+    build_rate = (10, 120)
 
     def availability(self) -> Availability:
         try:

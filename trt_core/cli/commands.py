@@ -8,11 +8,12 @@ from tqdm import tqdm
 
 from sd_unet_trt.models.families import TINY, family_named
 from sd_unet_trt.models.unet import seeded_unet
-from sd_unet_trt.trt_core.backends import SLOW_ON_CPU, best_backend, get_backend
+from sd_unet_trt.trt_core.backends import best_backend, get_backend
 from sd_unet_trt.trt_core.backends.base import Backend
 from sd_unet_trt.trt_core.catalog import built_file, catalog
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp, family_of_file, unet_from_file
 from sd_unet_trt.trt_core.cli.errors import CliError, one_line
+from sd_unet_trt.trt_core.estimate import estimate, human_bytes, human_seconds
 from sd_unet_trt.trt_core.export import export_onnx
 from sd_unet_trt.trt_core.export_folder import writable
 from sd_unet_trt.trt_core.export_process import progress_line
@@ -77,8 +78,6 @@ def profile_from_args(args, family) -> Profile:
 
 
 def estimate_line(source, profile: Profile, backend: Backend, precision: str, device: str, workspace: Workspace) -> str:
-    from sd_unet_trt.ui.estimate import estimate, human_bytes, human_seconds
-
     est = estimate(source.parameters(), source.family, profile, precision, backend.name, device, workspace, source.checkpoint)
     line = (f"estimate: {human_bytes(est.disk_bytes)} on disk, about {human_bytes(est.memory_bytes)} of "
             f"{est.memory_kind}, about {human_seconds(est.build_seconds)} ({est.time_basis})")

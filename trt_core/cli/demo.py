@@ -13,7 +13,7 @@ import torch
 
 from sd_unet_trt.trt_core.backends import REGISTRY, all_backends
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
-from sd_unet_trt.trt_core.cli.commands import SLOW_ON_CPU, progress_bar, tiny_model
+from sd_unet_trt.trt_core.cli.commands import progress_bar, tiny_model
 from sd_unet_trt.trt_core.cli.errors import CliError
 from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.pipeline import build_engine
@@ -53,7 +53,7 @@ def demo_backends(names: str | None, device: str) -> tuple[list, list[tuple[str,
         status = backend.availability()
         if not status.available:
             skipped.append((backend.name, status.reason))
-        elif wanted is None and device == "cpu" and backend.name in SLOW_ON_CPU:
+        elif wanted is None and device == "cpu" and backend.slow_on_cpu:
             skipped.append((backend.name, f"left out on the CPU (compiling takes minutes); --backends {backend.name} "
                                           f"includes it"))
         else:

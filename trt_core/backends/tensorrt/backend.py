@@ -46,6 +46,7 @@ class TensorRTBackend(Backend):
     file_suffix = ".trt"
     quantizes_onnx = True
     instance_options = {"cuda_graphs": False}
+    build_rate = (60, 500)  # tactic timing dominates
 
     def __init__(self, cuda_graphs: bool = False, gpu_probe: Callable[[str], GpuInfo] = probe_gpu,
                  library_preference: str | None = None, importer=libraries.import_library):

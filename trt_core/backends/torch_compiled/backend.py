@@ -119,6 +119,8 @@ def _quantized_index(index: list[dict[str, Any]]) -> dict[int, tuple[str, int]]:
 class TorchCompiledBackend(Backend):
     name = "torch"
     file_suffix = ".torch.zip"
+    build_rate = (30, 150)
+    slow_on_cpu = True  # Inductor's C++ compile
 
     def availability(self) -> Availability:
         if not hasattr(torch._inductor, "standalone_compile"):

@@ -3,7 +3,7 @@
 Disk follows from the weights (an engine holds them once, in the build precision; the ONNX is
 written once per checkpoint). Memory adds the activations at the profile's largest shape. Time
 comes from earlier builds of the same family and backend in the manifest when there are any,
-else from a per-backend rate; both are labelled as what they are.
+else from the backend's own rate (Backend.build_rate); both are labelled as what they are.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.backends import backend_class
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry
 from sd_unet_trt.trt_core.pipeline import onnx_weights
 from sd_unet_trt.trt_core.profiles import Profile
@@ -22,8 +22,6 @@ BYTES = {name: p.bytes_per_weight for name, p in PRECISIONS.items()}  # quantize
 # Peak activation bytes per latent pixel per row, in units of model_channels x element size:
 # the widest level keeps about this many feature maps alive at once (skip connections included).
 ACTIVATION_MAPS = 40
-# Build seconds: fixed cost + per billion parameters (export and verification included).
-RATES = {"tensorrt": (60, 500), "torch": (30, 150), "onnxruntime": (10, 120)}
 DYNAMIC_FACTOR = 1.5  # dynamic profiles time tactics over ranges
 
 
@@ -48,7 +46,8 @@ def _is_dynamic(profile: Profile) -> bool:
 def estimate(parameters: int, family: ModelFamily, profile: Profile, precision: str, backend: str,
              device: str, workspace: Workspace, checkpoint: CheckpointId,
              history: list[EngineEntry] | None = None) -> Estimate:
-    weights = onnx_weights(precision, precision in QUANTIZED and get_backend(backend).quantizes_onnx)
+    backend_type = backend_class(backend)
+    weights = onnx_weights(precision, precision in QUANTIZED and backend_type.quantizes_onnx)
     onnx_there = (workspace.onnx_folder(checkpoint, family, weights) / "unet.onnx").is_file()
     engine_bytes = parameters * BYTES[precision]
     latent_px = (profile.height.max // 8) * (profile.width.max // 8)
@@ -62,7 +61,7 @@ def estimate(parameters: int, family: ModelFamily, profile: Profile, precision: 
         seconds = statistics.median(past)
         basis = f"median of {len(past)} earlier {backend} build{'s' * (len(past) > 1)} of {family.label} here"
     else:
-        fixed, per_billion = RATES.get(backend, (60, 500))
+        fixed, per_billion = backend_type.build_rate
         seconds = (fixed + per_billion * parameters / 1e9) * (DYNAMIC_FACTOR if _is_dynamic(profile) else 1.0)
         basis = f"rough guess for {backend}; later estimates use your own build times"
     return Estimate(engine_bytes, 0 if onnx_there else parameters * BYTES[weights if weights in ('fp16', 'fp32') else 'fp32'], memory,
