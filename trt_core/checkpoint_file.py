@@ -4,6 +4,7 @@ a LoRA the WebUI merged into it. Shapes come from the header alone where the for
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,27 @@ def _is_unet(key: str) -> bool:
     return key.startswith(UNET_PREFIX)
 
 
+# how torch's weights-only unpickler names the code a pickle would call (a function or class)
+_CODE_NAMED = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def _refusal(path: Path, error: Exception) -> CheckpointError:
+    """The line for a pickle torch would not load. A refusal of its weights-only unpickler must
+    not pass on torch's advice (re-run with weights_only=False, or allow the global): with this
+    file, that would run whatever code it holds."""
+    text = str(error)
+    if "Weights only load failed" not in text:
+        return CheckpointError(f"{path.name} is not a readable checkpoint ({type(error).__name__}: {text[:200]})")
+    code = _CODE_NAMED.search(text)
+    if code:
+        return CheckpointError(f"{path.name} holds code ({code.group(1)}), not only weights, so it is not loaded: "
+                               f"opening it would run that code. Use a .safetensors copy of the model")
+    # what the unpickler stopped at, e.g. "Unsupported operand 110": a damaged file, or a pickle of more than tensors
+    reason = text.split("WeightsUnpickler error:", 1)[-1].split("Check the documentation", 1)[0]
+    reason = " ".join(reason.split()) if "WeightsUnpickler error:" in text else "pickled objects besides tensors"
+    return CheckpointError(f"{path.name} is not a readable checkpoint ({reason}); it is not loaded")
+
+
 def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     try:
         try:
@@ -41,7 +63,7 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
         except RuntimeError:  # an old (non-zip) pickle cannot be memory-mapped
             state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged or hostile pickles
-        raise CheckpointError(f"{path.name} is not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+        raise _refusal(path, e) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
