@@ -14,8 +14,8 @@ from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends import backend_class
 from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry
 from sd_unet_trt.trt_core.pipeline import onnx_weights
-from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
+from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.workspace import Workspace
 
 BYTES = {name: p.bytes_per_weight for name, p in PRECISIONS.items()}  # quantized: activations stay fp16

@@ -29,9 +29,9 @@ from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
 from sd_unet_trt.trt_core.file_digest import file_sha256
 from sd_unet_trt.trt_core.manifest import EngineEntry, engine_id
+from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.trt_core.quality import loop_quality, require_loop
 from sd_unet_trt.trt_core.verify import Accuracy, compare, require

@@ -15,9 +15,9 @@ import torch
 
 from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.precision import NAMES, QUANTIZED
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.precision import NAMES, QUANTIZED
 
 
 class BackendUnavailable(UserError, RuntimeError):

@@ -24,9 +24,9 @@ from sd_unet_trt.trt_core.backends.tensorrt.plan_file import PORTABLE, EngineFil
 from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, TensorRTEngine
 from sd_unet_trt.trt_core.backends.tensorrt.runtime_cache import RuntimeCacheFile, runtime_cache_path
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import TimingCache
+from sd_unet_trt.trt_core.precision import EXPORT_WEIGHTS, QUANTIZED
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
-from sd_unet_trt.trt_core.precision import EXPORT_WEIGHTS, QUANTIZED
 from sd_unet_trt.trt_core.quantize import capability_problem, exporter_problem
 
 HEADER_PEEK = 64 * 1024

@@ -44,8 +44,8 @@ from sd_unet_trt.trt_core.backends.torch_compiled.quantized import FORMATS, comp
 from sd_unet_trt.trt_core.backends.torch_compiled.recipe import (RECIPE_OPTIONS, int8_problem, quantized_module,
                                                                  recipe_of)
 from sd_unet_trt.trt_core.export import sample_inputs
-from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.precision import FLOAT, PRECISIONS, QUANTIZED
+from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
 from sd_unet_trt.trt_core.quantize import capability_problem
 from sd_unet_trt.trt_core.verify import implementation_error, require_implementation
