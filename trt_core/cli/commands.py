@@ -137,16 +137,30 @@ def cmd_list(args) -> int:
     return 0
 
 
+def checkpoint_to_serve(checkpoints: list[CheckpointId], prefix: str | None, engine_dir) -> str:
+    """The sha256 that `--checkpoint`'s prefix names among the checkpoints with engines; without
+    one, the only such checkpoint (a new user's workspace holds one), else a line listing them."""
+    names = {c.sha256: c.name for c in checkpoints}
+    matches = [sha256 for sha256 in names if sha256.startswith(prefix or "")]
+    if len(matches) == 1:
+        return matches[0]
+    if prefix is not None:
+        raise CliError(f"{len(matches)} checkpoints with engines in {engine_dir} match {prefix!r}")
+    if not names:
+        raise CliError(f"no checkpoint has engines in {engine_dir}; build one first")
+    choices = ", ".join(f"{sha256[:10]} ({names[sha256]})" for sha256 in sorted(names))
+    raise CliError(f"{len(names)} checkpoints have engines in {engine_dir}; name one with --checkpoint: {choices}")
+
+
 def cmd_export_triton(args) -> int:
     """Write a Triton Inference Server model repository serving a checkpoint's engines (Python
     backend, dynamic batching; a new version on every export); docs/SERVING.md says how to serve it."""
     from sd_unet_trt.trt_core.serving.repository import export_triton
 
     workspace = Workspace(Path(args.dir))
-    matches = {e.checkpoint.sha256 for e in workspace.manifest().entries() if e.checkpoint.sha256.startswith(args.checkpoint)}
-    if len(matches) != 1:
-        raise CliError(f"{len(matches)} checkpoints with engines in {workspace.engine_dir} match {args.checkpoint!r}")
-    folder = export_triton(workspace, matches.pop(), Path(args.out), args.device, args.instances)
+    checkpoints = [e.checkpoint for e in workspace.manifest().entries()]
+    sha256 = checkpoint_to_serve(checkpoints, args.checkpoint, workspace.engine_dir)
+    folder = export_triton(workspace, sha256, Path(args.out), args.device, args.instances)
     versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
     print(f"wrote {folder} (version {versions[-1]})")
     return 0

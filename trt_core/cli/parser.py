@@ -118,8 +118,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("id", help="the engine's id, as `list` shows it")
     command("recover", commands.cmd_recover, commands.cmd_recover.__doc__)
     t = command("export-triton", commands.cmd_export_triton, commands.cmd_export_triton.__doc__)
-    t.add_argument("--checkpoint", required=True, help="the checkpoint's sha256, or its first 10 characters "
-                                                       "(as `list` shows them in brackets)")
+    t.add_argument("--checkpoint", help="the checkpoint's sha256, or its first 10 characters (as `list` shows "
+                                        "them in brackets); default: the only checkpoint with engines")
     t.add_argument("--out", required=True, help="the Triton model repository to write into")
     t.add_argument("--instances", type=bounded_int(1, 64), default=1, help="model instances (per GPU on a GPU)")
     u = command("ui", commands.cmd_ui, commands.cmd_ui.__doc__)
