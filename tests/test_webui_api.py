@@ -16,6 +16,8 @@ from modules.api.api import Api
 from sd_unet_trt.models import unet as arch
 from sd_unet_trt.scripts.trt_unet_webui import api
 from sd_unet_trt.trt_core import jobs
+from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem
+from sd_unet_trt.trt_core.profiles import Profile
 
 AUTH = ("user", "secret")
 
@@ -121,3 +123,14 @@ def test_a_build_with_controlnet_inputs(webui, monkeypatch):
             break
         threading.Event().wait(0.05)
     assert asked == [True]
+
+
+def test_a_bad_build_request_is_refused_in_the_words_of_the_tab_and_the_cli(webui):
+    """The route asks trt_core.build_check.build_problem, as the tab and the pipeline do."""
+    profile = Profile.from_dict({"batch": {"min": 1, "opt": 1, "max": 2}, "height": {"min": 64, "opt": 64, "max": 128},
+                                 "width": {"min": 64, "opt": 64, "max": 128}, "tokens": {"min": 75, "opt": 75, "max": 150}})
+    line = str(build_problem(BuildChoice("onnxruntime", "int8", profile)))
+    client = TestClient(app_with(None))
+    bad = client.post("/trt-unet/v1/builds", json={"backend": "onnxruntime", "precision": "int8",
+                                                   "profile": profile.to_dict()})
+    assert bad.status_code == 400 and bad.json()["detail"] == line and jobs.current() is None

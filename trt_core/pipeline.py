@@ -24,6 +24,7 @@ from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.vae import decode, seeded_decoder
 from sd_unet_trt.trt_core.atomic import as_disk_full, fsync_file, staged_output
 from sd_unet_trt.trt_core.backends.base import Backend, BuildOutcome, BuildRequest
+from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
@@ -137,10 +138,9 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
         source = replace(source, family=source.family.with_controlnet())
     family = source.family
     profile.validate()
-    backend.require()
-    problem = backend.precision_problem(precision) or backend.profile_problem(profile)
+    problem = build_problem(BuildChoice(backend.name, precision, profile, controlnet), backend)
     if problem:
-        raise ValueError(f"{backend.name}: {problem}")
+        raise problem
     cancel = cancel or CancelToken()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     manifest = workspace.manifest()

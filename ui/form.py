@@ -9,7 +9,7 @@ from sd_unet_trt.trt_core.backends import all_backends
 from sd_unet_trt.trt_core.backends.base import Backend
 from sd_unet_trt.trt_core.precision import NAMES, QUANTIZED
 from sd_unet_trt.trt_core.precision import PRECISIONS as PRECISION_TABLE
-from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for, shown, whole_number
+from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, presets_for, whole_number
 
 # (field, label, unit) in the order the editor shows them; each has min / opt / max.
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
@@ -79,16 +79,6 @@ def check_fields(values: Sequence[Any]) -> FormCheck:
     profile = Profile(**ranges)
     problems = profile.problems()
     return FormCheck(None if problems else profile, problems)
-
-
-def choice_problem(backend_name: Any, precision: Any, known_backends: Sequence[str]) -> str:
-    """Why the backend or precision a request sent is not one the form offers ("" when both are;
-    no backend means the default). A crafted request can send anything in their place."""
-    if backend_name is not None and backend_name not in known_backends:
-        return f"unknown backend {shown(backend_name)}; the backends are {', '.join(known_backends)}"
-    if precision not in PRECISIONS:
-        return f"precision must be one of {', '.join(PRECISIONS)}, got {shown(precision)}"
-    return ""
 
 
 @dataclass(frozen=True)

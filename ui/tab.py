@@ -16,13 +16,14 @@ import gradio as gr
 
 from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.trt_core.backends import best_backend, get_backend
+from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem
 from sd_unet_trt.trt_core.catalog import CatalogItem, catalog
 from sd_unet_trt.trt_core.jobs import user_message
 from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
 from sd_unet_trt.trt_core.estimate import estimate, human_bytes
 from sd_unet_trt.trt_core.profiles import shown
-from sd_unet_trt.ui.form import (DIMENSIONS, PRECISION_NOTES, PRECISIONS, FormCheck, backend_choices, check_fields, choice_problem,
+from sd_unet_trt.ui.form import (DIMENSIONS, PRECISION_NOTES, PRECISIONS, FormCheck, backend_choices, check_fields,
                                  default_precision, preset_named, presets, profile_fields)
 from sd_unet_trt.ui.render import estimate_panel, field_message, message, progress_bar, result_panel
 from sd_unet_trt.trt_core.unet_source import UNetSource
@@ -124,11 +125,10 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         check = check_fields(values)
         if not check.ok:
             return ""
-        problem = choice_problem(backend_name, precision, [b.name for b in backends])
-        if not problem and backend_name in installed:  # e.g. onnxruntime takes no int8: say so before a click
-            problem = get_backend(backend_name).precision_problem(precision) or ""
+        # the refusal a click would meet (e.g. onnxruntime takes no int8), said before the click
+        problem = build_problem(BuildChoice(backend_name, precision, check.profile)) if backend_name else None
         if problem:
-            return message(problem, "error")
+            return message(str(problem), "error")
         try:
             model = current()
         except NoModelLoaded:
@@ -168,19 +168,12 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         except NoModelLoaded as e:
             yield say(str(e))
             return
-        if backend_name not in installed:
-            yield say(f"backend {shown(backend_name) if backend_name else '(none)'} is not available here. "
-                      f"{missing_note}".strip())
-            return
-        if precision not in PRECISIONS:
-            yield say(f"precision must be one of {', '.join(PRECISIONS)}, got {shown(precision)}")
+        profile = check.profile
+        problem = build_problem(BuildChoice(backend_name, precision, profile, controlnet))
+        if problem:
+            yield say(str(problem))
             return
         backend = get_backend(backend_name)
-        profile = check.profile
-        problem = backend.precision_problem(precision) or backend.profile_problem(profile)
-        if problem:
-            yield say(problem)
-            return
 
         def work(progress, cancel):
             return source.run_exclusive(lambda: build_engine(

@@ -20,12 +20,12 @@ from modules import sd_unet
 from sd_unet_trt.models.families import UnsupportedModelError
 from sd_unet_trt.scripts.trt_unet_webui.source import current_model, model_source, run_exclusive
 from sd_unet_trt.trt_core import jobs
-from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
+from sd_unet_trt.trt_core.backends import get_backend
 from sd_unet_trt.trt_core.backends.base import BackendUnavailable
+from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem
 from sd_unet_trt.trt_core.catalog import catalog, engine_label
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import build_engine
-from sd_unet_trt.trt_core.precision import NAMES as PRECISION_NAMES
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for, shown
 from sd_unet_trt.ui.source import NoModelLoaded
 
@@ -123,23 +123,12 @@ def start_build(body: dict[str, Any]) -> dict[str, Any]:
     source = model_source()
     target = current_model()  # the selected checkpoint's file: no model load, no wait for the queue
     profile = requested_profile(body, target.family)
-    backend_name = _text(body, "backend", "tensorrt")
-    if backend_name not in REGISTRY:
-        raise ProfileError({"backend": f"unknown backend {shown(backend_name)}; the backends are {', '.join(REGISTRY)}"})
-    backend = get_backend(backend_name)
-    backend.require()
-    precision = _text(body, "precision", "fp16")
-    if precision not in PRECISION_NAMES:
-        raise ProfileError({"precision": f"must be {', '.join(PRECISION_NAMES)}, got {shown(precision)}"})
-    problem = backend.precision_problem(precision)
+    choice = BuildChoice(_text(body, "backend", "tensorrt"), _text(body, "precision", "fp16"), profile,
+                         body.get("controlnet", False))
+    problem = build_problem(choice)
     if problem:
-        raise ProfileError({"precision": problem})
-    problem = backend.profile_problem(profile)
-    if problem:
-        raise ProfileError({"profile": problem})
-    controlnet = body.get("controlnet", False)
-    if not isinstance(controlnet, bool):
-        raise ProfileError({"controlnet": f"must be true or false, got {shown(controlnet)}"})
+        raise problem
+    backend, precision, controlnet = get_backend(choice.backend), choice.precision, choice.controlnet
 
     def work(progress, cancel):
         entry = source.run_exclusive(lambda: build_engine(
