@@ -89,9 +89,12 @@ if has controlnet; then
 else
   rm -f "$DATA/extensions/sd-webui-controlnet"
 fi
+# Every key a request overrides is in the config (else overrides leak into later requests). Live
+# previews stay on as for a user, "Approx cheap": "Approx NN" downloads SDXL's approximation model.
 cat > "$DATA/config.json" <<'EOF'
 {"sd_model_checkpoint": "bench_sd15.safetensors", "sd_unet": "None", "sd_vae": "Automatic",
- "CLIP_stop_at_last_layers": 1, "samples_save": false, "grid_save": false, "lora_functional": false}
+ "CLIP_stop_at_last_layers": 1, "samples_save": false, "grid_save": false, "lora_functional": false,
+ "show_progress_type": "Approx cheap"}
 EOF
 export BENCH_TINY=$TINY BENCH_CONTROLNET=1
 
@@ -122,7 +125,7 @@ start_webui() {  # start_webui LOGNAME EXTRA_ARGS...: the WebUI in the backgroun
   done
   say "$(grep -m1 -e 'Model loaded in' -e 'Stable diffusion model failed to load' "$log")"
 }
-stop_webui() { kill "$WEBUI_PID" 2>/dev/null; wait "$WEBUI_PID" 2>/dev/null; }
+stop_webui() { kill "$WEBUI_PID" 2>/dev/null; wait "$WEBUI_PID" 2>/dev/null; return 0; }  # its exit code is SIGTERM's
 
 # results stay in WORK (a later call's bundle holds the earlier calls' too); $OUT gets 3 files
 RESULTS=$WORK/results && mkdir -p "$RESULTS"
