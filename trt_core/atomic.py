@@ -1,14 +1,16 @@
 """Atomic file output: write beside the target, fsync, rename. A crash or a full disk leaves either
-the old file or the new one, plus at most a temp file that `remove_stale_temps` clears."""
+the old file or the new one, plus at most a temp file that `remove_stale_temps` clears. And the
+reading side of the JSON files written so: `read_tagged_json`."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from sd_unet_trt.errors import UserError
 
@@ -122,6 +124,40 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
 
 def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class UnreadableJson(ValueError):
+    """The document cannot be read as UTF-8 JSON; the message says why."""
+
+
+class NestedTooDeeply(UnreadableJson):
+    """The document nests deeper than Python's parser goes: a hostile file, not a damaged one."""
+
+
+class ForeignJson(ValueError):
+    """The document is JSON but not an object with the expected tag; `found` is its tag (None: none)."""
+
+    def __init__(self, found: Any):
+        super().__init__(f"tag {found!r}")
+        self.found = found
+
+
+def read_tagged_json(source: Path | bytes, tag_key: str, tag: str) -> dict[str, Any]:
+    """The JSON object in `source` (a file, or bytes read from an archive) whose `tag_key` is `tag`,
+    the one check every reader of our formats makes before trusting a field. A missing file raises
+    FileNotFoundError for the caller to word; any other failure UnreadableJson or ForeignJson."""
+    try:
+        data = json.loads((source.read_bytes() if isinstance(source, Path) else source).decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except RecursionError:
+        raise NestedTooDeeply("nested too deeply") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UnreadableJson(str(e)) from None
+    found = data.get(tag_key) if isinstance(data, dict) else None
+    if found != tag:
+        raise ForeignJson(found)
+    return data
 
 
 def _pid_alive(pid: int) -> bool:

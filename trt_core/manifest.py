@@ -17,7 +17,8 @@ from typing import Any, Iterable
 from filelock import FileLock, Timeout
 
 from sd_unet_trt.errors import UserError
-from sd_unet_trt.trt_core.atomic import TEMP_MARK, atomic_write_bytes, atomic_write_text, remove_stale_temps
+from sd_unet_trt.trt_core.atomic import (TEMP_MARK, ForeignJson, NestedTooDeeply, UnreadableJson, atomic_write_bytes,
+                                         atomic_write_text, read_tagged_json, remove_stale_temps)
 from sd_unet_trt.trt_core.engine_files import (is_runtime_cache, is_sidecar_of, is_weights_record,
                                                why_not_the_engine_built)
 from sd_unet_trt.trt_core.manifest_schema import entry_problem
@@ -152,13 +153,14 @@ class Manifest:
             return []
         recover = self.recover_hint()
         try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except RecursionError:
+            data = read_tagged_json(self.path, "schema", SCHEMA)
+        except NestedTooDeeply:
             raise ManifestError(f"{self.path} is nested too deeply to be a manifest; {recover}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnreadableJson) as e:
             raise ManifestError(f"{self.path} is corrupt ({e}); {recover}") from None
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ManifestError(f"{self.path} is not an engine manifest of this extension; move it away or {recover}")
+        except ForeignJson:
+            raise ManifestError(f"{self.path} is not an engine manifest of this extension; move it away or "
+                                f"{recover}") from None
         if data.get("schema_version") != SCHEMA_VERSION:
             raise ManifestError(f"{self.path} has schema version {data.get('schema_version')!r}, this extension "
                                 f"reads {SCHEMA_VERSION}; update the extension or {recover}")

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import torch
 
-from sd_unet_trt.trt_core.atomic import atomic_write_text
+from sd_unet_trt.trt_core.atomic import ForeignJson, UnreadableJson, atomic_write_text, read_tagged_json
 
 FORMAT = "sd-unet-weights/1"
 RECORD_NAME = "unet.weights.json"
@@ -72,13 +72,13 @@ class WeightsRecord:
     def load(cls, path: Path) -> "WeightsRecord":
         """The record at `path`; ValueError with the reason for a missing, foreign or damaged one."""
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = read_tagged_json(Path(path), "format", FORMAT)
         except FileNotFoundError:
             raise ValueError(f"{path} does not exist") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (OSError, UnreadableJson) as e:
             raise ValueError(f"{path} is unreadable: {e}") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a weights record of this extension ({FORMAT})")
+        except ForeignJson:
+            raise ValueError(f"{path} is not a weights record of this extension ({FORMAT})") from None
         prints = data.get("fingerprints")
         if not isinstance(prints, dict) or not all(isinstance(v, int) for v in prints.values()):
             raise ValueError(f"{path} has no valid fingerprints")

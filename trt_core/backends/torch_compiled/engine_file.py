@@ -3,13 +3,14 @@ uncompressed, each weight 256-byte aligned, 4-d weights as NHWC bytes) and a rec
 built, including which UNet weights (state-dict names) each stored weight holds."""
 from __future__ import annotations
 
-import json
 import struct
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sd_unet_trt.trt_core.atomic import ForeignJson, UnreadableJson, read_tagged_json
 
 FORMAT = "sd-unet-torch-inductor/3"  # /3: each stored weight names the UNet weights it holds (refit)
 RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.bin"
@@ -36,15 +37,13 @@ def read_metadata(path: Path) -> dict[str, Any]:
             if not {RECORD, ARTIFACT, WEIGHTS} <= names:
                 raise EngineFileError(f"{path} is a zip file but not a torch backend engine "
                                       f"(it lacks {', '.join(sorted({RECORD, ARTIFACT, WEIGHTS} - names))})")
-            record = json.loads(archive.read(RECORD))
+            return read_tagged_json(archive.read(RECORD), "format", FORMAT)
     except zipfile.BadZipFile:
         raise EngineFileError(f"{path} is not a torch backend engine (not a zip file, or truncated)") from None
-    except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (KeyError, UnreadableJson) as e:
         raise EngineFileError(f"{path} has a damaged engine record: {e}") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        found = record.get("format") if isinstance(record, dict) else None
-        raise EngineFileError(f"{path} has engine format {found!r}; this extension reads {FORMAT!r}")
-    return record
+    except ForeignJson as e:
+        raise EngineFileError(f"{path} has engine format {e.found!r}; this extension reads {FORMAT!r}") from None
 
 
 def channels_last_layout(weight: torch.Tensor) -> torch.Tensor:
