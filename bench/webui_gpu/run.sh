@@ -14,6 +14,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PARTS=sd15,lora,controlnet,profile DEVICE=cuda TINY=0 PAYLOAD=$REPO/.gpu_payload WORK=/tmp/webui_gpu PY=python3
 STEPS=20 REPEATS=3 PORT=${PORT:-7870}
+# The device stops a command at 600 s and returns only what is in $OUT then: each step below gets
+# what is left of BUDGET_S, so the results are always written.
+BUDGET_S=${BUDGET_S:-560}
 while [ $# -gt 0 ]; do
   case $1 in
     --parts) PARTS=$2; shift ;; --device) DEVICE=$2; shift ;; --tiny) TINY=1 ;;
@@ -125,6 +128,7 @@ start_webui() {  # start_webui LOGNAME EXTRA_ARGS...: the WebUI in the backgroun
   done
   say "$(grep -m1 -e 'Model loaded in' -e 'Stable diffusion model failed to load' "$log")"
 }
+left() { echo $((BUDGET_S - ($(date +%s) - T0) - 15)); }  # seconds this call may still spend
 stop_webui() { kill "$WEBUI_PID" 2>/dev/null; wait "$WEBUI_PID" 2>/dev/null; return 0; }  # its exit code is SIGTERM's
 
 # results stay in WORK (a later call's bundle holds the earlier calls' too); $OUT gets 3 files
@@ -138,21 +142,21 @@ FAILED=0
 MAIN_PARTS=$(echo "$PARTS" | tr ',' '\n' | grep -v -x -e medvram -e cnspeed -e checkpoints | paste -sd, -)
 if [ -n "$MAIN_PARTS" ]; then
   start_webui webui && {
-    "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label "webui_${MAIN_PARTS//,/_}" --parts "$MAIN_PARTS" --profile-models "$PROFILE_MODELS" \
+    timeout "$(left)" "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label "webui_${MAIN_PARTS//,/_}" --parts "$MAIN_PARTS" --profile-models "$PROFILE_MODELS" \
       --lora-models "$PROFILE_MODELS" || FAILED=1
     stop_webui
   } || FAILED=1
 fi
 if has medvram; then
   start_webui webui-medvram --medvram && {
-    "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label medvram --parts medvram --medvram-models "${MEDVRAM_MODELS:-$MODELS}" || FAILED=1
+    timeout "$(left)" "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label medvram --parts medvram --medvram-models "${MEDVRAM_MODELS:-$MODELS}" || FAILED=1
     stop_webui
   } || FAILED=1
 fi
 if has cnspeed; then  # bench/controlnet_speed.py, outside the WebUI (issue #13's figure)
   CN=(--out "$RESULTS/controlnet_speed"); [ "$TINY" = 1 ] && CN+=(--models tiny --device cpu)
   say "bench/controlnet_speed.py ${CN[*]}"
-  (cd "$REPO/bench" && "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
+  (cd "$REPO/bench" && timeout "$(left)" "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
 fi
 
 # 4. Results: one JSON, one table, one tarball (logs, grids, profiles): the device returns 8 files at most.
