@@ -19,7 +19,9 @@ DYNAMIC = check_fields(TINY_FIELDS).profile  # 64-128 px, 1-2 images, 75-150 tok
 
 @pytest.mark.parametrize("choice, line", [
     (BuildChoice("nope", "fp32", DYNAMIC), "backend: unknown backend nope; the backends are "),
+    (BuildChoice(["onnxruntime"], "fp32", DYNAMIC), "backend: unknown backend "),  # what a crafted request may send
     (BuildChoice("onnxruntime", "fp64", DYNAMIC), "precision: must be one of fp16, "),
+    (BuildChoice("onnxruntime", {"a": 1}, DYNAMIC), "precision: must be one of fp16, "),
     (BuildChoice("onnxruntime", "int8", DYNAMIC), "precision: int8 engines are built by "),
     (BuildChoice("torch", "fp32", DYNAMIC), "profile: the torch backend builds one size per engine"),
     (BuildChoice("onnxruntime", "fp32", DYNAMIC, "yes"), "controlnet: must be true or false, got yes"),

@@ -27,7 +27,7 @@ def build_problem(choice: BuildChoice, backend: Backend | None = None) -> Profil
     a ProfileError names the field. `backend` is the instance that will build when the caller
     already has one; otherwise the process's instance of that name."""
     if backend is None:
-        if choice.backend not in REGISTRY:
+        if not isinstance(choice.backend, str) or choice.backend not in REGISTRY:  # a list is unhashable
             return ProfileError({"backend": f"unknown backend {shown(choice.backend)}; "
                                             f"the backends are {', '.join(REGISTRY)}"})
         try:
@@ -37,7 +37,7 @@ def build_problem(choice: BuildChoice, backend: Backend | None = None) -> Profil
     status = backend.availability()
     if not status.available:
         return BackendUnavailable(f"backend {backend.name} is not available here: {status.reason}")
-    if choice.precision not in PRECISION_NAMES:
+    if not isinstance(choice.precision, str) or choice.precision not in PRECISION_NAMES:
         return ProfileError({"precision": f"must be one of {', '.join(PRECISION_NAMES)}, "
                                           f"got {shown(choice.precision)}"})
     for field, problem in (("precision", backend.precision_problem(choice.precision)),
