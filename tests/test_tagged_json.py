@@ -8,6 +8,7 @@ import zipfile
 import pytest
 
 from sd_unet_trt.trt_core.atomic import ForeignJson, NestedTooDeeply, UnreadableJson, read_tagged_json
+from sd_unet_trt.trt_core.backends.base import EngineFileError
 from sd_unet_trt.trt_core.backends.torch_compiled import engine_file
 from sd_unet_trt.trt_core.manifest import Manifest, ManifestError
 from sd_unet_trt.trt_core.weights import WeightsRecord
@@ -41,7 +42,7 @@ def engine_error(tmp_path, content: bytes) -> str:
         archive.writestr(engine_file.RECORD, content)
         archive.writestr(engine_file.ARTIFACT, b"")
         archive.writestr(engine_file.WEIGHTS, b"")
-    with pytest.raises(engine_file.EngineFileError) as e:
+    with pytest.raises(EngineFileError) as e:
         engine_file.read_metadata(path)
     return str(e.value)
 

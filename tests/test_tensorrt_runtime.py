@@ -14,13 +14,14 @@ from sd_unet_trt.models.families import TINY
 from tests.trt_double.fixtures import (TINY_PROFILE, backend, backend_on, fake_trt, play, registered_double,  # noqa: F401
                                        tiny_onnx, tiny_request, tiny_unet)
 from sd_unet_trt.trt_core.backends import get_backend
+from sd_unet_trt.trt_core.backends.base import EngineFileError
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.hook_policy import engines_router
 from sd_unet_trt.trt_core.identity import checkpoint_of_module
 from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo
-from sd_unet_trt.trt_core.backends.tensorrt.plan_file import EngineFileError, StaleEngineError, read_header
+from sd_unet_trt.trt_core.backends.tensorrt.plan_file import StaleEngineError, read_header
 from sd_unet_trt.trt_core.backends.tensorrt.runtime import EngineRunError, RefitError, TensorRTEngine
 from sd_unet_trt.trt_core.export import sample_inputs
 from sd_unet_trt.trt_core.profiles import Profile

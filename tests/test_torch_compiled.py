@@ -16,14 +16,14 @@ import torch
 from sd_unet_trt.models.families import FAMILIES, TINY
 from sd_unet_trt.models.unet import CrossAttention, UNetCall, seeded_unet
 from sd_unet_trt.trt_core.backends import get_backend
-from sd_unet_trt.trt_core.backends.base import BuildRequest, WeightsUnsupported
+from sd_unet_trt.trt_core.backends.base import BuildRequest, EngineFileError, WeightsUnsupported
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.backends.torch_compiled.attention import (fused_projections, sdpa_choices, sdpa_preference,
                                                                     sdpa_scope)
 from sd_unet_trt.trt_core.backends.torch_compiled.backend import _module_for
 from sd_unet_trt.trt_core.backends.torch_compiled.engine import TorchCompiledEngine
-from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (ARTIFACT, FORMAT, RECORD, WEIGHTS, EngineFileError,
-                                                                      read_metadata, read_weights)
+from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (ARTIFACT, FORMAT, RECORD, WEIGHTS, read_metadata,
+                                                                      read_weights)
 from sd_unet_trt.trt_core.manifest import CheckpointId
 from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.pipeline import build_engine

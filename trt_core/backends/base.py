@@ -28,6 +28,12 @@ class WeightsUnsupported(RuntimeError):
     """An engine cannot run with the weights asked of it; the message says why. It is unchanged."""
 
 
+class EngineFileError(ValueError):
+    """The file is not an engine this backend can load here: not one of ours, damaged, or built for
+    other shapes; the message says which. (A stale engine, built for another GPU or library, is the
+    TensorRT backend's StaleEngineError.)"""
+
+
 class EngineUnavailable(RuntimeError):
     """This call cannot run on the engine now (a remote server down or slow); the call falls back
     and the engine stays in use for the next one."""

@@ -9,14 +9,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from sd_unet_trt.trt_core.backends.base import EngineFileError
 from sd_unet_trt.trt_core.manifest import PORTABLE_ARCH as PORTABLE  # built for `targets`
 
 MAGIC = b"SD-UNET-TRT\x00"
 FORMAT = 2  # 2: library, targets
-
-
-class EngineFileError(ValueError):
-    """The file is not an engine of this extension, or is damaged."""
 
 
 class StaleEngineError(RuntimeError):

@@ -18,7 +18,7 @@ import torch
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.unet import UNetCall
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
-from sd_unet_trt.trt_core.backends.base import Availability, Backend, BuildOutcome, BuildRequest
+from sd_unet_trt.trt_core.backends.base import Availability, Backend, BuildOutcome, BuildRequest, EngineFileError
 from sd_unet_trt.trt_core.backends.torch_compiled.attention import (
     fused_projections,
     sdpa_choices,
@@ -34,7 +34,6 @@ from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import (
     RECORD,
     WEIGHT_DTYPES,
     WEIGHTS,
-    EngineFileError,
     read_metadata,
     read_weights,
     weights_for_compile,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from sd_unet_trt.trt_core.atomic import ForeignJson, UnreadableJson, read_tagged_json
+from sd_unet_trt.trt_core.backends.base import EngineFileError
 
 FORMAT = "sd-unet-torch-inductor/3"  # /3: each stored weight names the UNet weights it holds (refit)
 RECORD, ARTIFACT, WEIGHTS = "engine.json", "compiled.bin", "weights.bin"
@@ -20,10 +21,6 @@ WEIGHT_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch
                                                              torch.int8, torch.float8_e4m3fn)}
 ALIGN = 256  # bytes; Inductor copies inputs that are not 16-byte aligned on every call
 READ_CHUNK = 64 << 20  # bytes per read from the engine file into pinned memory
-
-
-class EngineFileError(ValueError):
-    """The file is not a torch backend engine this build of PyTorch can load."""
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
