@@ -14,6 +14,8 @@ from sd_unet_trt.trt_core.profiles import Preset, Profile, ProfileError, Range, 
 # (field, label, unit) in the order the editor shows them; each has min / opt / max.
 DIMENSIONS = (("batch", "Batch size", "images"), ("height", "Height", "px"),
               ("width", "Width", "px"), ("tokens", "Prompt tokens", "tokens"))
+ENDS = ("min", "opt", "max")
+FIELD_COUNT = len(DIMENSIONS) * len(ENDS)  # the editor's number fields, dimension by dimension
 PRECISIONS = NAMES  # the form offers every precision; int8/fp8: torch and TensorRT backends
 # What a user should know before choosing a quantized precision (docs/BENCHMARKS.md has the figures).
 PRECISION_NOTES = {
@@ -40,9 +42,8 @@ def preset_named(family: ModelFamily, name: str | None) -> Preset:
 
 
 def profile_fields(profile: Profile) -> list[int]:
-    """The 12 editor values (min, opt, max per dimension) of a profile."""
-    return [v for field, _, _ in DIMENSIONS for v in
-            (getattr(profile, field).min, getattr(profile, field).opt, getattr(profile, field).max)]
+    """The FIELD_COUNT editor values (min, opt, max per dimension) of a profile."""
+    return [getattr(getattr(profile, field), end) for field, _, _ in DIMENSIONS for end in ENDS]
 
 
 @dataclass
@@ -64,12 +65,12 @@ class FormCheck:
 
 
 def check_fields(values: Sequence[Any]) -> FormCheck:
-    """Validate the 12 editor values; messages use the rules of trt_core.profiles."""
-    if len(values) != 3 * len(DIMENSIONS):
-        raise ValueError(f"expected {3 * len(DIMENSIONS)} values, got {len(values)}")
+    """Validate the FIELD_COUNT editor values; messages use the rules of trt_core.profiles."""
+    if len(values) != FIELD_COUNT:
+        raise ValueError(f"expected {FIELD_COUNT} values, got {len(values)}")
     ranges, problems = {}, {}
     for i, (field, _, _) in enumerate(DIMENSIONS):
-        numbers = [whole_number(v) for v in values[3 * i:3 * i + 3]]
+        numbers = [whole_number(v) for v in values[len(ENDS) * i:len(ENDS) * (i + 1)]]
         if any(n is None for n in numbers):
             problems[field] = "min, opt and max must be whole numbers"
         else:

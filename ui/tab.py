@@ -23,11 +23,12 @@ from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
 from sd_unet_trt.trt_core.estimate import estimate, human_bytes
 from sd_unet_trt.trt_core.profiles import shown
-from sd_unet_trt.ui.form import (DIMENSIONS, PRECISION_NOTES, PRECISIONS, FormCheck, backend_choices, check_fields,
-                                 default_precision, preset_named, presets, profile_fields)
+from sd_unet_trt.ui.form import (DIMENSIONS, ENDS, FIELD_COUNT, PRECISION_NOTES, PRECISIONS, FormCheck, backend_choices,
+                                 check_fields, default_precision, preset_named, presets, profile_fields)
 from sd_unet_trt.ui.render import estimate_panel, field_message, message, progress_bar, result_panel
 from sd_unet_trt.trt_core.unet_source import UNetSource
 from sd_unet_trt.ui.source import ModelSource, NoModelLoaded
+from sd_unet_trt.ui.tab_outputs import WHICH_QUERY, EngineOutputs, ModelOutputs, cleared_messages, keep
 
 log = logging.getLogger(__name__)
 POLL_S = 0.3  # how often the progress bar is redrawn while a build runs
@@ -106,20 +107,19 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         try:
             model = current()
         except NoModelLoaded as e:
-            return ([message(str(e), "warn"), gr.update(choices=[], value=None)]
-                    + [gr.update()] * 12 + [""] * 4 + [""] + [gr.update()] * 4)
+            return ModelOutputs.failed(message(str(e), "warn"), gr.update(choices=[], value=None)).flat()
         options = presets(model.family)
         line = (f'<div class="trt-model" data-family="{escape(model.family.name)}">Model: '
                 f"<b>{escape(model.checkpoint.name)}</b> [{escape(model.checkpoint.short_hash)}], "
                 f"{escape(model.family.label)}</div>")
         values = profile_fields(options[0].profile)
-        return ([line, gr.update(choices=[p.name for p in options], value=options[0].name)]
-                + values + [""] * 4 + [estimate_text(values, default_backend, default_precision(source.device))]
-                + which_defaults(options[0].profile))
+        estimate_now = estimate_text(values, default_backend, default_precision(source.device))
+        return ModelOutputs(line, gr.update(choices=[p.name for p in options], value=options[0].name), values,
+                            cleared_messages(), estimate_now, which_defaults(options[0].profile)).flat()
 
     def which_defaults(profile) -> list[int]:
         """"Which engine?" asks first about the default preset's own size: one its engines cover."""
-        return [profile.width.opt, profile.height.opt, profile.batch.opt, profile.tokens.opt]
+        return [getattr(profile, name).opt for name, _, _ in WHICH_QUERY]
 
     def estimate_text(values, backend_name, precision) -> str:
         check = check_fields(values)
@@ -143,18 +143,19 @@ def create_tab(source: ModelSource) -> gr.Blocks:
     def on_preset(name, backend_name, precision):
         model = current()
         values = profile_fields(preset_named(model.family, name).profile)
-        return values + [""] * 4 + [estimate_text(values, backend_name, precision), ""]
+        return values + cleared_messages() + [estimate_text(values, backend_name, precision), ""]
 
     def on_fields(*args):
-        values, backend_name, precision = list(args[:12]), args[12], args[13]
+        values, (backend_name, precision) = list(args[:FIELD_COUNT]), args[FIELD_COUNT:]
         check: FormCheck = check_fields(values)
         return ([field_message(check.message(f)) for f, _, _ in DIMENSIONS]
                 + [estimate_text(values, backend_name, precision) if check.ok else ""])
 
     # ---- export ---------------------------------------------------------------------------
     def export(*args):
-        values, backend_name, precision, controlnet = list(args[:12]), args[12], args[13], bool(args[14])
-        unchanged = [gr.update()] * 4
+        values, (backend_name, precision, controlnet) = list(args[:FIELD_COUNT]), args[FIELD_COUNT:]
+        controlnet = bool(controlnet)
+        unchanged = EngineOutputs.unchanged()
 
         def say(text, kind="error"):
             return [message(text, kind), gr.update(), gr.update()] + unchanged
@@ -193,7 +194,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             yield [clear_message, progress_bar(status), ""] + unchanged
             clear_message = gr.update()
             time.sleep(POLL_S)
-        yield [gr.update(), progress_bar(status), result_panel(status, workspace)] + list(engine_views())
+        yield [gr.update(), progress_bar(status), result_panel(status, workspace)] + engine_views()
 
     def cancel_build():
         running = jobs.current()
@@ -210,8 +211,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             note = (note + "\n" if note else "") + "skipped malformed entries: " + "; ".join(problems)
             kind = "warn"
         ids = [i.entry.id for i in listed]
-        return (engines_table(listed), gr.update(choices=ids, value=None),
-                gr.update(visible=False), message(note, kind))
+        return EngineOutputs(engines_table(listed), gr.update(choices=ids, value=None), gr.update(visible=False),
+                             message(note, kind)).flat()
 
     def ask_delete(engine_id):
         if not engine_id:
@@ -254,7 +255,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                 fields, field_msgs = [], []
                 for name, label, unit in DIMENSIONS:
                     with gr.Row():
-                        for which_end in ("min", "opt", "max"):
+                        for which_end in ENDS:
                             fields.append(gr.Number(label=f"{label} {which_end} ({unit})",
                                                     elem_id=f"trt_{name}_{which_end}"))
                         field_msgs.append(gr.HTML(elem_id=f"trt_{name}_msg"))
@@ -287,34 +288,32 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                 keep_btn = gr.Button("Keep it", elem_id="trt_keep")
             gr.Markdown("Which engine would serve a generation (cond + uncond rows, as the WebUI sends them):")
             with gr.Row():
-                q_width = gr.Number(label="Width (px)", value=512, elem_id="trt_q_width")
-                q_height = gr.Number(label="Height (px)", value=512, elem_id="trt_q_height")
-                q_batch = gr.Number(label="Batch size", value=1, elem_id="trt_q_batch")
-                q_tokens = gr.Number(label="Prompt tokens", value=75, elem_id="trt_q_tokens")
+                which_query = [gr.Number(label=label, value=first, elem_id=f"trt_q_{name}")
+                               for name, label, first in WHICH_QUERY]
                 which_btn = gr.Button("Which engine?", elem_id="trt_which")
             which_out = gr.HTML(elem_id="trt_which_out")
 
-        engine_outputs = [table, engine_pick, confirm_row, engines_msg]
-        model_outputs = [model_line, preset] + fields + field_msgs + [estimate_box, q_width, q_height, q_batch, q_tokens]
-        model_fail = _guard(lambda e: [message(user_message(e), "error"), gr.update()] + [gr.update()] * 12
-                            + [""] * 4 + [""] + [gr.update()] * 4)
-        engines_fail = _guard(lambda e: [gr.update(), gr.update(), gr.update(visible=False),
-                                         message(user_message(e), "error")])
+        engine_outputs = EngineOutputs(table, engine_pick, confirm_row, engines_msg).flat()
+        model_outputs = ModelOutputs(model_line, preset, fields, field_msgs, estimate_box, which_query).flat()
+        model_fail = _guard(lambda e: ModelOutputs.failed(message(user_message(e), "error")).flat())
+        engines_fail = _guard(lambda e: EngineOutputs(gr.update(), gr.update(), gr.update(visible=False),
+                                                      message(user_message(e), "error")).flat())
 
         def on_load():
             return list(model_fail(model_state)()) + list(engines_fail(engine_views)())
 
         tab.load(on_load, outputs=model_outputs + engine_outputs, queue=False)
         reload_model.click(model_fail(model_state), outputs=model_outputs, queue=False)
-        preset.select(_guard(lambda e: [gr.update()] * 12 + [""] * 4 + ["", message(user_message(e), "error")])(on_preset),
+        preset_fail = _guard(lambda e: keep(FIELD_COUNT) + cleared_messages() + ["", message(user_message(e), "error")])
+        preset.select(preset_fail(on_preset),
                       inputs=[preset, backend, precision], outputs=fields + field_msgs + [estimate_box, export_msg],
                       queue=False)
-        field_fail = _guard(lambda e: [""] * 4 + [message(user_message(e), "error")])
+        field_fail = _guard(lambda e: cleared_messages() + [message(user_message(e), "error")])
         for component in fields + [backend, precision]:
             component.input(field_fail(on_fields), inputs=fields + [backend, precision],
                             outputs=field_msgs + [estimate_box], queue=False)
         export_fail = _guard_generator(lambda e: [message(user_message(e), "error"), gr.update(), gr.update()]
-                                       + [gr.update()] * 4)
+                                       + EngineOutputs.unchanged())
         export_btn.click(export_fail(export), inputs=fields + [backend, precision, controlnet],
                          outputs=[export_msg, progress, result] + engine_outputs, show_progress="hidden")
         cancel_btn.click(_guard(lambda e: message(user_message(e), "error"))(cancel_build), outputs=export_msg,
@@ -326,5 +325,5 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         keep_btn.click(lambda: (gr.update(visible=False), message("kept", "info")),
                        outputs=[confirm_row, engines_msg], queue=False)
         which_btn.click(_guard(lambda e: message(user_message(e), "error"))(which),
-                        inputs=[q_width, q_height, q_batch, q_tokens], outputs=which_out, queue=False)
+                        inputs=which_query, outputs=which_out, queue=False)
     return tab
