@@ -149,9 +149,16 @@ def test_export_watch_progress_delete_and_cancel(browser, server):
     wait_for(lambda: engine_ids(driver) == [engine_id], 10, "the new engine row")
     row = element(driver, f'#trt_engines tr[data-engine="{engine_id}"]')
     assert row.get_attribute("data-status") == "ready" and "64-128 (opt 64)" in row.text and "onnxruntime" in row.text
+    click_button(driver, "trt_which")  # it first asks about the default preset's size (64x64), which the engine serves
+    wait_for(lambda: f"engine {engine_id} serves it in one run" in element(driver, "#trt_which_out").text, 10,
+             "the engine serving the default preset's size")
+    for elem_id in ("trt_q_width", "trt_q_height"):
+        box = element(driver, f"#{elem_id} input")
+        box.clear()
+        box.send_keys("512")
     click_button(driver, "trt_which")
-    wait_for(lambda: engine_id in element(driver, "#trt_which_out").text, 10, "the engine serving 512x512")
-    assert "no engine covers it" in element(driver, "#trt_which_out").text  # 512 px is outside 64-128 px
+    wait_for(lambda: "no engine covers it" in element(driver, "#trt_which_out").text, 10, "no engine for 512x512")
+    assert engine_id in element(driver, "#trt_which_out").text  # 512 px is outside 64-128 px: it says why
     for elem_id, value in (("trt_q_width", "128"), ("trt_q_height", "96"), ("trt_q_batch", "2")):
         box = element(driver, f"#{elem_id} input")
         box.clear()
