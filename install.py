@@ -196,6 +196,12 @@ def export_tools_folder() -> Path:
     return EXPORT_TOOLS_DIR / f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
 
 
+def export_tools_record(packages: dict[str, str], environment: dict[str, str]) -> str:
+    """What the folder's record says: for which Python it was installed (the export reads that,
+    trt_core/export_tools.py), what went in, and which of the environment's packages it relies on."""
+    return json.dumps({"python": sys.version, "packages": packages, "environment": environment}, indent=1)
+
+
 def export_tools_current(folder: Path, installed: dict[str, str]) -> bool:
     """Whether the folder was installed against the environment as it is now."""
     try:
@@ -262,8 +268,7 @@ def install_export_tools(part: Part = EXPORT_TOOLS) -> None:
         if not ok:
             say(f"{part.title} not installed: {error}; {part.without}")
             return
-        (staging / EXPORT_TOOLS_RECORD).write_text(json.dumps(
-            {"python": sys.version, "packages": dict(own), "environment": shared}, indent=1))
+        (staging / EXPORT_TOOLS_RECORD).write_text(export_tools_record(dict(own), shared))
         replace_folder(folder, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -44,6 +44,26 @@ def test_installer_and_backend_pick_the_same_library_and_wheels(install):
             assert install.tensorrt_requirements(library, cuda) == libraries.pip_requirements(library, cuda)
 
 
+def test_installer_and_export_agree_on_the_export_tools_folder(install, monkeypatch, tmp_path):
+    """install.py cannot import the package (it runs first), so it spells the folder and its record
+    itself: the folder it fills is the one the export's child puts on its path, and a record it
+    writes is one the export accepts, for this Python only."""
+    from sd_unet_trt.trt_core import export_tools
+
+    assert install.export_tools_folder() == export_tools.export_tools_folder()
+    monkeypatch.setattr(install, "EXPORT_TOOLS_DIR", tmp_path / install.EXPORT_TOOLS_DIR.name)
+    monkeypatch.setattr(export_tools, "EXTENSION_ROOT", tmp_path)
+    folder = install.export_tools_folder()
+    folder.mkdir(parents=True)
+    assert export_tools.export_tools_path() is None  # no record: not installed
+    (folder / install.EXPORT_TOOLS_RECORD).write_text(install.export_tools_record({"onnx": "1.17.0"},
+                                                                                  {"numpy": "1.26.2"}))
+    assert install.export_tools_ours(folder) and install.export_tools_current(folder, {"numpy": "1.26.2"})
+    assert export_tools.export_tools_path() == folder
+    monkeypatch.setattr(sys, "version", sys.version + " (another build)")
+    assert export_tools.export_tools_path() is None and not install.export_tools_current(folder, {"numpy": "1.26.2"})
+
+
 @pytest.mark.parametrize("capability, cuda, library, requirements, index", [
     ([8, 9], "12.8", "TensorRT for RTX", ["tensorrt-rtx-cu12-bindings>=1.0,<2", "tensorrt-rtx-cu12-libs>=1.0,<2",
                                           "polygraphy>=0.50"], []),

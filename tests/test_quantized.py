@@ -109,10 +109,10 @@ def test_tensorrt_says_at_once_when_model_optimizer_is_missing_where_the_export_
     gets one line before anything is exported, not a failure minutes into the build."""
     import importlib.util
 
-    from sd_unet_trt.trt_core import export_process
+    from sd_unet_trt.trt_core import quantize
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "modelopt" else real(name, *a))
-    monkeypatch.setattr(export_process, "export_tools_path", lambda: None)
+    monkeypatch.setattr(quantize, "export_tools_path", lambda: None)
     hopper = TensorRTBackend(gpu_probe=lambda device: GpuInfo(True, (9, 0), 2**36, 2**37, "H200"))
     for precision in ("int8", "fp8"):
         assert "Model Optimizer, which is not installed where the export runs" in hopper.precision_problem(precision)

@@ -9,37 +9,24 @@ and removes what it had started to write.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import shutil
 import subprocess
 import sys
-import sysconfig
 import threading
 from pathlib import Path
 
-import sd_unet_trt
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp
 from sd_unet_trt.trt_core.export import ExportError, ExportResult
+from sd_unet_trt.trt_core.export_tools import EXTENSION_ROOT, export_tools_path
 from sd_unet_trt.trt_core.progress import BuildCancelled, CancelToken, ProgressFn, no_progress
 
 log = logging.getLogger(__name__)
-PACKAGE_ROOT = Path(sd_unet_trt.__path__[0])
 PROGRESS_PREFIX = "progress "
 POLL_S = 0.2
-
-
-def export_tools_path() -> Path | None:
-    """install.py's folder of export tools for this Python, when it installed one for it."""
-    folder = PACKAGE_ROOT / ".export-tools" / f"{sys.implementation.cache_tag}-{sysconfig.get_platform()}"
-    try:
-        record = json.loads((folder / "installed.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return folder if isinstance(record, dict) and record.get("python") == sys.version else None
 
 
 def child_command(args: list[str]) -> list[str]:
@@ -47,7 +34,7 @@ def child_command(args: list[str]) -> list[str]:
     folder does not go on the child's sys.path (its subfolders would become top-level modules) and
     nothing has to come off it (taking an entry off sys.path recomputes namespace packages such as
     `google`, and the export tools' newer protobuf would then be hidden by the WebUI's)."""
-    main = str(PACKAGE_ROOT / "__main__.py")
+    main = str(EXTENSION_ROOT / "__main__.py")
     runner = f"import runpy, sys; sys.argv[0] = {main!r}; runpy.run_path({main!r}, run_name='__main__')"
     return [sys.executable, "-c", runner, *args]
 

@@ -17,6 +17,7 @@ import torch
 
 from sd_unet_trt.errors import UserError
 from sd_unet_trt.models.families import ModelFamily
+from sd_unet_trt.trt_core.export_tools import export_tools_path
 from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 
@@ -38,8 +39,6 @@ def _modelopt():
 def exporter_problem() -> str | None:
     """Why a Q/DQ export cannot be made here (Model Optimizer is missing where the export runs: this
     Python, or install.py's export-tools folder the export child puts first on its path), or None."""
-    from sd_unet_trt.trt_core.export_process import export_tools_path
-
     tools = export_tools_path()
     if importlib.util.find_spec("modelopt") is not None or (tools is not None and (tools / "modelopt").is_dir()):
         return None
