@@ -8,11 +8,12 @@ import threading
 
 import pytest
 
+from sd_unet_trt.trt_core.backends.base import arch_tag
 from sd_unet_trt.trt_core.backends.tensorrt import TensorRTBackend
 from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
 from sd_unet_trt.trt_core.backends.tensorrt.backend import portable_targets
 from sd_unet_trt.trt_core.backends.tensorrt.builder import EngineBuildError
-from sd_unet_trt.trt_core.backends.tensorrt.hardware import GIB, MIB, GpuInfo, arch_tag, workspace_limit
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import GIB, MIB, GpuInfo, workspace_limit
 from sd_unet_trt.trt_core.backends.tensorrt.plan_file import read_header
 from sd_unet_trt.trt_core.backends.tensorrt.progress import PhaseTracker
 from sd_unet_trt.trt_core.backends.tensorrt.timing_cache import cache_path

@@ -106,6 +106,11 @@ class Engine(ABC):
         """Release everything the engine holds; it is not called again afterwards."""
 
 
+def arch_tag(capability: tuple[int, int]) -> str:
+    """"sm_89" for compute capability 8.9: what `device_arch` says for a CUDA GPU, whichever backend."""
+    return f"sm_{capability[0]}{capability[1]}"
+
+
 def control_inputs(family: ModelFamily, x: torch.Tensor, control: list[torch.Tensor] | None,
                    engine: str) -> list[torch.Tensor]:
     """The tensors an engine of `family` takes for its control inputs (ControlNet's residuals,

@@ -21,7 +21,7 @@ import torch
 
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, Engine,
-                                                WeightsUnsupported, control_inputs)
+                                                WeightsUnsupported, arch_tag, control_inputs)
 from sd_unet_trt.trt_core.export import DATA_NAME, WEIGHTS_METADATA
 from sd_unet_trt.trt_core.interrupts import raise_if_interrupted
 from sd_unet_trt.trt_core.profiles import Profile
@@ -143,8 +143,7 @@ class OnnxRuntimeBackend(Backend):
     def device_arch(self, device: str = "cuda") -> str:
         provider = self.providers(device)[0]
         if provider == "CUDAExecutionProvider" and torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return f"sm_{major}{minor}"
+            return arch_tag(torch.cuda.get_device_capability())
         return provider.replace("ExecutionProvider", "").lower()
 
     def build(self, request: BuildRequest, out_path: Path, progress: ProgressFn = no_progress,

@@ -13,12 +13,13 @@ from typing import Callable
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.trt_core.backends.base import Availability, Backend, BuildOutcome, BuildRequest, EngineFileError
+from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, EngineFileError,
+                                                arch_tag)
 from sd_unet_trt.trt_core.backends.tensorrt import library as libraries
 from sd_unet_trt.trt_core.backends.tensorrt import plan_file
 from sd_unet_trt.trt_core.backends.tensorrt.builder import (DEFAULT_OPTIMIZATION_LEVEL, BuildSettings, build_plan,
                                                             onnx_weight_bytes)
-from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo, arch_tag, probe_gpu, workspace_limit
+from sd_unet_trt.trt_core.backends.tensorrt.hardware import GpuInfo, probe_gpu, workspace_limit
 from sd_unet_trt.trt_core.backends.tensorrt.logger import make_logger
 from sd_unet_trt.trt_core.backends.tensorrt.plan_file import PORTABLE, PlanHeader, StaleEngineError
 from sd_unet_trt.trt_core.backends.tensorrt.runtime import ActivationMemory, TensorRTEngine

@@ -1,4 +1,4 @@
-"""Pure decisions about the GPU: its architecture tag and the builder's workspace."""
+"""Pure decisions about the GPU: the builder's workspace; and what the GPU is (`probe_gpu`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,11 +6,6 @@ from dataclasses import dataclass
 MIB = 1024**2
 GIB = 1024**3
 MIN_WORKSPACE = 256 * MIB
-
-
-def arch_tag(capability: tuple[int, int]) -> str:
-    """"sm_89" for compute capability 8.9; engines are tied to it."""
-    return f"sm_{capability[0]}{capability[1]}"
 
 
 def workspace_limit(free_bytes: int, total_bytes: int, weight_bytes: int) -> int:

@@ -18,7 +18,8 @@ import torch
 from sd_unet_trt.models.families import ModelFamily
 from sd_unet_trt.models.unet import UNetCall
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
-from sd_unet_trt.trt_core.backends.base import Availability, Backend, BuildOutcome, BuildRequest, EngineFileError
+from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, EngineFileError,
+                                                arch_tag)
 from sd_unet_trt.trt_core.backends.torch_compiled.attention import (
     fused_projections,
     sdpa_choices,
@@ -135,8 +136,7 @@ class TorchCompiledBackend(Backend):
     def device_arch(self, device: str = "cuda") -> str:
         if torch.device(device).type != "cuda":
             return "cpu"
-        major, minor = torch.cuda.get_device_capability(torch.device(device))
-        return f"sm_{major}{minor}"
+        return arch_tag(torch.cuda.get_device_capability(torch.device(device)))
 
     def profile_problem(self, profile: Profile) -> str | None:
         return varying_size_problem(profile)
