@@ -85,3 +85,12 @@ def test_the_table_today():
     assert {n: p.bytes_per_weight for n, p in PRECISIONS.items()} == {"fp16": 2, "bf16": 2, "fp32": 4, "int8": 1, "fp8": 1}
     assert PRECISIONS["fp8"].trace_dtype == torch.float32 and PRECISIONS["bf16"].trace_dtype == torch.bfloat16
     assert set(EXPORT_WEIGHTS) == {"fp16", "fp32", "int8", "fp8"}  # no bf16 export is made
+
+
+def test_a_backend_refuses_a_precision_the_table_does_not_know():
+    from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+
+    # ONNX Runtime states no precision rules of its own: before, any name passed its check and the
+    # build failed after the export, on a KeyError
+    assert OnnxRuntimeBackend().precision_problem("fp64") == "unknown precision 'fp64' (known: fp16, bf16, fp32, int8, fp8)"
+    assert OnnxRuntimeBackend().precision_problem("bf16") is None
