@@ -13,7 +13,7 @@ if not __package__:
     _spec.loader.exec_module(sys.modules["sd_unet_trt"])
 
 try:
-    from sd_unet_trt.trt_core.cli import main  # noqa: E402 - torch and the rest load here, for seconds
+    from sd_unet_trt.ui.command import main  # noqa: E402 - torch and the rest load here, for seconds
 except KeyboardInterrupt:  # Ctrl-C before main() runs: the same line and code as during a command
     from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
 

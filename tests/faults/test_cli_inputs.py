@@ -38,8 +38,9 @@ def test_asking_for_a_gpu_that_is_not_there_is_one_line():
 
 def test_every_command_and_option_has_help():
     from sd_unet_trt.trt_core.cli.parser import parser
+    from sd_unet_trt.ui.command import add_ui_command
 
-    p = parser()
+    p = parser((add_ui_command,))  # as the entry points make it
     commands = p._subparsers._group_actions[0].choices
     missing = [f"{name} {action.option_strings or action.dest}" for name, sub in commands.items()
                for action in sub._actions if action.help is None]

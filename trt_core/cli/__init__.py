@@ -13,15 +13,17 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from typing import Callable, Sequence
 
 from sd_unet_trt.trt_core.cli.errors import exit_code_and_line
 from sd_unet_trt.trt_core.cli.parser import parser
 from sd_unet_trt.trt_core.interrupts import INTERRUPTED_EXIT, INTERRUPTED_LINE
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, extra_commands: Sequence[Callable] = ()) -> int:
+    """Run one command; `extra_commands`: see parser (the package's entry points add `ui`)."""
     try:
-        args = parser().parse_args(argv)
+        args = parser(extra_commands).parse_args(argv)
     except KeyboardInterrupt:
         print(INTERRUPTED_LINE, file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -1,4 +1,4 @@
-"""The commands but the demo: build, verify, export, list, remove, recover, ui."""
+"""The commands but the demo and `ui` (ui/command.py): build, verify, export, list, remove, recover, export-triton."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -253,9 +253,3 @@ def cmd_verify(args) -> int:
         print(f"{'ok  ' if accuracy.passed else 'FAIL'} {e.id}: relative error {accuracy.max_rel:.2e} "
               f"(allowed {accuracy.tolerance:.0e})")
     return 1 if failures else 0
-
-
-def cmd_ui(args) -> int:
-    """The tab on its own, on 127.0.0.1, with the built-in tiny model."""
-    from sd_unet_trt.ui.standalone import main as ui_main
-    return ui_main(["--dir", args.dir, "--port", str(args.port), "--device", args.device])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, Sequence
 
 import torch
 
@@ -45,7 +46,9 @@ def device_name(text: str) -> str:
     return text
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
+    """Every command; `extra_commands` add those of layers above trt_core (ui/command.py: `ui`),
+    each called with `command` below."""
     p = argparse.ArgumentParser(prog="python -m sd_unet_trt", description=sys.modules[__package__].__doc__,
                                 formatter_class=Formatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details, and tracebacks of errors")
@@ -122,6 +125,6 @@ def parser() -> argparse.ArgumentParser:
                                         "them in brackets); default: the only checkpoint with engines")
     t.add_argument("--out", required=True, help="the Triton model repository to write into")
     t.add_argument("--instances", type=bounded_int(1, 64), default=1, help="model instances (per GPU on a GPU)")
-    u = command("ui", commands.cmd_ui, commands.cmd_ui.__doc__)
-    u.add_argument("--port", type=bounded_int(1024, 65535), default=7861, help="port on 127.0.0.1")
+    for add in extra_commands:
+        add(command)
     return p
