@@ -52,7 +52,7 @@ class BuildRequest:
     onnx_path: Path
     family: ModelFamily
     profile: Profile
-    precision: str = "fp16"  # "fp16", "bf16", "fp32"; TensorRT also "int8", "fp8"
+    precision: str = "fp16"  # a name in trt_core/precision.py that the backend builds
     module: Optional[torch.nn.Module] = None
     device: str = "cuda"
     options: dict[str, Any] = field(default_factory=dict)
