@@ -35,8 +35,12 @@ T0=$(date +%s)
 
 # 1. Payload: each tarball carried (PAYLOAD/*/NAME.tar.xz or PAYLOAD/NAME.tar.xz) is unpacked once per
 # machine; two calls back to back share /tmp, so a later call finds what an earlier one unpacked.
-# The WebUI needs all three; checkpoints and cnspeed need no OpenCV (site-cv).
-NEEDED=(webui site-py); [[ ",$PARTS," =~ ,(sd15|sdxl|lora|controlnet|profile|medvram), ]] && NEEDED+=(site-cv)
+# The WebUI needs all three; checkpoints and cnspeed need no OpenCV (site-cv), nor does a machine
+# whose own Python has it (the GPU image lists opencv-python-headless): then each call carries main/ alone.
+NEEDED=(webui site-py)
+if [[ ",$PARTS," =~ ,(sd15|sdxl|lora|controlnet|profile|medvram), ]] && ! "$PY" -c 'import cv2' 2>/dev/null; then
+  NEEDED+=(site-cv)
+fi
 for part in webui site-py site-cv; do
   [ -f "$WORK/.unpacked-$part" ] && continue
   tarball=$(ls "$PAYLOAD"/*/"$part.tar.xz" "$PAYLOAD/$part.tar.xz" 2>/dev/null | head -1)
