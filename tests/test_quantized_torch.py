@@ -164,7 +164,7 @@ def test_a_build_over_the_loop_tolerance_is_refused_and_leaves_nothing(unet, tmp
 
 def test_onnx_runtime_says_which_backends_build_quantized_engines(unet, tmp_path):
     source = ModuleUNet(unet, checkpoint_of_module(unet, "tiny"), TINY)
-    with pytest.raises(ValueError, match="onnxruntime: int8 engines are built by the torch and TensorRT backends"):
+    with pytest.raises(ValueError, match="precision: int8 engines are built by the torch and TensorRT backends"):
         build_engine(source, PROFILE, OnnxRuntimeBackend(), Workspace(tmp_path), precision="int8")
     assert not (tmp_path / "Unet-onnx").exists()
 

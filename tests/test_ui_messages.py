@@ -12,7 +12,7 @@ import pytest
 
 import sd_unet_trt.ui.tab as ui_tab
 from sd_unet_trt.models.families import UnsupportedModelError
-from sd_unet_trt.trt_core import jobs
+from sd_unet_trt.trt_core import backends, jobs
 from sd_unet_trt.ui.form import profile_fields
 from sd_unet_trt.ui.source import ModelSource, NoModelLoaded, run_directly
 from sd_unet_trt.ui.standalone import tiny_model, tiny_source
@@ -78,6 +78,7 @@ def test_validation_messages_next_to_the_fields_and_on_export(tmp_path):
 def test_missing_backend(tmp_path, monkeypatch):
     for module in ("tensorrt", "tensorrt_bindings", "tensorrt_rtx", "tensorrt_rtx_bindings"):
         monkeypatch.setitem(sys.modules, module, None)  # no TensorRT library imports
+    monkeypatch.setattr(backends, "_instances", {})  # the process's TensorRT instance chose its library already
     tab = create_tab(tiny_source(tmp_path, "cpu"))
     assert "tensorrt" not in {b.name for b in ui_tab.backend_choices() if b.available}
     steps = run_export(tab, TINY_FIELDS, backend="tensorrt")
