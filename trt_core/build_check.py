@@ -22,6 +22,13 @@ class BuildChoice:
     controlnet: Any = False
 
 
+def unknown_precision(precision: Any) -> ProfileError | None:
+    """A precision that is no name of the table, said as the form's field error."""
+    if not isinstance(precision, str) or precision not in PRECISION_NAMES:
+        return ProfileError({"precision": f"must be one of {', '.join(PRECISION_NAMES)}, got {shown(precision)}"})
+    return None
+
+
 def build_problem(choice: BuildChoice, backend: Backend | None = None) -> ProfileError | BackendUnavailable | None:
     """Why this build would be refused (None when it would not), as the error to raise or to show:
     a ProfileError names the field. `backend` is the instance that will build when the caller
@@ -37,9 +44,9 @@ def build_problem(choice: BuildChoice, backend: Backend | None = None) -> Profil
     status = backend.availability()
     if not status.available:
         return BackendUnavailable(f"backend {backend.name} is not available here: {status.reason}")
-    if not isinstance(choice.precision, str) or choice.precision not in PRECISION_NAMES:
-        return ProfileError({"precision": f"must be one of {', '.join(PRECISION_NAMES)}, "
-                                          f"got {shown(choice.precision)}"})
+    problem = unknown_precision(choice.precision)
+    if problem:
+        return problem
     for field, problem in (("precision", backend.precision_problem(choice.precision)),
                            ("profile", backend.profile_problem(choice.profile))):
         if problem:

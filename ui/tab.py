@@ -16,7 +16,7 @@ import gradio as gr
 
 from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.trt_core.backends import best_backend, get_backend
-from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem
+from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem, unknown_precision
 from sd_unet_trt.trt_core.catalog import CatalogItem, catalog
 from sd_unet_trt.trt_core.jobs import user_message
 from sd_unet_trt.trt_core.pipeline import build_engine
@@ -126,7 +126,8 @@ def create_tab(source: ModelSource) -> gr.Blocks:
         if not check.ok:
             return ""
         # the refusal a click would meet (e.g. onnxruntime takes no int8), said before the click
-        problem = build_problem(BuildChoice(backend_name, precision, check.profile)) if backend_name else None
+        problem = (build_problem(BuildChoice(backend_name, precision, check.profile)) if backend_name
+                   else unknown_precision(precision))
         if problem:
             return message(str(problem), "error")
         try:
