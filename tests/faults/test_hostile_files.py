@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import shlex
-import shutil
 
 import pytest
 import torch
@@ -16,22 +15,7 @@ from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.catalog import router_for_checkpoint
 from sd_unet_trt.trt_core.manifest import Manifest
 from sd_unet_trt.trt_core.workspace import Workspace
-from tests.faults.helpers import cli, killed_build, leftovers, one_line_error
-
-
-@pytest.fixture(scope="module")
-def built_once(tmp_path_factory):
-    """A workspace with one real engine (tiny model, ONNX Runtime, fp32), copied for each test."""
-    root = tmp_path_factory.mktemp("built")
-    assert killed_build("none", root).returncode == 0
-    return root
-
-
-@pytest.fixture
-def workspace(built_once, tmp_path):
-    root = tmp_path / "ws"
-    shutil.copytree(built_once, root)
-    return root
+from tests.faults.helpers import cli, leftovers, one_line_error
 
 
 def index(root):

@@ -5,7 +5,6 @@ export-tools folder. A user's file with a name like ours is left as it is."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,24 +12,9 @@ import pytest
 
 from sd_unet_trt.trt_core.manifest import Manifest
 from sd_unet_trt.trt_core.workspace import Workspace
-from tests.faults.helpers import REPO, cli, killed_build, one_line_error
+from tests.faults.helpers import REPO, cli, one_line_error
 
 DEAD_PID = 999_999_999  # above any pid_max: no process has it
-
-
-@pytest.fixture(scope="module")
-def built_once(tmp_path_factory):
-    """A workspace with one real engine (tiny model, ONNX Runtime, fp32), copied for each test."""
-    root = tmp_path_factory.mktemp("built")
-    assert killed_build("none", root).returncode == 0
-    return root
-
-
-@pytest.fixture
-def workspace(built_once, tmp_path):
-    root = tmp_path / "ws"
-    shutil.copytree(built_once, root)
-    return root
 
 
 def the_entry(root: Path):
