@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from sd_unet_trt.models.families import TINY
-from sd_unet_trt.models.unet import seeded_unet
 from sd_unet_trt.trt_core.backends.torch_compiled import TorchCompiledBackend
 from sd_unet_trt.trt_core.backends.torch_compiled import backend as torch_backend
 from sd_unet_trt.trt_core.backends.torch_compiled.engine_file import read_metadata
@@ -31,24 +30,11 @@ from sd_unet_trt.trt_core.unet_source import ModuleUNet
 from sd_unet_trt.trt_core.verify import (IMPLEMENTATION_TOLERANCE, VerificationError, implementation_error,
                                          require_implementation)
 from sd_unet_trt.trt_core.workspace import Workspace
+from tests.test_quantized_torch import _inputs, _rel, unet  # noqa: F401 (unet: the tiny UNet fixture)
 
 PROFILE = Profile.static(1, 64, 64)
 BLOCK = "input_blocks.1.1.transformer_blocks.0"
 STATIC = {"activation_scales": "static"}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def _inputs(seed: int) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(2, 4, 8, 8, generator=g), torch.rand(2, generator=g) * 999, torch.randn(2, 77, 768, generator=g)
-
-
-@pytest.fixture(scope="module")
-def unet():
-    return seeded_unet(TINY.unet_config(), seed=5).eval()
 
 
 @pytest.fixture(scope="module")
