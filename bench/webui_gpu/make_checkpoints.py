@@ -96,8 +96,9 @@ def instantiate(webui: Path, model: str, config, device: torch.device) -> torch.
         from ldm.util import instantiate_from_config
     else:
         from sgm.util import instantiate_from_config
-    with torch.device(device):
-        return instantiate_from_config(config.model).eval()
+    # Built on the CPU, then moved: ldm's make_beta_schedule calls .numpy() on a tensor that a
+    # torch.device(cuda) context would place on the GPU (found on the H100, 2026-12-07).
+    return instantiate_from_config(config.model).eval().to(device)
 
 
 def randomize_zeros_and_norms(model: torch.nn.Module, seed: int, device: torch.device) -> None:
