@@ -95,7 +95,7 @@ class Bench:
         return first
 
     def record(self, row: dict) -> None:
-        row.update(label=self.args.label, part=self.part)
+        row.update(label=self.args.label, part=self.part, attention=self.args.attention)
         self.rows.append(row)
         self.path.write_text(json.dumps(self.rows, indent=1))
         steady, first = row.get("steady", {}), row.get("first", {})
@@ -139,22 +139,33 @@ class Bench:
             for batch in (1, 4):
                 fields = dict(sampler_name=sampler, batch_size=batch, width=px, height=px)
                 refs[sampler, batch] = self.measure(f"{model} txt2img {sampler} b{batch}", "None", **fields)
-        for batch in (1, 4):
+        if self.args.engines:
+            self.engine_matrix(model, px, refs)
+        if model == "sd15":
+            self.hires_and_img2img(model, px, refs["Euler a", 1])
+
+    def engine_matrix(self, model: str, px: int, refs: dict) -> None:
+        # SDXL: one engine for batch 1-4 (it covers batch 1 too); each SDXL build costs 100-250 s of
+        # a call's 560 (the first SDXL build on the H100 took 254 s and used the rest of the call)
+        for batch in (1, 4) if model == "sd15" else (4,):
             self.build(model, px, batch)
         for sampler in SAMPLERS:
             for batch in (1, 4):
                 fields = dict(sampler_name=sampler, batch_size=batch, width=px, height=px)
                 self.measure(f"{model} txt2img {sampler} b{batch}", "Automatic", refs[sampler, batch], **fields)
-        if model == "sd15":
+
+    def hires_and_img2img(self, model: str, px: int, txt2img_reference: dict) -> None:
+        hires = dict(sampler_name="Euler a", width=px, height=px, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
+                     denoising_strength=0.55, hr_second_pass_steps=self.args.steps)
+        init = encode(txt2img_reference["images"][0])
+        i2i = dict(sampler_name="Euler a", width=px, height=px, init_images=[init], denoising_strength=0.6,
+                   img2img=True)
+        ref = self.measure(f"{model} hires fix 2x", "None", **hires)
+        if self.args.engines:
             self.build(model, 2 * px, 1)
-            hires = dict(sampler_name="Euler a", width=px, height=px, enable_hr=True, hr_scale=2, hr_upscaler="Latent",
-                         denoising_strength=0.55, hr_second_pass_steps=self.args.steps)
-            ref = self.measure(f"{model} hires fix 2x", "None", **hires)
             self.measure(f"{model} hires fix 2x", "Automatic", ref, **hires)
-            init = encode(refs["Euler a", 1]["images"][0])
-            i2i = dict(sampler_name="Euler a", width=px, height=px, init_images=[init], denoising_strength=0.6,
-                       img2img=True)
-            ref = self.measure(f"{model} img2img 0.6", "None", **i2i)
+        ref = self.measure(f"{model} img2img 0.6", "None", **i2i)
+        if self.args.engines:
             self.measure(f"{model} img2img 0.6", "Automatic", ref, **i2i)
 
     def lora(self, model: str) -> None:
@@ -292,6 +303,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lora-models", default="sd15")
     parser.add_argument("--profile-models", default="sd15")
     parser.add_argument("--medvram-models", default="sd15")
+    parser.add_argument("--attention", default="?", help="the WebUI's cross-attention optimization (its log says which)")
+    parser.add_argument("--none-only", dest="engines", action="store_false",
+                        help="SD Unet None rows only (a baseline under other WebUI flags): no builds, no engine rows")
     args = parser.parse_args(argv)
     bench = Bench(args)
     bench.part = "setup"

@@ -27,7 +27,7 @@ def num(value, spec: str = ".2f") -> str:
 
 def table(data: dict) -> list[str]:
     rows = data["rows"]
-    lines = [f"{'scenario':<44} {'unet':<9} {'it/s':>7} {'s/img':>7} {'first s':>8} {'VRAM GiB':>8} "
+    lines = [f"{'scenario':<44} {'unet':<9} {'attn':<9} {'it/s':>7} {'s/img':>7} {'first s':>8} {'VRAM GiB':>8} "
              f"{'x None':>6} {'max|d|':>6} {'PSNR':>6}"]
     none = {(r["label"], r["scenario"]): r for r in rows if r.get("unet") == "None" and "steady" in r}
     for r in rows:
@@ -38,7 +38,7 @@ def table(data: dict) -> list[str]:
                    and ref["steady"].get("it_s") else None)
         c = r.get("correctness", {})
         vram = r.get("peak_vram_bytes")
-        lines.append(f"{r['scenario'][:44]:<44} {r['unet']:<9} {num(s.get('it_s')):>7} {num(s.get('s_per_image'), '.3f'):>7} "
+        lines.append(f"{r['scenario'][:44]:<44} {r['unet']:<9} {r.get('attention', '?')[:9]:<9} {num(s.get('it_s')):>7} {num(s.get('s_per_image'), '.3f'):>7} "
                      f"{num(r['first'].get('wall_s')):>8} {num(vram / 2**30 if vram else None):>8} "
                      f"{num(speedup):>6} {c.get('max', '-'):>6} {num(c.get('psnr_db'), '.1f'):>6}")
     for r in rows:

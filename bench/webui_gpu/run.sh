@@ -2,6 +2,7 @@
 # The real AUTOMATIC1111 WebUI v1.10.1 with this extension, measured through its API (README.md).
 #   bench/webui_gpu/run.sh [--parts checkpoints,sd15,lora,controlnet,profile,sdxl,medvram,cnspeed] [--device cuda|cpu]
 #                          [--tiny] [--payload DIR] [--work DIR] [--python PY] [--steps N] [--repeats N]
+#                          [--attention auto|sdp] [--none-only]
 # On the GPU machine: defaults (cuda, full-size models, the machine's python3). CPU rehearsal:
 #   --device cpu --tiny --python /work/gpu_rehearsal/venv/bin/python
 # Unpacks the payload (prepare.sh's tarballs; parts already unpacked in WORK by an earlier call are
@@ -9,11 +10,14 @@
 # automatic attention optimization), waits for "Startup time", runs measure.py, stops it; --medvram
 # in a second start. Results under $OUT (default WORK/out): results.json, table.txt, bundle.tar.gz.
 # WEBUI_ARGS (environment): more arguments for the WebUI, e.g. "--disable-nan-check".
+# --attention sdp: start the WebUI with --opt-sdp-attention (without it, v1.10.1's "Automatic" picks
+# Doggettx on CUDA: priority 90 over SDP's 80/70). --none-only: SD Unet None rows only (no builds), a
+# baseline under other flags. Every row records the optimization the WebUI's log says it applied.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 PARTS=sd15,lora,controlnet,profile DEVICE=cuda TINY=0 PAYLOAD=$REPO/.gpu_payload WORK=/tmp/webui_gpu PY=python3
-STEPS=20 REPEATS=3 PORT=${PORT:-7870}
+STEPS=20 REPEATS=3 PORT=${PORT:-7870} ATTENTION=auto NONE_ONLY=0
 # The device stops a command at 600 s and returns only what is in $OUT then: each step below gets
 # what is left of BUDGET_S, so the results are always written.
 BUDGET_S=${BUDGET_S:-560}
@@ -22,6 +26,7 @@ while [ $# -gt 0 ]; do
     --parts) PARTS=$2; shift ;; --device) DEVICE=$2; shift ;; --tiny) TINY=1 ;;
     --payload) PAYLOAD=$2; shift ;; --work) WORK=$2; shift ;; --python) PY=$2; shift ;;
     --steps) STEPS=$2; shift ;; --repeats) REPEATS=$2; shift ;;
+    --attention) ATTENTION=$2; shift ;; --none-only) NONE_ONLY=1 ;;
     *) echo "run.sh: unknown argument $1 (see the header of $0)"; exit 2 ;;
   esac
   shift
@@ -73,7 +78,10 @@ print(", ".join(f"{n} {version(n)}" for n in names))' 2>&1 | tee "$LOGS/versions
 "$PY" -m pip list --format=freeze > "$LOGS/pip-list.txt" 2>/dev/null
 
 # 2. Checkpoints (and LoRAs), once per machine.
-MODELS=sd15; { has sdxl || has checkpoints; } && MODELS=sd15,sdxl
+# the models the parts use (controlnet is SD1.5's); the WebUI starts on the first, so an SDXL-only call
+# neither makes nor loads SD1.5
+MODELS=$( { has sd15 || has controlnet; } && echo sd15; has sdxl && echo sdxl)
+MODELS=$(echo $MODELS | tr ' ' ','); has checkpoints && MODELS=sd15,sdxl; MODELS=${MODELS:-sd15}
 CKPT=$WORK/checkpoints
 TINYFLAG=(); [ "$TINY" = 1 ] && TINYFLAG=(--tiny)
 say "checkpoints: $MODELS"
@@ -98,8 +106,8 @@ else
 fi
 # Every key a request overrides is in the config (else overrides leak into later requests). Live
 # previews stay on as for a user, "Approx cheap": "Approx NN" downloads SDXL's approximation model.
-cat > "$DATA/config.json" <<'EOF'
-{"sd_model_checkpoint": "bench_sd15.safetensors", "sd_unet": "None", "sd_vae": "Automatic",
+cat > "$DATA/config.json" <<EOF
+{"sd_model_checkpoint": "bench_${MODELS%%,*}.safetensors", "sd_unet": "None", "sd_vae": "Automatic",
  "CLIP_stop_at_last_layers": 1, "samples_save": false, "grid_save": false, "lora_functional": false,
  "show_progress_type": "Approx cheap"}
 EOF
@@ -133,11 +141,20 @@ start_webui() {  # start_webui LOGNAME EXTRA_ARGS...: the WebUI in the backgroun
   say "$(grep -m1 -e 'Model loaded in' -e 'Stable diffusion model failed to load' "$log")"
 }
 left() { echo $((BUDGET_S - ($(date +%s) - T0) - 15)); }  # seconds this call may still spend
+within_budget() {  # within_budget NAME COMMAND...: COMMAND under what is left, or a line why not
+  local name=$1; shift
+  if [ "$(left)" -lt 30 ]; then say "skipped $name: $(left) s left of BUDGET_S=$BUDGET_S"; return 1; fi
+  timeout "$(left)" "$@"
+}
+attention() { grep -m1 -o 'Applying attention optimization: [^.]*' "$1" | sed 's/.*: //'; }
 stop_webui() { kill "$WEBUI_PID" 2>/dev/null; wait "$WEBUI_PID" 2>/dev/null; return 0; }  # its exit code is SIGTERM's
 
 # results stay in WORK (a later call's bundle holds the earlier calls' too); $OUT gets 3 files
 RESULTS=$WORK/results && mkdir -p "$RESULTS"
 MEASURE=(--url "http://127.0.0.1:$PORT" --out "$RESULTS" --steps "$STEPS" --repeats "$REPEATS")
+[ "$NONE_ONLY" = 1 ] && MEASURE+=(--none-only)
+[ "$ATTENTION" = sdp ] && WEBUI_ARGS="${WEBUI_ARGS:-} --opt-sdp-attention"
+SUFFIX=$([ "$ATTENTION" = sdp ] && echo _sdp)$([ "$NONE_ONLY" = 1 ] && echo _none)
 [ "$TINY" = 1 ] && MEASURE+=(--tiny)
 # lora and profile run for the models whose matrix part is in this call (SD1.5 when neither is)
 PROFILE_MODELS=$(echo "$PARTS" | tr ',' '\n' | grep -x -e sd15 -e sdxl | paste -sd, -)
@@ -146,21 +163,24 @@ FAILED=0
 MAIN_PARTS=$(echo "$PARTS" | tr ',' '\n' | grep -v -x -e medvram -e cnspeed -e checkpoints | paste -sd, -)
 if [ -n "$MAIN_PARTS" ]; then
   start_webui webui && {
-    timeout "$(left)" "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label "webui_${MAIN_PARTS//,/_}" --parts "$MAIN_PARTS" --profile-models "$PROFILE_MODELS" \
-      --lora-models "$PROFILE_MODELS" || FAILED=1
+    within_budget measure "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label "webui_${MAIN_PARTS//,/_}$SUFFIX" --parts "$MAIN_PARTS" \
+      --profile-models "$PROFILE_MODELS" --lora-models "$PROFILE_MODELS" --attention "$(attention "$LOGS/webui.log")" || FAILED=1
     stop_webui
   } || FAILED=1
 fi
-if has medvram; then
+if has medvram && [ "$(left)" -ge 90 ]; then  # a start and a model load take about a minute
   start_webui webui-medvram --medvram && {
-    timeout "$(left)" "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label medvram --parts medvram --medvram-models "${MEDVRAM_MODELS:-$MODELS}" || FAILED=1
+    within_budget medvram "$PY" "$HERE/measure.py" "${MEASURE[@]}" --label "medvram$SUFFIX" --parts medvram \
+      --medvram-models "${MEDVRAM_MODELS:-$MODELS}" --attention "$(attention "$LOGS/webui-medvram.log")" || FAILED=1
     stop_webui
   } || FAILED=1
+elif has medvram; then
+  say "skipped medvram: $(left) s left of BUDGET_S=$BUDGET_S (a start and a load need about 90)"; FAILED=1
 fi
 if has cnspeed; then  # bench/controlnet_speed.py, outside the WebUI (issue #13's figure)
   CN=(--out "$RESULTS/controlnet_speed"); [ "$TINY" = 1 ] && CN+=(--models tiny --device cpu)
   say "bench/controlnet_speed.py ${CN[*]}"
-  (cd "$REPO/bench" && timeout "$(left)" "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
+  (cd "$REPO/bench" && within_budget controlnet_speed "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
 fi
 
 # 4. Results: one JSON, one table, one tarball (logs, grids, profiles): the device returns 8 files at most.
