@@ -48,6 +48,13 @@ class ModelFamily:
     def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
         return self.base_config.control_shapes(rows, latent_h, latent_w)
 
+    # An engine's outputs by name and shape: one for a UNet; a ControlNet's engines give several
+    # (trt_core/controlnet/family.py), and the backends allocate and return whatever the family names.
+    output_names = ("out",)
+
+    def output_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
+        return [(rows, self.base_config.out_channels, latent_h, latent_w)]
+
     def with_controlnet(self) -> "ModelFamily":
         """The same UNet, with inputs for ControlNet's residuals and T2I-Adapter's features."""
         if self.controlnet:

@@ -8,6 +8,7 @@ from typing import Callable
 from sd_unet_trt.models.families import CONTROLNET_SUFFIX, UnsupportedModelError, family_named
 from sd_unet_trt.trt_core.backends import REGISTRY, get_backend
 from sd_unet_trt.trt_core.backends.base import Backend, BackendUnavailable, Engine
+from sd_unet_trt.trt_core.controlnet.family import family_of_entry, is_controlnet_entry
 from sd_unet_trt.trt_core.file_digest import require_built_file
 from sd_unet_trt.trt_core.manifest import EngineEntry, EngineStatus, Manifest, engine_status
 from sd_unet_trt.trt_core.router import EngineRecord, Router
@@ -59,8 +60,8 @@ def catalog(workspace: Workspace, device: str = "cuda") -> list[CatalogItem]:
     for entry in manifest.entries():
         status = status_here(entry, manifest, installed_backend(entry.backend), device)
         try:
-            family_named(entry.family)
-        except UnsupportedModelError as e:
+            family_of_entry(entry) if is_controlnet_entry(entry) else family_named(entry.family)
+        except (UnsupportedModelError, ValueError) as e:
             status = EngineStatus("stale", str(e))
         items.append(CatalogItem(entry, status))
     return items
@@ -82,7 +83,7 @@ def router_for_checkpoint(workspace: Workspace, sha256: str, device: str = "cuda
     order = [preferred_backend] + [b for b in REGISTRY if b != preferred_backend] if preferred_backend in REGISTRY else list(REGISTRY)
     ready, left_out = [], []
     for item in catalog(workspace, device):
-        if item.entry.checkpoint.sha256 != sha256:
+        if item.entry.checkpoint.sha256 != sha256 or is_controlnet_entry(item.entry):  # a ControlNet's: never a UNet's
             continue
         (ready if item.status.ready else left_out).append(item)
     ready.sort(key=lambda item: order.index(item.entry.backend) if item.entry.backend in order else len(order))

@@ -64,10 +64,19 @@ def export_checkpoint_file(path: Path, sha256: str, stamp: FileStamp, family_nam
     """Export the file's UNet to `out_dir` in a child process and read the result back."""
     from sd_unet_trt.models.families import family_named
 
+    run_export_child(["export", "--checkpoint", str(path), "--out", str(out_dir), "--weights", weights,
+                      "--prediction", prediction, "--family", family_name, "--sha256", sha256,
+                      "--expect-stamp", f"{stamp.size}:{stamp.mtime_ns}", "--device", device, "--progress-lines"],
+                     path, out_dir, progress, cancel)
+    return ExportResult.read(Path(out_dir), family_named(family_name), weights)
+
+
+def run_export_child(args: list[str], path: Path, out_dir: Path, progress: ProgressFn = no_progress,
+                     cancel: CancelToken | None = None) -> None:
+    """Run an export command of the command line (`export`, `export-controlnet`) on the file at
+    `path` in a child process that writes `out_dir`; its one line of error comes back as ExportError."""
     cancel = cancel or CancelToken()
-    command = child_command(["export", "--checkpoint", str(path), "--out", str(out_dir), "--weights", weights,
-                             "--prediction", prediction, "--family", family_name, "--sha256", sha256,
-                             "--expect-stamp", f"{stamp.size}:{stamp.mtime_ns}", "--device", device, "--progress-lines"])
+    command = child_command(args)
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=child_environment(), cwd=str(Path(out_dir).parent))
@@ -107,4 +116,3 @@ def export_checkpoint_file(path: Path, sha256: str, stamp: FileStamp, family_nam
             raise ExportError(f"{Path(path).name}: {last[len('error: '):]}")
         log.warning("the export process of %s ended with code %s:\n%s", Path(path).name, code, "\n".join(said[-40:]))
         raise ExportError(f"the export of {Path(path).name} failed: {last}")
-    return ExportResult.read(Path(out_dir), family_named(family_name), weights)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from filelock import FileLock, Timeout
@@ -29,7 +31,7 @@ from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
 from sd_unet_trt.trt_core.file_digest import file_sha256
-from sd_unet_trt.trt_core.manifest import EngineEntry, engine_id
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
 from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
@@ -143,16 +145,8 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
         raise problem
     cancel = cancel or CancelToken()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    manifest = workspace.manifest()
-    manifest.dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(manifest.dir / ".build.lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise BuildBusy("another engine build is running; wait for it to finish") from None
-    try:
+    with exclusive_build(workspace) as manifest:
         started = time.monotonic()
-        workspace.sweep()  # what killed builds left; this build holds the lock, so none is running
         weights = onnx_weights(precision, backend.quantizes_onnx)
         exported = ensure_onnx(source, workspace, weights, device, _scaled(progress, 0.0, 0.3), cancel)
         checkpoint = replace(source.checkpoint, weights=exported.record.digest)
@@ -162,33 +156,64 @@ def build_engine(source: UNetSource, profile: Profile, backend: Backend, workspa
         onnx_accuracy = verify_onnx(exported.onnx_path, reference, family, profile, weights)
         cancel.raise_if_cancelled()
 
-        entry_id = engine_id(checkpoint, family.name, backend.name, precision, profile)
-        file_name = entry_id + backend.file_suffix
         request = BuildRequest(exported.onnx_path, family, profile, precision, module=reference,
                                device=device.type, options=dict(options or {}))
-        cannot_run = backend.can_run(device.type)  # e.g. TensorRT for RTX building without a GPU
-        with staged_output(manifest.dir / file_name) as staged:
-            outcome = backend.build(request, staged, _scaled(progress, 0.4, 0.9), cancel)
-            cancel.raise_if_cancelled()
-            accuracy = None if cannot_run else verify_engine(backend, staged, entry_id, reference, request, outcome,
-                                                             device, progress)
-            details = {**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
-                       "onnx_accuracy": onnx_accuracy.as_dict()}
-            if cannot_run:
-                details["unverified"] = cannot_run
-            progress("registering the engine", 0.97)
-            fsync_file(staged)
-            entry = EngineEntry(
-                id=entry_id, checkpoint=checkpoint, family=family.name, backend=backend.name,
-                backend_version=backend.version(),
-                gpu_arch=outcome.details.get("gpu_arch") or backend.device_arch(device.type), profile=profile,
-                precision=outcome.precision, file=file_name, file_size=staged.stat().st_size,
-                file_sha256=file_sha256(staged), build_seconds=round(time.monotonic() - started, 2),
-                accuracy=accuracy or {}, details=details)
-            exported.record.save(workspace.weights_record_path(checkpoint.weights))
-            manifest.add(entry, staged=staged)
-        progress("done", 1.0)
-        return entry
+
+        def verify(staged: Path, entry_id: str, outcome: BuildOutcome) -> dict[str, float]:
+            return verify_engine(backend, staged, entry_id, reference, request, outcome, device, progress)
+        return build_and_register(workspace, manifest, backend, request, checkpoint, exported, onnx_accuracy,
+                                  started, verify, progress, cancel)
+
+
+def build_and_register(workspace: Workspace, manifest: Manifest, backend: Backend, request: BuildRequest,
+                       checkpoint: CheckpointId, exported: ExportResult, onnx_accuracy: Accuracy, started: float,
+                       verify: Callable[[Path, str, BuildOutcome], dict[str, float]], progress: ProgressFn,
+                       cancel: CancelToken, details: dict | None = None) -> EngineEntry:
+    """The backend's build into a staged file, `verify` of it (skipped where the backend cannot run
+    it here), and its registration; for a UNet's engines and a ControlNet's alike. `details` join
+    the entry's."""
+    device = request.device
+    entry_id = engine_id(checkpoint, request.family.name, backend.name, request.precision, request.profile)
+    file_name = entry_id + backend.file_suffix
+    cannot_run = backend.can_run(device)  # e.g. TensorRT for RTX building without a GPU
+    with staged_output(manifest.dir / file_name) as staged:
+        outcome = backend.build(request, staged, _scaled(progress, 0.4, 0.9), cancel)
+        cancel.raise_if_cancelled()
+        accuracy = None if cannot_run else verify(staged, entry_id, outcome)
+        details = {**outcome.details, "onnx": str(exported.onnx_path.relative_to(workspace.root)),
+                   "onnx_accuracy": onnx_accuracy.as_dict(), **(details or {})}
+        if cannot_run:
+            details["unverified"] = cannot_run
+        progress("registering the engine", 0.97)
+        fsync_file(staged)
+        entry = EngineEntry(
+            id=entry_id, checkpoint=checkpoint, family=request.family.name, backend=backend.name,
+            backend_version=backend.version(),
+            gpu_arch=outcome.details.get("gpu_arch") or backend.device_arch(device), profile=request.profile,
+            precision=outcome.precision, file=file_name, file_size=staged.stat().st_size,
+            file_sha256=file_sha256(staged), build_seconds=round(time.monotonic() - started, 2),
+            accuracy=accuracy or {}, details=details)
+        exported.record.save(workspace.weights_record_path(checkpoint.weights))
+        manifest.add(entry, staged=staged)
+    progress("done", 1.0)
+    return entry
+
+
+@contextmanager
+def exclusive_build(workspace: Workspace) -> Iterator[Manifest]:
+    """The one build of an engine folder (a UNet's or a ControlNet's): its `.build.lock`, taken
+    without waiting (BuildBusy), what killed builds left swept first, and a failure while the disk
+    is full reported as DiskFullError."""
+    manifest = workspace.manifest()
+    manifest.dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(manifest.dir / ".build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BuildBusy("another engine build is running; wait for it to finish") from None
+    try:
+        workspace.sweep()  # what killed builds left; this build holds the lock, so none is running
+        yield manifest
     except Exception as e:
         full = as_disk_full(e, workspace.root)
         if full is not None:

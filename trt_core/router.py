@@ -335,6 +335,8 @@ class Router:
                 extra = {"control": [c[part] for c in control]}
             outputs.append(engine(x[part], timesteps[part], context[part], None if y is None else y[part], **extra))
             start += rows
+        if isinstance(outputs[0], list):  # a ControlNet's residuals: each joined over the chunks
+            return [torch.cat(parts) for parts in zip(*outputs)]
         return torch.cat(outputs)
 
     def unload(self, engine_id: str) -> None:

@@ -83,10 +83,10 @@ def compare(runner: Runner, reference: Runner, family: ModelFamily, profile: Pro
     return Accuracy(worst_abs, worst_rel, TOLERANCE[precision], tuple(shapes))
 
 
-def require(accuracy: Accuracy, what: str) -> Accuracy:
+def require(accuracy: Accuracy, what: str, reference: str = "the PyTorch UNet") -> Accuracy:
     if not accuracy.passed:
         raise VerificationError(
-            f"{what} differs from the PyTorch UNet by {accuracy.max_rel:.2e} (relative), over the "
+            f"{what} differs from {reference} by {accuracy.max_rel:.2e} (relative), over the "
             f"{accuracy.tolerance:.0e} allowed, at shapes {', '.join(accuracy.shapes)}; it was not registered")
     return accuracy
 

@@ -77,7 +77,9 @@ class Engine(ABC):
                  y: torch.Tensor | None = None, control: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The UNet's output for these rows, in x's dtype on x's device. `control`: ControlNet's
         residuals and T2I-Adapter's features (models.unet.UNetConfig.control_shapes), for an engine
-        whose family has control inputs (zeros go in without them)."""
+        whose family has control inputs (zeros go in without them). An engine of a ControlNet
+        (trt_core/controlnet/family.py) takes the control image as `control` and returns the list of
+        its family's `output_names`."""
 
     @property
     def memory_bytes(self) -> int:

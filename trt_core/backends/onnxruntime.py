@@ -51,9 +51,7 @@ class OnnxRuntimeEngine(Engine):
         self.provider = session.get_providers()[0]
         self.device = torch.device("cuda") if self.provider == "CUDAExecutionProvider" else torch.device("cpu")
         self.input_dtypes = {i.name: ORT_DTYPES[i.type] for i in session.get_inputs()}
-        output = session.get_outputs()[0]
-        self.output_name, self.output_dtype = output.name, ORT_DTYPES[output.type]
-        self.out_channels = output.shape[1]
+        self.output_dtypes = {o.name: ORT_DTYPES[o.type] for o in session.get_outputs()}
         self._binding = session.io_binding()
 
     def _bind(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -73,15 +71,18 @@ class OnnxRuntimeEngine(Engine):
                     raise ValueError(f"engine {self.name} needs y")
                 held.append(self._bind("y", y))
             held += [self._bind(name, value) for name, value in zip(self.family.control_names, residuals)]
-            out = torch.empty((x.shape[0], self.out_channels, x.shape[2], x.shape[3]),
-                              dtype=self.output_dtype, device=self.device)
-            self._binding.bind_output(self.output_name, self.device.type, self.device.index or 0,
-                                      NUMPY_TYPES[out.dtype], tuple(out.shape), out.data_ptr())
+            # the family's outputs (a UNet's one, a ControlNet's residuals), allocated here and written in place
+            outs = [torch.empty(shape, dtype=self.output_dtypes[name], device=self.device) for name, shape in
+                    zip(self.family.output_names, self.family.output_shapes(x.shape[0], x.shape[2], x.shape[3]))]
+            for name, out in zip(self.family.output_names, outs):
+                self._binding.bind_output(name, self.device.type, self.device.index or 0,
+                                          NUMPY_TYPES[out.dtype], tuple(out.shape), out.data_ptr())
             self.session.run_with_iobinding(self._binding)
             self._binding.clear_binding_inputs()
             self._binding.clear_binding_outputs()
             del held
-        return out.to(device=x.device, dtype=x.dtype)
+        outs = [out.to(device=x.device, dtype=x.dtype) for out in outs]
+        return outs[0] if len(outs) == 1 else outs
 
     def set_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
         if self._weights is None:
@@ -181,7 +182,8 @@ class OnnxRuntimeBackend(Backend):
             engine = OnnxRuntimeEngine(make_session, name, family, profile, path.stat().st_size)
         except Exception as e:  # ORT raises its own exception types for unreadable models
             raise ValueError(f"{path.name} is not a loadable ONNX Runtime engine: {e}") from None
-        names = list(engine.input_dtypes)
-        if names[:3] != ["x", "timesteps", "context"]:
-            raise ValueError(f"{path.name} is not a UNet export of this extension (inputs {names})")
+        names, outputs = list(engine.input_dtypes), list(engine.output_dtypes)
+        if names[:3] != list(family.input_names[:3]) or outputs != list(family.output_names):
+            raise ValueError(f"{path.name} is not a {family.label} export of this extension (inputs {names}, "
+                             f"outputs {outputs})")
         return engine

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import torch
 
 from sd_unet_trt.trt_core.backends import REGISTRY
-from sd_unet_trt.trt_core.cli import commands, demo
+from sd_unet_trt.trt_core.cli import commands, controlnet_commands, demo
 from sd_unet_trt.trt_core.precision import NAMES
 from sd_unet_trt.trt_core.profiles import BATCH_LIMITS
 from sd_unet_trt.trt_core.workspace_path import workspace_folder
@@ -115,6 +115,26 @@ def parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
     e.add_argument("--sha256", help="the file's sha256, when already known (default: hash it)")
     e.add_argument("--expect-stamp", help=argparse.SUPPRESS)  # SIZE:MTIME_NS the caller hashed
     e.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)
+
+    c = command("build-controlnet", controlnet_commands.cmd_build_controlnet,
+                controlnet_commands.cmd_build_controlnet.__doc__)
+    c.add_argument("file", metavar="FILE", help="a ControlNet model (.safetensors, .pth) as sd-webui-controlnet loads it")
+    for name, what in (("height", "pixels, multiples of 8"), ("width", "pixels, multiples of 8"),
+                       ("batch", f"images ({BATCH_LIMITS[0]}-{BATCH_LIMITS[1]})"), ("tokens", "multiples of 75")):
+        default = {"batch": controlnet_commands.DEFAULT_BATCH, "tokens": controlnet_commands.DEFAULT_TOKENS}.get(name)
+        c.add_argument(f"--{name}", help=f"N or MIN:OPT:MAX, {what} (default: "
+                                         f"{default or 'the size its UNets are trained at'})")
+    c.add_argument("--backend", choices=list(REGISTRY), help="default: the best one that builds and runs here")
+    c.add_argument("--precision", default="fp16", choices=["fp16", "fp32"], help="fp16 for GPUs; the CPU runs fp32 best")
+
+    x = command("export-controlnet", controlnet_commands.cmd_export_controlnet,
+                controlnet_commands.cmd_export_controlnet.__doc__)
+    x.add_argument("file", metavar="FILE", help="a ControlNet model (.safetensors, .pth)")
+    x.add_argument("--out", help="the export folder (default: the one builds use, under --dir)")
+    x.add_argument("--weights", default="fp16", choices=["fp16", "fp32"], help="the dtype stored in the ONNX")
+    x.add_argument("--sha256", help="the file's sha256, when already known (default: hash it)")
+    x.add_argument("--expect-stamp", help=argparse.SUPPRESS)  # SIZE:MTIME_NS the caller hashed
+    x.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)
 
     command("list", commands.cmd_list, commands.cmd_list.__doc__)
     r = command("remove", commands.cmd_remove, commands.cmd_remove.__doc__)

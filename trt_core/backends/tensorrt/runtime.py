@@ -100,9 +100,10 @@ class TensorRTEngine(Engine):
         names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
         self.input_names = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if set(self.input_names) != set(family.input_names) or self.output_names != ["out"]:
+        if set(self.input_names) != set(family.input_names) or set(self.output_names) != set(family.output_names):
             raise EngineRunError(f"{name}: the engine takes {self.input_names} and gives {self.output_names}; "
-                                 f"a {family.label} UNet takes {list(family.input_names)} and gives ['out']")
+                                 f"a {family.label} takes {list(family.input_names)} and gives "
+                                 f"{list(family.output_names)}")
         self.dtypes = {n: TORCH_DTYPES[cuda_engine.get_tensor_dtype(n).name] for n in names}
         self.limits = {n: tuple(tuple(d) for d in cuda_engine.get_tensor_profile_shape(n, 0)) for n in self.input_names}
         # TensorRT 11 and TensorRT for RTX only have the _v2 size (an int64); 10.0 only the old one
@@ -243,8 +244,10 @@ class TensorRTEngine(Engine):
             self._enqueue(current_stream_handle(self.device))
         if new_shape:
             self.save_runtime_cache()  # a new shape's kernels were compiled in that first run
-        # a fresh tensor: callers keep outputs while the next call reuses the buffers
-        return bound.outputs["out"].to(device=x.device, dtype=x.dtype, copy=True)
+        # fresh tensors: callers keep outputs while the next call reuses the buffers; the family's outputs
+        # in its order (a UNet's one, a ControlNet's residuals as a list)
+        outs = [bound.outputs[name].to(device=x.device, dtype=x.dtype, copy=True) for name in self.family.output_names]
+        return outs[0] if len(outs) == 1 else outs
 
     def set_weights(self, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         """Refit the named weights (ONNX initializer names = the UNet's state-dict names) from

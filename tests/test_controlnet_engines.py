@@ -1,0 +1,185 @@
+"""ControlNet engines (issue 23), on this CPU with the real ONNX Runtime and real files: a tiny
+ControlNet made by our model code with seeded random weights (none zero, its zero convolutions
+neither: they would make every residual vanish and every check pass), saved as safetensors in
+sd-webui-controlnet's two key layouts; read back with its architecture inferred from the weights;
+exported in the child process, checked, built, registered under the file's sha256 and served
+through `controlnet_engines` against the PyTorch module; files that are not ControlNets get one
+line; the UNet's router never takes a ControlNet engine; `list` and `remove` handle them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sd_unet_trt.models import controlnet as cn
+from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
+from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
+from sd_unet_trt.trt_core.cli import main
+from sd_unet_trt.trt_core.controlnet import (UnsupportedControlNet, build_controlnet_engine, controlnet_engines,
+                                             controlnet_file_sha256, load_controlnet)
+from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
+
+PROFILE = Profile(Range(1, 1, 2), Range(64, 64, 96), Range(64, 64, 128), Range(75, 75, 150))
+
+
+def save(model: torch.nn.Module, path: Path, prefix: str) -> Path:
+    save_file({prefix + k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def call(config: cn.ControlNetConfig, rows: int, latent_h: int, latent_w: int, seed: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 4, latent_h, latent_w, generator=g)
+    hint = torch.rand(rows, config.hint_channels, latent_h * 8, latent_w * 8, generator=g)
+    timesteps = torch.rand(rows, generator=g) * 999
+    context = torch.randn(rows, 77, config.context_dim, generator=g)
+    y = torch.randn(rows, config.adm_in_channels, generator=g) if config.adm_in_channels else None
+    return x, hint, timesteps, context, y
+
+
+def assert_close(out: list[torch.Tensor], ref: list[torch.Tensor]) -> None:
+    assert len(out) == len(ref)
+    for o, r in zip(out, ref):
+        assert o.shape == r.shape and o.dtype == r.dtype
+        assert float((o - r).abs().max()) <= 1e-4 * max(1.0, float(r.abs().max()))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model = cn.seeded_controlnet(cn.TINY, seed=3)
+    for name, p in model.named_parameters():  # the premise of every comparison below
+        p = p.detach()
+        assert float(p.abs().min()) > 0 or float((p == 0).float().mean()) < 1e-4, f"{name} is (nearly) all zeros"
+    folder = tmp_path_factory.mktemp("controlnets")
+    return model, save(model, folder / "tiny_cn.safetensors", "control_model."), save(model, folder / "bare.safetensors", "")
+
+
+@pytest.fixture(scope="module")
+def built(tiny, tmp_path_factory):
+    model, path, _ = tiny
+    workspace = Workspace(tmp_path_factory.mktemp("workspace"))
+    entry = build_controlnet_engine(workspace, path, PROFILE, OnnxRuntimeBackend(), "fp32", device="cpu")
+    return workspace, entry
+
+
+@pytest.mark.parametrize("layout", [0, 1], ids=["control_model-prefix", "bare-keys"])
+def test_both_key_layouts_load_into_our_model_with_the_same_outputs(tiny, layout):
+    model, *paths = tiny
+    loaded, config = load_controlnet(paths[layout])
+    assert config == cn.TINY
+    args = call(config, 2, 8, 12)
+    with torch.no_grad():
+        assert_close(loaded(*args), model(*args))
+
+
+@pytest.mark.parametrize("config", [cn.SD15, cn.SDXL, cn.TINY_XL,
+                                    cn.ControlNetConfig(**{**cn.SD15.__dict__, "context_dim": 1024}),  # SD2.x
+                                    cn.ControlNetConfig(**{**cn.SDXL.__dict__, "transformer_depth": (0, 0, 1),
+                                                           "transformer_depth_middle": 1}),  # SDXL "mid"
+                                    cn.ControlNetConfig(**{**cn.SDXL.__dict__, "hint_channels": 4})],
+                         ids=["sd15", "sdxl", "tiny-xl", "sd2", "sdxl-mid", "hint-4"])
+def test_the_architecture_is_read_off_the_weights(config):
+    with torch.device("meta"):
+        state = cn.ControlNetModel(config).state_dict()
+    assert cn.config_from_state_dict(state) == config
+
+
+def test_sdxl_small_controlnet_without_attention_is_read_too():
+    # sd-webui-controlnet's controlnet_sdxl_small_config: no transformer blocks anywhere
+    small = cn.ControlNetConfig(**{**cn.SDXL.__dict__, "transformer_depth": (0, 0, 0), "transformer_depth_middle": 0})
+    with torch.device("meta"):
+        state = cn.ControlNetModel(small).state_dict()
+    assert not any("attn2" in k for k in state)
+    assert cn.config_from_state_dict(state) == small
+
+
+@pytest.mark.parametrize("keys, says", [
+    ({"lora_controlnet": [1], "input_hint_block.0.weight": [16, 3, 3, 3]}, "Control-LoRA"),
+    ({"conv_in.weight": [320, 192, 3, 3], "body.0.block1.weight": [320, 320, 3, 3]}, "T2I-Adapter"),
+    ({"adapter.body.0.resnets.0.block1.weight": [320, 320, 3, 3]}, "T2I-Adapter"),
+    ({"lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.weight": [32, 320]}, "ControlNet-LLLite"),
+    ({"image_proj.proj.weight": [3072, 1024], "ip_adapter.1.to_k_ip.weight": [320, 768]}, "IP-Adapter"),
+    ({"controlnet_cond_embedding.conv_in.weight": [16, 3, 3, 3]}, "diffusers' layout"),
+    ({"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]}, "no ControlNet weights"),
+])
+def test_a_file_that_is_no_controlnet_gets_one_line_naming_it(tmp_path, keys, says):
+    path = tmp_path / "other.safetensors"
+    save_file({k: torch.zeros(shape) for k, shape in keys.items()}, str(path))
+    with pytest.raises(UnsupportedControlNet) as caught:
+        load_controlnet(path)
+    line = str(caught.value)
+    assert says in line and "other.safetensors" in line and "\n" not in line
+
+
+def test_the_cli_refuses_a_foreign_file_in_one_line_and_writes_nothing(tmp_path, capsys):
+    path = tmp_path / "adapter.safetensors"
+    save_file({"conv_in.weight": torch.zeros(8, 192, 3, 3)}, str(path))
+    code = main(["build-controlnet", str(path), "--dir", str(tmp_path / "ws"), "--device", "cpu",
+                 "--backend", "onnxruntime", "--precision", "fp32"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "T2I-Adapter" in err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_build_registers_the_engine_under_the_files_sha256(tiny, built):
+    _, path, _ = tiny
+    workspace, entry = built
+    assert entry.checkpoint.sha256 == controlnet_file_sha256(path) and entry.checkpoint.name == "tiny_cn"
+    assert entry.family == "controlnet-model-sd1" and entry.backend == "onnxruntime" and entry.precision == "fp32"
+    assert cn.ControlNetConfig.from_dict(entry.details["controlnet"]) == cn.TINY
+    assert entry.accuracy["max_rel"] < 1e-5 and entry.details["onnx_accuracy"]["max_rel"] < 1e-5
+    assert workspace.manifest().file_path(entry).is_file()
+    [item] = [i for i in catalog(workspace, "cpu") if i.entry.id == entry.id]
+    assert item.status.ready, item.status.reason
+
+
+@pytest.mark.parametrize("rows, latent", [(2, (8, 12)), (1, (8, 16)), (6, (12, 12))], ids=["opt", "min", "split"])
+def test_engines_serve_calls_as_the_pytorch_controlnet(tiny, built, rows, latent):
+    model, path, _ = tiny
+    workspace, entry = built
+    engines = controlnet_engines(workspace, controlnet_file_sha256(path), device="cpu")
+    try:
+        args = call(cn.TINY, rows, *latent)
+        assert engines.why_not(*args) == ""
+        out = engines.run(*args)  # 6 rows: more than the engine's 4, so two runs of 3 joined
+        with torch.no_grad():
+            assert_close(out, model(*args))
+    finally:
+        engines.close()
+
+
+def test_a_call_no_engine_covers_gives_none_and_one_line(tiny, built):
+    _, path, _ = tiny
+    workspace, _ = built
+    engines = controlnet_engines(workspace, controlnet_file_sha256(path), device="cpu")
+    args = call(cn.TINY, 2, 32, 24)  # 192x256 px: outside the profile
+    reason = engines.why_not(*args)
+    assert reason.startswith("no ControlNet engine covers 192x256 px, 2 rows") and "outside" in reason
+    assert engines.run(*args) is None
+    assert controlnet_engines(workspace, "0" * 64, device="cpu") is None  # a file without engines
+
+
+def test_the_unet_router_never_takes_a_controlnet_engine(tiny, built):
+    _, path, _ = tiny
+    workspace, entry = built
+    router, left_out = router_for_checkpoint(workspace, entry.checkpoint.sha256, "cpu")
+    assert router.records == [] and left_out == []
+
+
+def test_list_shows_and_remove_deletes_a_controlnet_engine(tiny, tmp_path, capsys):
+    _, path, _ = tiny
+    workspace = Workspace(tmp_path)
+    entry = build_controlnet_engine(workspace, path, Profile.static(1, 64, 64), OnnxRuntimeBackend(), "fp32",
+                                    device="cpu")
+    engine_file = workspace.manifest().file_path(entry)
+    record = workspace.weights_record_path(entry.checkpoint.weights)
+    assert engine_file.is_file() and record.is_file()
+    assert main(["list", "--dir", str(tmp_path), "--device", "cpu"]) == 0
+    listed = capsys.readouterr().out
+    assert f"ready      {entry.id}" in listed and "controlnet-model-sd1" in listed
+    assert main(["remove", entry.id, "--dir", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"removed {entry.id} and {entry.file}"
+    assert not engine_file.exists() and not record.exists() and workspace.manifest().entries() == []

@@ -1,0 +1,96 @@
+"""The ControlNet commands: `build-controlnet` (an engine of a ControlNet file) and `export-controlnet`
+(its ONNX; what a build runs in a child process, trt_core/controlnet/source.py)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sd_unet_trt.trt_core.backends import best_backend, get_backend
+from sd_unet_trt.trt_core.checkpoint_file import FileStamp
+from sd_unet_trt.trt_core.cli.commands import progress_bar
+from sd_unet_trt.trt_core.cli.errors import CliError
+from sd_unet_trt.trt_core.controlnet.build import build_controlnet_engine
+from sd_unet_trt.trt_core.controlnet.family import ControlNetFamily
+from sd_unet_trt.trt_core.controlnet.source import controlnet_file_sha256, load_controlnet
+from sd_unet_trt.trt_core.export_folder import writable
+from sd_unet_trt.trt_core.export_process import progress_line
+from sd_unet_trt.trt_core.manifest import CheckpointId
+from sd_unet_trt.trt_core.profiles import Profile, Range
+from sd_unet_trt.trt_core.workspace import Workspace
+
+DEFAULT_BATCH, DEFAULT_TOKENS = "1:1:2", "75:75:150"
+
+
+def dimension(text: str, option: str) -> Range:
+    """"512" (static) or "512:512:768" (min:opt:max)."""
+    try:
+        values = [int(v) for v in text.split(":")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 3):
+        raise CliError(f"{option} takes a number or MIN:OPT:MAX, e.g. 512 or 512:512:768; got {text!r}")
+    return Range(*(values * 3 if len(values) == 1 else values))
+
+
+def controlnet_profile(args, family: ControlNetFamily) -> Profile:
+    native = str(family.native_px)
+    return Profile(dimension(args.batch or DEFAULT_BATCH, "--batch"), dimension(args.height or native, "--height"),
+                   dimension(args.width or native, "--width"), dimension(args.tokens or DEFAULT_TOKENS, "--tokens"))
+
+
+def cmd_build_controlnet(args) -> int:
+    """Build an engine of a ControlNet model file (sd-webui-controlnet's layout), check it against
+    PyTorch, register it under the file's sha256; the WebUI runs that ControlNet on it."""
+    from sd_unet_trt.trt_core.controlnet.source import ControlNetFile
+
+    path = Path(args.file)
+    source = ControlNetFile.open(path)  # a file that is no ControlNet we build: one line, before anything else
+    backend = get_backend(args.backend) if args.backend else best_backend(args.device)
+    backend.require()
+    profile = controlnet_profile(args, source.family).validate()
+    print(f"building {source.family.label} with {backend.name} {args.precision}, {profile.label()}", flush=True)
+    update, bar = progress_bar(f"{backend.name} {profile.label()}")
+    try:
+        entry = build_controlnet_engine(Workspace(Path(args.dir)), path, profile, backend, args.precision, update,
+                                        device=args.device)
+    finally:
+        bar.close()
+    checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy
+               else f"not checked against PyTorch ({entry.details.get('unverified', 'no reason recorded')})")
+    print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, {checked}")
+    return 0
+
+
+def cmd_export_controlnet(args) -> int:
+    """Export a ControlNet file to ONNX (a ControlNet build runs this in a child process)."""
+    from sd_unet_trt.trt_core.controlnet.export import export_controlnet_onnx
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise CliError(f"no ControlNet file at {path}")
+
+    def unchanged(when: str) -> None:
+        if args.expect_stamp and args.expect_stamp != "{0.size}:{0.mtime_ns}".format(FileStamp.of(path)):
+            raise CliError(f"{path.name} changed on disk {when}; load it again and retry")
+    unchanged("since it was hashed")
+    model, config = load_controlnet(path)
+    unchanged("while it was read")
+    family = ControlNetFamily(config)
+    sha256 = args.sha256 or controlnet_file_sha256(path)
+    out = Path(args.out) if args.out else Workspace(Path(args.dir)).onnx_folder(CheckpointId.of(sha256, path.stem),
+                                                                                 family, args.weights)
+    writable(out)
+    if args.progress_lines:
+        def update(phase, fraction):
+            print(progress_line(phase, fraction), flush=True)
+        bar = None
+    else:
+        update, bar = progress_bar("export")
+    try:
+        result = export_controlnet_onnx(model, family, out, weights=args.weights, device=args.device, progress=update,
+                                        source_label=f"ControlNet file {path.name}", sha256=sha256)
+    finally:
+        if bar is not None:
+            bar.close()
+    if bar is not None:
+        print(f"exported {path.name} ({family.label}) to {result.onnx_path} in {result.seconds:.1f} s")
+    return 0
