@@ -34,8 +34,9 @@ def value(update):
     return update.get("value") if isinstance(update, dict) else update
 
 
-def run_export(tab, fields, backend="onnxruntime", precision="fp32", controlnet=False):
-    return [[value(v) for v in step] for step in handler(tab, "trt_export", "click")(*fields, backend, precision, controlnet)]
+def run_export(tab, fields, backend="onnxruntime", precision="fp32", controlnet=False, controlnet_model="None"):
+    return [[value(v) for v in step]
+            for step in handler(tab, "trt_export", "click")(*fields, backend, precision, controlnet, controlnet_model)]
 
 
 def no_model() -> ModelSource:

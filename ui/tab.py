@@ -14,12 +14,14 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.trt_core.backends import best_backend, get_backend
 from sd_unet_trt.trt_core.build_check import BuildChoice, build_problem, unknown_precision
 from sd_unet_trt.trt_core.catalog import CatalogItem, catalog
 from sd_unet_trt.trt_core.jobs import user_message
 from sd_unet_trt.trt_core.pipeline import build_engine
+from sd_unet_trt.ui.controlnet_build import NO_CONTROLNET, controlnet_choices, start_controlnet_build
 from sd_unet_trt.ui.engines import engine_rows, which_engine, COLUMNS
 from sd_unet_trt.trt_core.estimate import estimate, human_bytes
 from sd_unet_trt.trt_core.profiles import shown
@@ -154,7 +156,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
 
     # ---- export ---------------------------------------------------------------------------
     def export(*args):
-        values, (backend_name, precision, controlnet) = list(args[:FIELD_COUNT]), args[FIELD_COUNT:]
+        values, (backend_name, precision, controlnet, controlnet_model) = list(args[:FIELD_COUNT]), args[FIELD_COUNT:]
         controlnet = bool(controlnet)
         unchanged = EngineOutputs.unchanged()
 
@@ -166,24 +168,13 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             yield say("fix the profile first: " + check.summary())
             return
         try:
-            model = current()
-        except NoModelLoaded as e:
+            if controlnet_model and controlnet_model != NO_CONTROLNET:  # an engine of that ControlNet, not the UNet's
+                started, _ = start_controlnet_build(source, controlnet_model, check.profile, backend_name, precision)
+            else:
+                started = start_unet_build(check.profile, backend_name, precision, controlnet)
+        except UserError as e:  # a refused build: its line under the button
             yield say(str(e))
             return
-        profile = check.profile
-        problem = build_problem(BuildChoice(backend_name, precision, profile, controlnet))
-        if problem:
-            yield say(str(problem))
-            return
-        backend = get_backend(backend_name)
-
-        def work(progress, cancel):
-            return source.run_exclusive(lambda: build_engine(
-                model, profile, backend, workspace, precision=precision, device=source.device, progress=progress,
-                cancel=cancel, controlnet=controlnet))
-
-        title = f"{model.checkpoint.name}: {profile.label()} [{backend_name} {precision}{', ControlNet' if controlnet else ''}]"
-        started = jobs.start(title, work)
         if not started.ok:
             yield say(started.refused, "warn")
             return
@@ -196,6 +187,21 @@ def create_tab(source: ModelSource) -> gr.Blocks:
             clear_message = gr.update()
             time.sleep(POLL_S)
         yield [gr.update(), progress_bar(status), result_panel(status, workspace)] + engine_views()
+
+    def start_unet_build(profile, backend_name, precision, controlnet: bool) -> jobs.JobStart:
+        model = current()
+        problem = build_problem(BuildChoice(backend_name, precision, profile, controlnet))
+        if problem:
+            raise problem
+        backend = get_backend(backend_name)
+
+        def work(progress, cancel):
+            return source.run_exclusive(lambda: build_engine(
+                model, profile, backend, workspace, precision=precision, device=source.device, progress=progress,
+                cancel=cancel, controlnet=controlnet))
+
+        title = f"{model.checkpoint.name}: {profile.label()} [{backend_name} {precision}{', ControlNet' if controlnet else ''}]"
+        return jobs.start(title, work)
 
     def cancel_build():
         running = jobs.current()
@@ -267,6 +273,9 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                                      value=default_precision(source.device), elem_id="trt_precision")
                 controlnet = gr.Checkbox(label="ControlNet inputs (sd-webui-controlnet generations, T2I-Adapters "
                                                "included, run on it too)", value=False, elem_id="trt_controlnet")
+            controlnet_model = gr.Dropdown(label="Or an engine of this ControlNet model (its unit's ControlNet runs "
+                                                 "on it)", choices=controlnet_choices(source), value=NO_CONTROLNET,
+                                           elem_id="trt_controlnet_model")
             gr.HTML(message(missing_note, "info") if missing_note else "")
             estimate_box = gr.HTML(elem_id="trt_estimate")
             with gr.Row():
@@ -305,6 +314,10 @@ def create_tab(source: ModelSource) -> gr.Blocks:
 
         tab.load(on_load, outputs=model_outputs + engine_outputs, queue=False)
         reload_model.click(model_fail(model_state), outputs=model_outputs, queue=False)
+        # ControlNet may list its models after the tab is made (and again after its own refresh)
+        controlnet_list = _guard(lambda e: gr.update())(lambda: gr.update(choices=controlnet_choices(source)))
+        for event in (tab.load, reload_model.click):
+            event(controlnet_list, outputs=controlnet_model, queue=False)
         preset_fail = _guard(lambda e: keep(FIELD_COUNT) + cleared_messages() + ["", message(user_message(e), "error")])
         preset.select(preset_fail(on_preset),
                       inputs=[preset, backend, precision], outputs=fields + field_msgs + [estimate_box, export_msg],
@@ -315,7 +328,7 @@ def create_tab(source: ModelSource) -> gr.Blocks:
                             outputs=field_msgs + [estimate_box], queue=False)
         export_fail = _guard_generator(lambda e: [message(user_message(e), "error"), gr.update(), gr.update()]
                                        + EngineOutputs.unchanged())
-        export_btn.click(export_fail(export), inputs=fields + [backend, precision, controlnet],
+        export_btn.click(export_fail(export), inputs=fields + [backend, precision, controlnet, controlnet_model],
                          outputs=[export_msg, progress, result] + engine_outputs, show_progress="hidden")
         cancel_btn.click(_guard(lambda e: message(user_message(e), "error"))(cancel_build), outputs=export_msg,
                          queue=False)

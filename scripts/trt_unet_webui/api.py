@@ -27,6 +27,7 @@ from sd_unet_trt.trt_core.catalog import catalog, engine_label
 from sd_unet_trt.trt_core.manifest import ManifestError
 from sd_unet_trt.trt_core.pipeline import build_engine
 from sd_unet_trt.trt_core.profiles import Profile, ProfileError, presets_for, shown
+from sd_unet_trt.ui.controlnet_build import start_controlnet_build
 from sd_unet_trt.ui.source import NoModelLoaded
 
 log = logging.getLogger("sd_unet_trt")
@@ -36,6 +37,8 @@ WEBUI_API_PREFIX = "/sdapi/v1/"
 _PATH = re.compile(r"(?<![\w.-])(?:[A-Za-z]:)?(?:[\\/][^\s'\"\\/:;,()]+){2,}")
 MAX_BODY = 64 * 1024  # bytes; a build request is a few hundred
 BUILD_FIELDS = ("backend", "precision", "profile", "preset", "controlnet")
+# a ControlNet model's engine: `controlnet` names the model as sd-webui-controlnet lists it
+CONTROLNET_BUILD_FIELDS = ("controlnet", "backend", "precision", "profile", "preset")
 
 
 def public(text: str) -> str:
@@ -72,8 +75,18 @@ def _no_constant(name: str):
 
 
 async def build_request(request: Request) -> dict[str, Any]:
-    """The body of POST /builds, read within bounds (size, nesting, numbers): a JSON object of
-    BUILD_FIELDS, or a 400 whose detail is one short line (never the input echoed back)."""
+    """The body of POST /builds (BUILD_FIELDS)."""
+    return await request_body(request, BUILD_FIELDS)
+
+
+async def controlnet_build_request(request: Request) -> dict[str, Any]:
+    """The body of POST /controlnet-builds (CONTROLNET_BUILD_FIELDS)."""
+    return await request_body(request, CONTROLNET_BUILD_FIELDS)
+
+
+async def request_body(request: Request, fields: tuple[str, ...]) -> dict[str, Any]:
+    """A request's body read within bounds (size, nesting, numbers): a JSON object of `fields`, or
+    a 400 whose detail is one short line (never the input echoed back)."""
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
@@ -90,9 +103,9 @@ async def build_request(request: Request) -> dict[str, Any]:
         raise HTTPException(400, f"the request body is not valid JSON: {str(e).split(';')[0]}") from None
     if not isinstance(data, dict):
         raise HTTPException(400, f"the request body must be a JSON object, got {shown(data)}")
-    unknown = [key for key in data if key not in BUILD_FIELDS]
+    unknown = [key for key in data if key not in fields]
     if unknown:
-        raise HTTPException(400, f"unknown field {shown(unknown[0])}; a build request takes {', '.join(BUILD_FIELDS)}")
+        raise HTTPException(400, f"unknown field {shown(unknown[0])}; a build request takes {', '.join(fields)}")
     return data
 
 
@@ -144,6 +157,21 @@ def start_build(body: dict[str, Any]) -> dict[str, Any]:
     return {"job_id": started.job_id, "title": title, "checkpoint": target.checkpoint.name}
 
 
+def start_controlnet_engine_build(body: dict[str, Any]) -> dict[str, Any]:
+    source = model_source()
+    # a preset is the selected checkpoint's family's (the ControlNet serves its generations)
+    family = None if "profile" in body else current_model().family
+    profile = requested_profile(body, family)
+    name = _text(body, "controlnet", None)
+    if name is None:
+        raise ProfileError({"controlnet": "name the ControlNet model, as sd-webui-controlnet lists it"})
+    started, title = start_controlnet_build(source, name, profile, _text(body, "backend", "tensorrt"),
+                                            _text(body, "precision", "fp16"))
+    if not started.ok:
+        raise HTTPException(409, started.refused)
+    return {"job_id": started.job_id, "title": title, "controlnet": name}
+
+
 def register(app: FastAPI) -> bool:
     """Add the routes beside the WebUI's API; False (and nothing added) when it serves none."""
     dependencies = webui_api_dependencies(app)
@@ -173,6 +201,17 @@ def register(app: FastAPI) -> bool:
         """Start building an engine for the selected checkpoint (one build at a time)."""
         try:
             return start_build(body)
+        except NoModelLoaded as e:
+            raise HTTPException(409, public(e)) from None
+        except (ProfileError, UnsupportedModelError, BackendUnavailable, ValueError) as e:
+            raise HTTPException(400, public(e)) from None
+
+    @route("/controlnet-builds", ["POST"], status_code=202, openapi_extra={"requestBody": {"content": {
+        "application/json": {"schema": {"type": "object", "properties": {f: {} for f in CONTROLNET_BUILD_FIELDS}}}}}})
+    def controlnet_build(body: dict[str, Any] = Depends(controlnet_build_request)) -> dict[str, Any]:
+        """Start building an engine of a ControlNet model (one build at a time; /builds/{job_id} follows it)."""
+        try:
+            return start_controlnet_engine_build(body)
         except NoModelLoaded as e:
             raise HTTPException(409, public(e)) from None
         except (ProfileError, UnsupportedModelError, BackendUnavailable, ValueError) as e:

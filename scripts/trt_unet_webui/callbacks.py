@@ -7,7 +7,7 @@ import logging
 
 from modules import sd_unet, shared
 
-from sd_unet_trt.scripts.trt_unet_webui import controlnet_bridge, generation, precheck, settings, unets
+from sd_unet_trt.scripts.trt_unet_webui import controlnet_bridge, controlnet_served, generation, precheck, settings, unets
 from sd_unet_trt.scripts.trt_unet_webui.hook import active_unet
 from sd_unet_trt.trt_core.generation_report import pass_label
 from sd_unet_trt.trt_core.hook_policy import INFOTEXT_KEY
@@ -79,6 +79,7 @@ def app_started(demo, app) -> None:
 def release() -> None:
     """On script unload: give the engines and any fallback weights back."""
     generation.end()
+    controlnet_served.release_engines()
     if active_unet() is not None:
         sd_unet.apply_unet("None")
 

@@ -16,6 +16,9 @@ call, with the reason in the infotext: layers of the UNet patched on the instanc
 and the like; live_weights finds them), additions inside the encoder anywhere but where T2I-Adapter
 features go, no engine with control inputs, a shape no engine covers, a forward of another
 extension or of a ControlNet version that does not drive the blocks this way.
+
+Independently, each unit's ControlNet model runs on its own engine during the call where one
+covers it (controlnet_served.py), whether the UNet's part runs on the engine or falls back.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import logging
 
 import torch
 
+from sd_unet_trt.scripts.trt_unet_webui.controlnet_served import units_on_engines
 from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnet, active_unet
 from sd_unet_trt.scripts.trt_unet_webui.live_weights import replaced
 
@@ -143,28 +147,34 @@ def bridged(installed, unet: torch.nn.Module):
             name = getattr(installed, "__qualname__", type(installed).__name__)
             return _fallback(unet_hook, lambda _unet, *a, **k: installed(*a, **k), x, timesteps, context, kwargs,
                              f"another extension replaced the UNet's forward ({name})")
-        engines = unet_hook.prepare()  # layers ControlNet patched (reference-only...) are a problem found here
-        if engines is None:
-            return _fallback(unet_hook, function, x, timesteps, context, kwargs, unet_hook.problem)
-
-        def serve(x_in, context_in, y, residuals):
-            output, reason, detail = unet_hook.serve(x_in, timesteps, context_in, y, residuals)
-            if output is None:
-                raise NotServed(reason, detail)
-            return output
-
-        standin = UNetStandIn(unet, engines.router.records[0].family.plain, serve)
-        try:
-            return function(standin, x, timesteps, context, **kwargs)
-        except NotServed as e:
-            return _fallback(unet_hook, function, x, timesteps, context, kwargs, e.reason, e.detail)
-        except Exception as e:  # a ControlNet version that drives the UNet otherwise: its own way, never an error
-            log.debug("TensorRT: ControlNet's forward on the engine bridge failed", exc_info=True)
-            return _fallback(unet_hook, function, x, timesteps, context, kwargs,
-                             f"ControlNet's forward does not run on the engine bridge ({type(e).__name__}: {e})")
+        with units_on_engines(function):  # each unit's ControlNet on its engine where one covers it
+            return _on_standin(unet_hook, function, unet, x, timesteps, context, kwargs)
 
     setattr(forward, BRIDGED, True)
     return forward
+
+
+def _on_standin(unet_hook: TrtUnet, function, unet, x, timesteps, context, kwargs):
+    """ControlNet's forward `function` on the UNet's stand-in, or on the built-in UNet with the reason."""
+    engines = unet_hook.prepare()  # layers ControlNet patched (reference-only...) are a problem found here
+    if engines is None:
+        return _fallback(unet_hook, function, x, timesteps, context, kwargs, unet_hook.problem)
+
+    def serve(x_in, context_in, y, residuals):
+        output, reason, detail = unet_hook.serve(x_in, timesteps, context_in, y, residuals)
+        if output is None:
+            raise NotServed(reason, detail)
+        return output
+
+    standin = UNetStandIn(unet, engines.router.records[0].family.plain, serve)
+    try:
+        return function(standin, x, timesteps, context, **kwargs)
+    except NotServed as e:
+        return _fallback(unet_hook, function, x, timesteps, context, kwargs, e.reason, e.detail)
+    except Exception as e:  # a ControlNet version that drives the UNet otherwise: its own way, never an error
+        log.debug("TensorRT: ControlNet's forward on the engine bridge failed", exc_info=True)
+        return _fallback(unet_hook, function, x, timesteps, context, kwargs,
+                         f"ControlNet's forward does not run on the engine bridge ({type(e).__name__}: {e})")
 
 
 def attach(sd_model) -> bool:

@@ -11,6 +11,7 @@ from typing import Callable, TypeVar
 from modules import call_queue, devices, sd_models, sd_unet, shared
 
 from sd_unet_trt.models.families import UnsupportedModelError
+from sd_unet_trt.scripts.trt_unet_webui.controlnet_units import listed_models
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
 from sd_unet_trt.trt_core.checkpoint_file import CheckpointError, FileStamp, family_of_file
 from sd_unet_trt.trt_core.manifest import CheckpointId
@@ -96,4 +97,4 @@ def run_with_free_gpu(work: Callable[[], T]) -> T:
 
 
 def model_source() -> ModelSource:
-    return ModelSource(workspace(), current_model, devices.device.type, run_with_free_gpu)
+    return ModelSource(workspace(), current_model, devices.device.type, run_with_free_gpu, listed_models)

@@ -305,7 +305,7 @@ def test_the_profile_fields_answer_short_messages_for_huge_and_strange_values(tm
                                       (["onnxruntime"], "fp32", "backend"), ("onnxruntime", {"a": 1}, "precision")]:
         out = [text_of(v) for v in on_input(*TINY_FIELDS, backend, precision)]
         assert words in out[4] and "see the log" not in out[4] and len(out[4]) < SHORT_HTML, out[4][:300]
-    steps = list(handler(tab, "trt_export", "click")(*huge, "onnxruntime", "fp32", False))
+    steps = list(handler(tab, "trt_export", "click")(*huge, "onnxruntime", "fp32", False, "None"))
     assert len(steps) == 1 and "fix the profile first" in steps[0][0] and len(steps[0][0]) < 1000
     assert jobs.current() is None
 

@@ -38,19 +38,26 @@ class WebUI:
 
     def txt2img(self, prompt: str, settings: dict | None = None, **fields) -> tuple[np.ndarray, str, dict]:
         """(image as int16 RGB array, its infotext, the API's info)."""
+        images, infotext, info = self.txt2img_all(prompt, settings, **fields)
+        return images[0], infotext, info
+
+    def txt2img_all(self, prompt: str, settings: dict | None = None, **fields) -> tuple[list[np.ndarray], str, dict]:
+        """(every image of the batch as int16 RGB arrays, the first one's infotext, the API's info)."""
         body = {"prompt": prompt, "negative_prompt": "", "width": 64, "height": 64, "steps": 4, "sampler_name": "Euler",
                 "seed": 1, "cfg_scale": 7, "batch_size": 1, "override_settings": settings or {},
                 "override_settings_restore_afterwards": True, **fields}
         status, answer = self.request("POST", "/sdapi/v1/txt2img", body)
         if status != 200:
             raise RuntimeError(f"txt2img answered {status}: {answer}")
-        image = Image.open(io.BytesIO(base64.b64decode(answer["images"][0]))).convert("RGB")
+        images = [np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB")).astype(np.int16)
+                  for encoded in answer["images"]]
         info = json.loads(answer["info"])
-        return np.asarray(image).astype(np.int16), info["infotexts"][0], info
+        return images, info["infotexts"][0], info
 
-    def build(self, body: dict, timeout: float = 1800) -> dict:
-        """Start a build and wait for it; the final job status."""
-        status, answer = self.request("POST", "/trt-unet/v1/builds", body)
+    def build(self, body: dict, timeout: float = 1800, route: str = "/trt-unet/v1/builds") -> dict:
+        """Start a build (of a ControlNet model with route /trt-unet/v1/controlnet-builds) and wait
+        for it; the final job status."""
+        status, answer = self.request("POST", route, body)
         if status != 202:
             raise RuntimeError(f"build answered {status}: {answer}")
         deadline = time.time() + timeout

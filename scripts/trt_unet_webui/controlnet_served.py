@@ -1,0 +1,152 @@
+"""Each unit's ControlNet on its engine, for one call of sd-webui-controlnet's forward (issue 23).
+
+For the duration of that call only, each unit's control model (`ControlParams.control_model`) is
+replaced by an EngineControlModel: ControlNet's forward still does everything around the model
+call itself (weight, soft injection, control modes, masks, global pooling, the sum over units);
+the stand-in only answers the call `param.control_model(x=, hint=, timesteps=, context=, y=)` from
+the engine built from the unit's file when one covers it, and otherwise calls the model, with
+the reason in the infotext (one line per unit and outcome, once per generation). An engine stands
+in only where it provably computes what the model would: a plain ControlNet (ControlModelType
+ControlNet, ControlNet's own classes), found by the file it was loaded from, whose weights in
+memory are that file's (controlnet_units.WeightsCheck), called with no other inputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+
+import torch
+
+from modules import devices
+
+from sd_unet_trt.scripts.trt_unet_webui import generation
+from sd_unet_trt.scripts.trt_unet_webui.controlnet_units import (WeightsCheck, controlnet_hook, model_file,
+                                                                  served_kind_problem)
+from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
+from sd_unet_trt.trt_core.controlnet import controlnet_engines, controlnet_file_sha256, load_controlnet
+from sd_unet_trt.trt_core.hook_policy import manifest_signature
+from sd_unet_trt.trt_core.profiles import CallShape
+
+log = logging.getLogger("sd_unet_trt")
+KEPT_CONTROLNETS = 4  # ControlNet files whose engines stay loaded (a generation rarely uses more)
+_engines: dict[str, tuple[object, object]] = {}  # sha256 -> (manifest signature, ControlNetEngines | None)
+_engines_lock = threading.Lock()
+_weights = WeightsCheck(lambda path: load_controlnet(path)[0])
+
+
+def engines_of(sha256: str):
+    """The ControlNet file's engines on this device (None: none), read again when the manifest changes."""
+    signature = manifest_signature(workspace())
+    with _engines_lock:
+        known = _engines.pop(sha256, None)
+        if known is not None and known[0] == signature:
+            _engines[sha256] = known  # the most recently used last
+            return known[1]
+        _close(known)
+        engines = controlnet_engines(workspace(), sha256, devices.device.type)
+        _engines[sha256] = (signature, engines)
+        while len(_engines) > KEPT_CONTROLNETS:
+            _close(_engines.pop(next(iter(_engines))))
+        return engines
+
+
+def release_engines() -> None:
+    """Every ControlNet engine given back (the extension is unloaded)."""
+    with _engines_lock:
+        while _engines:
+            _close(_engines.popitem()[1])
+
+
+def _close(known) -> None:
+    if known is not None and known[1] is not None:
+        known[1].close()
+
+
+def _engine_for(param) -> tuple[str, object, str]:
+    """(the unit's name, its engines or None, why not)."""
+    problem = served_kind_problem(param)
+    found = model_file(param.control_model)
+    name = found[0] if found else type(param.control_model).__name__
+    if problem:
+        return name, None, problem
+    if found is None:
+        return name, None, "its file is unknown (ControlNet's model cache no longer holds it)"
+    path = found[1]
+    sha256 = controlnet_file_sha256(path)
+    engines = engines_of(sha256)
+    if engines is None:
+        return name, None, f"no ControlNet engine of {path.name} (build one in the TensorRT tab)"
+    problem = _weights.problem(param.control_model.control_model, path, sha256)
+    return name, (engines if not problem else None), problem
+
+
+class EngineControlModel:
+    """A unit's control model for one call: its engine's outputs when they cover the call, the
+    model's own otherwise. Everything else (ControlNet's device moves, attribute reads) goes to
+    the model; `__class__` is the model's, as ControlNet's isinstance checks expect."""
+
+    def __init__(self, model, name: str, engines, problem: str):
+        self._model, self._name, self._engines, self._problem = model, name, engines, problem
+
+    @property
+    def __class__(self):
+        return type(self._model)
+
+    def __getattr__(self, attribute):
+        return getattr(self._model, attribute)
+
+    def __call__(self, *args, **kwargs):
+        output, reason = self._engine_output(args, kwargs)
+        report = generation.current()
+        if output is not None:
+            report.note(f"ControlNet {self._name}: {reason}")
+            return output
+        report.note(f"ControlNet {self._name}: eager ({reason})")
+        return self._model(*args, **kwargs)
+
+    def _engine_output(self, args, kwargs) -> tuple[list[torch.Tensor] | None, str]:
+        """(outputs, the engine's name) or (None, why not)."""
+        if self._engines is None:
+            return None, self._problem
+        extra = sorted(k for k, v in kwargs.items() if k not in ("x", "hint", "timesteps", "context", "y")
+                       and v is not None)
+        if args or extra:
+            return None, f"inputs engines do not take ({', '.join(extra) or 'positional'})"
+        x, hint, timesteps, context, y = (kwargs.get(k) for k in ("x", "hint", "timesteps", "context", "y"))
+        try:
+            outputs, reason = self._engines.run_or_reason(x, hint, timesteps, context, y)
+            if outputs is None:
+                return None, reason
+            # which engine it was, for the infotext (the plan of the call just served: shapes only)
+            served = self._engines.router.plan(CallShape.of(x, context, y, [hint])).record
+        except Exception as e:  # an engine that fails: the model answers, never an error
+            log.debug("TensorRT: a ControlNet engine failed", exc_info=True)
+            return None, f"its engine failed ({type(e).__name__}: {e})"
+        # the model returns its outputs in x's dtype (cldm.ControlNet.forward, `original_type`)
+        return [o.to(x.dtype) for o in outputs], served.label if served is not None else "its engine"
+
+
+@contextlib.contextmanager
+def units_on_engines(controlnet_forward):
+    """While the block runs, every unit of the ControlNet forward `controlnet_forward` (the
+    function ControlNet put on the UNet) calls an EngineControlModel; afterwards each unit has its
+    model back, whatever happened."""
+    hook = controlnet_hook(controlnet_forward)
+    swapped = []
+    try:
+        for param in list(getattr(hook, "control_params", None) or ()):
+            model = getattr(param, "control_model", None)
+            if model is None or isinstance(model, EngineControlModel):
+                continue
+            try:
+                name, engines, problem = _engine_for(param)
+            except Exception as e:  # nothing here may break a generation: the model runs
+                log.debug("TensorRT: finding a ControlNet's engine failed", exc_info=True)
+                name, engines, problem = type(model).__name__, None, f"finding its engine failed ({type(e).__name__}: {e})"
+            param.control_model = EngineControlModel(model, name, engines, problem)
+            swapped.append((param, model))
+        yield
+    finally:
+        for param, model in swapped:
+            param.control_model = model
