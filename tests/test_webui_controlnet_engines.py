@@ -175,3 +175,18 @@ def test_every_unit_has_its_model_back_when_the_forward_raises(webui):
             assert all(isinstance(u.control_model, torch.nn.Module) for u in units)  # ControlNet's own checks
             raise RuntimeError("the forward failed")
     assert [u.control_model for u in units] == models
+
+
+def test_weights_written_in_place_after_a_served_call_are_found_before_the_next(webui):
+    """The proof is remembered per module and state of its weights: an in-place write (a version
+    bump) or a cast is proven again, so the engine does not stand for weights it does not hold."""
+    unit = param(loaded(webui[NAME], NAME))
+    inputs = call_inputs()
+    run([unit], **inputs)
+    assert generation.current().notes == [f"ControlNet {NAME}: [onnxruntime fp32] {PROFILE.label()}"]
+    with torch.no_grad():
+        unit.control_model.control_model.middle_block_out[0].bias.add_(0.25)
+    outputs = run([unit], **inputs)[0]
+    assert all(torch.equal(a, b) for a, b in zip(outputs, unit.control_model(**inputs)))
+    assert generation.current().notes[-1] == (f"ControlNet {NAME}: eager (the loaded ControlNet's weights differ from "
+                                              f"{webui[NAME].name} (middle_block_out.0.bias))")

@@ -11,6 +11,7 @@ cache; a model evicted from it (more models than the cache size) has no known fi
 from __future__ import annotations
 
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -98,18 +99,19 @@ class WeightsCheck:
 
     def __init__(self, load_reference: Callable[[Path], torch.nn.Module]):
         self._load = load_reference
-        self._known: dict[tuple[int, str], tuple[tuple, str]] = {}  # (id, sha256) -> (signature, problem)
+        # module -> {sha256: (signature, problem)}; weak: a model ControlNet dropped takes its verdicts along
+        self._known: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
 
     def problem(self, live: torch.nn.Module, path: Path, sha256: str) -> str:
-        key, signature = (id(live), sha256), _signature(live)
+        signature = _signature(live)
         with self._lock:
-            known = self._known.get(key)
+            known = self._known.get(live, {}).get(sha256)
         if known is not None and known[0] == signature:
             return known[1]
         problem = self._compare(live, path)
         with self._lock:
-            self._known[key] = (signature, problem)
+            self._known.setdefault(live, {})[sha256] = (signature, problem)
         return problem
 
     def _compare(self, live: torch.nn.Module, path: Path) -> str:
