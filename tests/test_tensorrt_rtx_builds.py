@@ -84,3 +84,28 @@ def test_the_cli_builds_and_lists_a_real_engine_of_the_built_in_model(tmp_path):
     assert listing.returncode == 0, listing.stderr[-3000:]
     assert re.search(r"^cannot-run +\w+-tiny-tensorrt-fp16-", listing.stdout, re.M), listing.stdout
     assert f"fp16 for portable ({', '.join(PORTABLE)})" in listing.stdout and NO_GPU in listing.stdout
+
+
+def test_the_cli_builds_a_real_engine_of_a_controlnet_file(tmp_path):
+    """Issue 23: a ControlNet's engine through the same builder; its plan takes the control image
+    (`hint`, 8x the latent) besides the UNet's inputs, and the ONNX it came from was checked."""
+    from safetensors.torch import save_file
+
+    from sd_unet_trt.models.controlnet import TINY, seeded_controlnet
+    from sd_unet_trt.trt_core.backends.tensorrt.plan_file import read_header
+
+    model = seeded_controlnet(TINY, seed=4)
+    path = tmp_path / "tiny_control.safetensors"
+    save_file({f"control_model.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    build = subprocess.run([sys.executable, "-m", "sd_unet_trt", "build-controlnet", str(path), "--backend", "tensorrt",
+                            "--height", "64:64:128", "--width", "64:96:128", "--dir", str(tmp_path / "ws")],
+                           cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    found = re.search(r"^built (\w+-controlnet-model-sd1-tensorrt-fp16-\S+): [\d.]+ MiB in [\d.]+ s, not checked "
+                      rf"against PyTorch \({re.escape(NO_GPU)}\)$", build.stdout, re.M)
+    assert found, build.stdout
+    entry = json.loads((tmp_path / "ws" / "Unet-trt" / f"{found.group(1)}.trt.json").read_text())
+    assert entry["details"]["onnx_accuracy"]["max_rel"] <= entry["details"]["onnx_accuracy"]["tolerance"]
+    header, _ = read_header((tmp_path / "ws" / "Unet-trt" / entry["file"]).read_bytes()[:1 << 16])
+    assert header.input_shapes["hint"] == [[1, 3, 64, 64], [2, 3, 64, 96], [4, 3, 128, 128]]
+    assert set(header.input_shapes) == {"x", "hint", "timesteps", "context"} and header.targets == PORTABLE

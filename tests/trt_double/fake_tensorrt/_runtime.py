@@ -282,10 +282,31 @@ class IExecutionContext(_Strict):
                     dims.append(d.dim_value)
                 elif d.dim_param in sizes:
                     dims.append(sizes[d.dim_param])
-                else:
-                    return None
+                else:  # a size the graph computes (a ControlNet's downsampled residuals): as TensorRT does
+                    return self._inferred_output_shapes()
             out[vi.name] = tuple(dims)
         return out
+
+    def _inferred_output_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """The outputs' shapes for the inputs' set shapes, by ONNX shape inference through the graph."""
+        import onnx
+
+        key = tuple(sorted(self._shapes.items()))
+        cache = self._engine.__dict__.setdefault("_inferred_shapes", {})
+        if key not in cache:
+            graph = onnx.helper.make_graph(  # the nodes with their weights' shapes: inference needs no values
+                list(self._engine._model.graph.node), "shapes",
+                [onnx.helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, self._shapes[vi.name])
+                 for vi in self._engine._model.graph.input if vi.name in self._shapes],
+                [onnx.helper.make_tensor_value_info(vi.name, vi.type.tensor_type.elem_type, None)
+                 for vi in self._engine._model.graph.output],
+                list(self._engine._model.graph.initializer))
+            model = onnx.helper.make_model(graph, opset_imports=self._engine._model.opset_import)
+            inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph.output
+            shapes = {vi.name: tuple(d.dim_value if d.HasField("dim_value") else -1
+                                     for d in vi.type.tensor_type.shape.dim) for vi in inferred}
+            cache[key] = None if any(-1 in s or not s for s in shapes.values()) else shapes
+        return cache[key]
 
     def get_tensor_shape(self, name: str) -> tuple[int, ...]:
         if self._engine.get_tensor_mode(name) == TensorIOMode.INPUT:
