@@ -121,9 +121,11 @@ def run(params, **inputs):
         return forward(**inputs)
 
 
-def test_a_unit_with_an_engine_runs_on_it_and_gives_the_models_outputs(webui):
+@pytest.mark.parametrize("hint_rows", [2, 1], ids=["a hint per row", "one hint for every row, as ControlNet passes it"])
+def test_a_unit_with_an_engine_runs_on_it_and_gives_the_models_outputs(webui, hint_rows):
     model = loaded(webui[NAME], NAME)
     inputs = call_inputs()
+    inputs["hint"] = inputs["hint"][:hint_rows]
     expected = model(**inputs)
     unit = param(model)
     outputs = run([unit], **inputs)[0]

@@ -114,6 +114,10 @@ class EngineControlModel:
         if args or extra:
             return None, f"inputs engines do not take ({', '.join(extra) or 'positional'})"
         x, hint, timesteps, context, y = (kwargs.get(k) for k in ("x", "hint", "timesteps", "context", "y"))
+        if isinstance(hint, torch.Tensor) and hint.dim() == 4 and hint.shape[0] == 1 and x.shape[0] > 1:
+            # ControlNet's control image has one row (get_pytorch_control: 1 c h w): cldm adds its encoding
+            # to every row of x by broadcasting; engines take one per row
+            hint = hint.expand(x.shape[0], -1, -1, -1).contiguous()
         try:
             outputs, reason = self._engines.run_or_reason(x, hint, timesteps, context, y)
             if outputs is None:
