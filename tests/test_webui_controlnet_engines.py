@@ -140,14 +140,15 @@ def test_what_no_engine_can_stand_for_runs_the_model_with_its_reason(webui):
     """Another file without engine, a model the cache dropped, a model whose weights changed in
     memory, another kind, extra inputs, shapes no engine covers: the model's own outputs."""
     other = loaded(webui[OTHER], OTHER)
-    dropped = loaded(webui[NAME])  # not in ControlNet's cache: its file is unknown
+    dropped = loaded(webui[OTHER])  # not in ControlNet's cache, and no file with engines holds its weights
     changed = loaded(webui[NAME], NAME + " changed")
     controlnet_script().global_state.cn_models[NAME + " changed"] = str(webui[NAME])
     with torch.no_grad():
         changed.control_model.zero_convs[0][0].weight.mul_(1.5)
     adapter = loaded(webui[NAME], NAME + " adapter")
     cases = [(param(other), f"ControlNet {OTHER}: eager (no ControlNet engine of {webui[OTHER].name}"),
-             (param(dropped), "ControlNet PlugableControlModel: eager (its file is unknown"),
+             (param(dropped), "ControlNet PlugableControlModel: eager (its file is unknown (ControlNet's model cache no longer holds it, and no "
+              "ControlNet file with engines holds its weights)"),
              (param(changed), f"eager (the loaded ControlNet's weights differ from {webui[NAME].name} (zero_convs.0.0.weight)"),
              (param(adapter, ControlModelType.T2I_Adapter), "eager (T2I_Adapter models have no engines)")]
     inputs = call_inputs()
@@ -157,6 +158,10 @@ def test_what_no_engine_can_stand_for_runs_the_model_with_its_reason(webui):
         assert all(torch.equal(a, b) for a, b in zip(outputs, expected))
         assert any(reason in n for n in generation.current().notes), (reason, generation.current().notes)
     served = param(loaded(webui[NAME], NAME))
+    evicted = param(loaded(webui[NAME]))  # ControlNet's cache dropped it: found by its weights, served
+    outputs = run([evicted], **inputs)[0]
+    assert max((a - b).abs().max().item() for a, b in zip(outputs, evicted.control_model(**inputs))) < 1e-3
+    assert generation.current().notes[-1] == f"ControlNet {NAME}: [onnxruntime fp32] {PROFILE.label()}"
     wide = dict(call_inputs(), x=torch.randn(2, 4, 16, 16), hint=torch.rand(2, 3, 128, 128))
     assert all(torch.equal(a, b) for a, b in zip(run([served], **wide)[0], served.control_model(**wide)))
     assert any(n.startswith(f"ControlNet {NAME}: eager (no ControlNet engine") for n in generation.current().notes)

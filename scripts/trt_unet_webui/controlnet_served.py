@@ -15,16 +15,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from pathlib import Path
 
 import torch
 
 from modules import devices
 
 from sd_unet_trt.scripts.trt_unet_webui import generation
-from sd_unet_trt.scripts.trt_unet_webui.controlnet_units import (WeightsCheck, controlnet_hook, model_file,
-                                                                  served_kind_problem)
+from sd_unet_trt.scripts.trt_unet_webui.controlnet_units import (WeightsCheck, controlnet_hook, listed_models,
+                                                                  model_file, served_kind_problem)
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
-from sd_unet_trt.trt_core.controlnet import controlnet_engines, controlnet_file_sha256, load_controlnet
+from sd_unet_trt.trt_core.controlnet import (controlnet_engines, controlnet_file_sha256, is_controlnet_entry,
+                                             load_controlnet)
 from sd_unet_trt.trt_core.hook_policy import manifest_signature
 from sd_unet_trt.trt_core.profiles import CallShape
 
@@ -63,15 +65,42 @@ def _close(known) -> None:
         known[1].close()
 
 
+_engine_files: list = [None, {}]  # [manifest signature, {file stem: sha256} of the ControlNet engines' files]
+
+
+def engine_files() -> dict[str, str]:
+    """The ControlNet files engines were built of, by file stem (their manifest name): sha256."""
+    signature = manifest_signature(workspace())
+    if _engine_files[0] != signature or signature is None:
+        entries = workspace().manifest().entries() if signature is not None else []
+        _engine_files[:] = [signature, {e.checkpoint.name: e.checkpoint.sha256 for e in entries
+                                        if is_controlnet_entry(e)}]
+    return _engine_files[1]
+
+
+def file_by_weights(inner: torch.nn.Module) -> tuple[str, Path] | None:
+    """A listed ControlNet file with engines whose weights the model holds, for a model ControlNet's
+    cache no longer names (it drops the oldest model when a unit loads another beyond its size)."""
+    stems = engine_files()
+    for name, path in listed_models().items():
+        sha256 = stems.get(path.stem)
+        if sha256 and controlnet_file_sha256(path) == sha256 and not _weights.problem(inner, path, sha256):
+            return name, path
+    return None
+
+
 def _engine_for(param) -> tuple[str, object, str]:
     """(the unit's name, its engines or None, why not)."""
     problem = served_kind_problem(param)
     found = model_file(param.control_model)
+    if found is None and not problem:
+        found = file_by_weights(param.control_model.control_model)
     name = found[0] if found else type(param.control_model).__name__
     if problem:
         return name, None, problem
     if found is None:
-        return name, None, "its file is unknown (ControlNet's model cache no longer holds it)"
+        return name, None, ("its file is unknown (ControlNet's model cache no longer holds it, and no ControlNet "
+                            "file with engines holds its weights)")
     path = found[1]
     sha256 = controlnet_file_sha256(path)
     engines = engines_of(sha256)
