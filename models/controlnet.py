@@ -111,6 +111,19 @@ class ControlNetModel(nn.Module):
         return [o.to(x.dtype) for o in outs]
 
 
+class ControlNetCall(nn.Module):
+    """A ControlNet with its engines' flat signature (x, timesteps, context[, y], hint): the hint is
+    its engines' control input (trt_core/controlnet/family.py). What torch.export traces."""
+
+    def __init__(self, model: nn.Module, has_y: bool):
+        super().__init__()
+        self.model, self.has_y = model, has_y
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                *rest: torch.Tensor) -> list[torch.Tensor]:
+        return self.model(x, rest[-1], timesteps, context, rest[0] if self.has_y else None)
+
+
 def _left_out(sd: Mapping[str, torch.Tensor]) -> str:
     """What a file that is no plain ControlNet holds, and why it is left out; "" for a ControlNet."""
     keys = set(sd)

@@ -55,6 +55,11 @@ class ModelFamily:
     def output_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
         return [(rows, self.base_config.out_channels, latent_h, latent_w)]
 
+    def call_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The model with the engines' flat signature (x, timesteps, context[, y][, control...]): what
+        torch.export traces for the torch backend."""
+        return arch.UNetCall(module, self.y_dim is not None)
+
     def with_controlnet(self) -> "ModelFamily":
         """The same UNet, with inputs for ControlNet's residuals and T2I-Adapter's features."""
         if self.controlnet:

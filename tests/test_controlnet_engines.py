@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sd_unet_trt.errors import UserError
 from sd_unet_trt.models import controlnet as cn
 from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.catalog import catalog, router_for_checkpoint
@@ -183,3 +184,31 @@ def test_list_shows_and_remove_deletes_a_controlnet_engine(tiny, tmp_path, capsy
     assert main(["remove", entry.id, "--dir", str(tmp_path)]) == 0
     assert capsys.readouterr().out.strip() == f"removed {entry.id} and {entry.file}"
     assert not engine_file.exists() and not record.exists() and workspace.manifest().entries() == []
+
+
+def test_a_controlnet_without_attention_is_refused_in_one_line_before_any_export(tmp_path):
+    small = cn.ControlNetConfig(**{**cn.TINY_XL.__dict__, "transformer_depth": (0, 0), "transformer_depth_middle": 0})
+    path = save(cn.seeded_controlnet(small, seed=2), tmp_path / "small.safetensors", "")
+    with pytest.raises(UserError) as caught:
+        build_controlnet_engine(Workspace(tmp_path / "ws"), path, PROFILE, OnnxRuntimeBackend(), "fp32", device="cpu")
+    assert "small.safetensors has no attention layers" in str(caught.value)
+    assert not (tmp_path / "ws" / "Unet-onnx").exists()
+
+
+def test_the_torch_backend_compiles_a_controlnet_that_serves_as_pytorch(tiny, tmp_path):
+    """Inductor on this CPU: about a minute. One size; fewer rows are padded, more are split."""
+    from sd_unet_trt.trt_core.backends import get_backend
+
+    model, path, _ = tiny
+    workspace = Workspace(tmp_path)
+    entry = build_controlnet_engine(workspace, path, Profile.static(2, 64, 96), get_backend("torch"), "fp32",
+                                    device="cpu")
+    assert entry.backend == "torch" and entry.accuracy["max_rel"] < 1e-5
+    engines = controlnet_engines(workspace, entry.checkpoint.sha256, device="cpu")
+    try:
+        for rows in (3, 6):  # 3: padded to the engine's 4 rows; 6: two runs of 3
+            args = call(cn.TINY, rows, 8, 12)
+            with torch.no_grad():
+                assert_close(engines.run(*args), model(*args))
+    finally:
+        engines.close()

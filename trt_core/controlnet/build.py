@@ -26,8 +26,7 @@ from sd_unet_trt.trt_core.verify import Accuracy, require
 from sd_unet_trt.trt_core.workspace import Workspace
 
 REFERENCE = "the PyTorch ControlNet"
-# the torch backend compiles the UNet's own module (torch_compiled/backend.py: UNetCall); no ControlNet yet
-BUILDS_CONTROLNETS = ("onnxruntime", "tensorrt")
+BUILDS_CONTROLNETS = ("onnxruntime", "tensorrt", "torch")
 
 
 class ControlNetBuildRefused(UserError, ValueError):
@@ -73,6 +72,11 @@ def build_controlnet_engine(workspace: Workspace, controlnet_path: Path | str, p
     progress("reading the ControlNet", 0.0)
     source = ControlNetFile.open(controlnet_path)
     family = source.family
+    if not any(family.config.transformer_depth) and not family.config.transformer_depth_middle:
+        # the export drops an input nothing reads, and every engine takes the same inputs as the UNet's calls
+        raise ControlNetBuildRefused(f"{source.path.name} has no attention layers (as SDXL's 'small' ControlNets): "
+                                     "it never reads the text conditioning, which its engine could not take; "
+                                     "it runs in PyTorch")
     with exclusive_build(workspace) as manifest:
         started = time.monotonic()
         weights = onnx_weights(precision)

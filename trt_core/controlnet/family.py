@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sd_unet_trt.models.controlnet import ControlNetConfig
+import torch
+
+from sd_unet_trt.models.controlnet import ControlNetCall, ControlNetConfig
 from sd_unet_trt.trt_core.manifest import EngineEntry
 from sd_unet_trt.trt_core.profiles import LATENT_SCALE
 
@@ -81,6 +83,10 @@ class ControlNetFamily:
 
     def output_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
         return self.config.residual_shapes(rows, latent_h, latent_w)
+
+
+    def call_module(self, module: torch.nn.Module) -> torch.nn.Module:
+        return ControlNetCall(module, self.y_dim is not None)
 
 
 def is_controlnet_entry(entry: EngineEntry) -> bool:

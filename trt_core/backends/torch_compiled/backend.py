@@ -16,7 +16,6 @@ from typing import Any
 import torch
 
 from sd_unet_trt.models.families import ModelFamily
-from sd_unet_trt.models.unet import UNetCall
 from sd_unet_trt.trt_core.atomic import TEMP_MARK
 from sd_unet_trt.trt_core.backends.base import (Availability, Backend, BuildOutcome, BuildRequest, EngineFileError,
                                                 arch_tag)
@@ -193,7 +192,7 @@ class TorchCompiledBackend(Backend):
         recipe = recipe_of(request.precision, request.options) if quantized else None
         computed, recipe = (quantized_module(unet, family, tuple(shapes["x"][2:]), recipe) if quantized
                             else (unet, None))
-        module = UNetCall(fused_projections(computed) if fuse else computed, family.y_dim is not None).eval()
+        module = family.call_module(fused_projections(computed) if fuse else computed).eval()
         sources, scaled = weight_sources(module, unet), quantized_weights(module)
         example = _example_inputs(family, shapes, device, dtype)
         with torch.no_grad(), sdpa_scope(preference):

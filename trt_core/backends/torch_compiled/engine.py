@@ -21,7 +21,7 @@ MAX_GRAPHS = 16  # CUDA graphs kept per engine (one per exact call shape), least
 class _Graph:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]
-    output: torch.Tensor
+    output: list[torch.Tensor]  # the family's outputs (one for a UNet)
 
 
 def static_copies(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -142,7 +142,7 @@ class TorchCompiledEngine(Engine):
             if self._runner is None:
                 raise RuntimeError(f"engine {self.name} is closed")
             if not self.cuda_graphs:
-                return self._run(inputs)[:rows].to(x.device, x.dtype, memory_format=torch.contiguous_format)
+                return self._hand_out(self._run(inputs), rows, x, copy=False)
             key = tuple(tuple(t.shape) for t in inputs)
             entry = self._graphs.get(key)
             if entry is None:
@@ -152,13 +152,19 @@ class TorchCompiledEngine(Engine):
                 for static, value in zip(entry.inputs, inputs):
                     static.copy_(value)
                 entry.graph.replay()
-            # the graph's output buffer is overwritten by the next replay: hand out a copy (the
-            # compiled graph may leave its output channels-last)
-            return entry.output[:rows].to(x.device, x.dtype, copy=True, memory_format=torch.contiguous_format)
+            # the graph's output buffer is overwritten by the next replay: hand out a copy
+            return self._hand_out(entry.output, rows, x, copy=True)
 
-    def _run(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    def _hand_out(self, outputs: list[torch.Tensor], rows: int, x: torch.Tensor,
+                  copy: bool) -> torch.Tensor | list[torch.Tensor]:
+        """The call's rows of each output (the compiled graph may leave them channels-last): the
+        UNet's one tensor, or a ControlNet's residuals as a list (the family's output_names)."""
+        outs = [out[:rows].to(x.device, x.dtype, copy=copy, memory_format=torch.contiguous_format) for out in outputs]
+        return outs[0] if len(outs) == 1 else outs
+
+    def _run(self, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
         out = self._runner(*inputs)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return list(out[:len(self.family.output_names)]) if isinstance(out, (list, tuple)) else [out]
 
     def _capture(self, key: tuple, inputs: tuple[torch.Tensor, ...]) -> _Graph:
         static = static_copies(inputs)
