@@ -212,3 +212,10 @@ def test_the_torch_backend_compiles_a_controlnet_that_serves_as_pytorch(tiny, tm
                 assert_close(engines.run(*args), model(*args))
     finally:
         engines.close()
+
+
+def test_export_triton_serves_no_controlnet_as_a_checkpoint(built, tmp_path, capsys):
+    workspace, _ = built
+    code = main(["export-triton", "--dir", str(workspace.root), "--out", str(tmp_path / "repo"), "--device", "cpu"])
+    assert code == 2
+    assert "no checkpoint has engines" in capsys.readouterr().err and not (tmp_path / "repo").exists()

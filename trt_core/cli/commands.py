@@ -13,6 +13,7 @@ from sd_unet_trt.trt_core.backends.base import Backend
 from sd_unet_trt.trt_core.catalog import built_file, catalog
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp, family_of_file, unet_from_file
 from sd_unet_trt.trt_core.cli.errors import CliError, one_line
+from sd_unet_trt.trt_core.controlnet.family import is_controlnet_entry
 from sd_unet_trt.trt_core.estimate import estimate, human_bytes, human_seconds
 from sd_unet_trt.trt_core.export import export_onnx
 from sd_unet_trt.trt_core.export_folder import writable
@@ -158,7 +159,7 @@ def cmd_export_triton(args) -> int:
     from sd_unet_trt.trt_core.serving.repository import export_triton
 
     workspace = Workspace(Path(args.dir))
-    checkpoints = [e.checkpoint for e in workspace.manifest().entries()]
+    checkpoints = [e.checkpoint for e in workspace.manifest().entries() if not is_controlnet_entry(e)]
     sha256 = checkpoint_to_serve(checkpoints, args.checkpoint, workspace.engine_dir)
     folder = export_triton(workspace, sha256, Path(args.out), args.device, args.instances)
     versions = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
