@@ -10,6 +10,7 @@ Run from the repository root: python -m bench.hook_overhead [--repeats N]"""
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import tempfile
 import time
@@ -22,7 +23,7 @@ from tests.webui_double import harness  # installs the double's `modules`
 from modules import script_callbacks, shared  # noqa: E402
 from sd_unet_trt.models import unet as arch  # noqa: E402
 from sd_unet_trt.models.families import family_named  # noqa: E402
-from sd_unet_trt.scripts.trt_unet_webui import forward_names, generation, hook, live_weights  # noqa: E402
+from sd_unet_trt.scripts.trt_unet_webui import forward_names, generation, hook, live_weights, module_walk  # noqa: E402
 from sd_unet_trt.trt_core.backends.base import Engine  # noqa: E402
 from sd_unet_trt.trt_core.profiles import CallShape, Profile, Range  # noqa: E402
 from sd_unet_trt.trt_core.router import Router  # noqa: E402
@@ -97,7 +98,7 @@ def main() -> None:
 
         per_pass = [
             ("live_weights.describe", lambda: live_weights.describe(unet, False)),
-            ("  forward_problem", lambda: live_weights.forward_problem(unet)),
+            ("  forward_problem", lambda: live_weights.forward_problem(module_walk.walk(unet).modules)),
             ("forward_names.problem", forward_names.problem),
             ("WeightSync.update (unchanged)", lambda: sync.update(live.base, live.keys, Merge(),
                                                                    router.build_weights)),
@@ -113,8 +114,8 @@ def main() -> None:
             ("router.run (passthrough engine)", lambda: router.run(x, t, c)),
             ("TrtUnet.forward (passthrough engine)", lambda: trt.forward(x, t, c)),
         ]
-        print(f"SD1.5 UNet: {len(list(unet.modules()))} modules, {len(live.base)} weights; "
-              f"torch threads 1; CPU: {torch.__config__.parallel_info().splitlines()[0]}")
+        print(f"SD1.5 UNet: {len(list(unet.modules()))} modules, {len(live.base)} weights; torch threads 1; "
+              f"{platform.python_implementation()} {platform.python_version()} on {platform.machine()}")
         print(f"{'per pass':40s} {'ms':>9s} {'ms/step':>9s}")
         for name, fn in per_pass:
             ms = median_ms(fn, args.repeats)

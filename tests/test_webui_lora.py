@@ -5,6 +5,8 @@ and an unknown extension's patch fall back with the reason. Each generation with
 compared with the same generation on the built-in UNet."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -157,3 +159,46 @@ def test_tiling_and_a_module_class_from_an_unknown_extension_fall_back_with_the_
         block.__class__ = original
     assert diff < TOL and value == ("fallback: MergedTokensBlock.forward (UNet layer input_blocks.1.1) comes from "
                                     f"{__name__}"), value
+
+
+def test_a_layer_swapped_in_after_a_served_pass_reaches_the_engines(webui):
+    """The hook keeps its walk of the UNet's modules between passes (module_walk): a layer replaced by
+    another object after a pass the engines served must be read at the next pass (a stale walk would
+    read the old layer's weights, the engines' own, and the images would differ)."""
+    runner, model, _ = webui
+    value, diff, _ = run_both(runner, "a cat")  # a pass that read (and kept the walk of) the UNet
+    assert diff < TOL and "differ" not in value, value
+    parent = model.model.diffusion_model.out
+    original = parent[2]
+    swapped = torch.nn.Conv2d(original.in_channels, original.out_channels, original.kernel_size, padding=original.padding)
+    with torch.no_grad():
+        swapped.weight.copy_(original.weight * 1.5)
+        swapped.bias.copy_(original.bias)
+    parent[2] = swapped
+    try:
+        value, diff, _ = run_both(runner, "a cat")
+    finally:
+        parent[2] = original
+    assert diff < TOL and "1 UNet weights differ from the checkpoint file; the engines use the live values" in value, value
+    value, diff, _ = run_both(runner, "a cat")  # the original back: so are the engines
+    assert diff < TOL and "differ" not in value, value
+
+
+def test_a_layer_of_an_unknown_class_added_after_a_served_pass_falls_back(webui):
+    """A module put into the UNet after a served pass (another extension's wrapper, say) is judged at the
+    next pass like every module: its class's forward comes from an unknown extension."""
+    runner, model, _ = webui
+    value, diff, _ = run_both(runner, "a cat")
+    assert diff < TOL and not value.startswith("fallback"), value
+    block = model.model.diffusion_model.input_blocks[1]
+    original = block[1]
+    wrapper = copy.copy(original)  # a new object sharing the layer's weights and submodules
+    wrapper.__class__ = type("WrappedBlock", (type(original),), {"forward": lambda self, *a, **k: type(original).forward(self, *a, **k)})
+    block[1] = wrapper
+    try:
+        value, diff, _ = run_both(runner, "a cat")
+    finally:
+        block[1] = original
+    assert diff < TOL and value == f"fallback: WrappedBlock.forward (UNet layer input_blocks.1.1) comes from {__name__}", value
+    value, diff, _ = run_both(runner, "a cat")
+    assert diff < TOL and not value.startswith("fallback"), value

@@ -27,6 +27,7 @@ from typing import Hashable
 import torch
 import torch.nn.functional as F
 
+from sd_unet_trt.scripts.trt_unet_webui import module_walk
 from sd_unet_trt.trt_core.weight_sync import Merge
 
 # where the forwards of a UNet's module classes may come from and still compute what engines do
@@ -104,18 +105,29 @@ def layer_forward_problem(path: str, module: torch.nn.Module) -> str:
     return ""
 
 
-def forward_problem(unet: torch.nn.Module) -> str:
-    """Why engines cannot compute what this UNet's modules compute ("" when they can)."""
-    classes = {}
-    for path, module in unet.named_modules():
-        problem = layer_forward_problem(path, module) if path else ""
-        if problem:
-            return problem
-        if getattr(module, "padding_mode", "zeros") != "zeros":  # the WebUI's Tiling: circular padding
-            return f"UNet layer {path} pads {module.padding_mode} (Tiling); engines pad with zeros"
-        for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
-            if not getattr(hook, "__module__", "").startswith("modules."):  # the WebUI's own (lowvram)
-                return f"an extension hooks UNet layer {path or '(root)'} ({getattr(hook, '__module__', '?')})"
+def forward_problem(modules: list[tuple[str, torch.nn.Module]]) -> str:
+    """Why engines cannot compute what the UNet's modules ((path, module) each, the root first)
+    compute ("" when they can)."""
+    classes, class_pads = {}, {}
+    for path, module in modules:
+        own = vars(module)
+        # a layer's own forward is in its instance dict (or none is): the common case costs two lookups
+        if path and ("forward" in own or "_forward" in own):
+            problem = layer_forward_problem(path, module)
+            if problem:
+                return problem
+        # padding_mode is an instance attribute (torch's convolutions); getattr on a module without
+        # one goes through nn.Module.__getattr__ and an AttributeError, most of a pass's time
+        cls = type(module)
+        if cls not in class_pads:
+            class_pads[cls] = any("padding_mode" in vars(c) for c in cls.__mro__)
+        mode = getattr(module, "padding_mode", "zeros") if class_pads[cls] else own.get("padding_mode", "zeros")
+        if mode != "zeros":  # the WebUI's Tiling: circular padding
+            return f"UNet layer {path} pads {mode} (Tiling); engines pad with zeros"
+        if module._forward_pre_hooks or module._forward_hooks:
+            for hook in [*module._forward_pre_hooks.values(), *module._forward_hooks.values()]:
+                if not getattr(hook, "__module__", "").startswith("modules."):  # the WebUI's own (lowvram)
+                    return f"an extension hooks UNet layer {path or '(root)'} ({getattr(hook, '__module__', '?')})"
         classes.setdefault(type(module), path)
     for cls, path in classes.items():
         origin = getattr(cls.forward, "__module__", "") or ""
@@ -124,10 +136,14 @@ def forward_problem(unet: torch.nn.Module) -> str:
     return ""
 
 
-def _own_params(unet: torch.nn.Module):
-    for path, module in unet.named_modules():
-        for pname, param in module.named_parameters(recurse=False):
-            yield path, module, pname, param
+def first_names(params: dict) -> dict:
+    """Each weight under its first name only, None left out, as named_parameters lists them."""
+    seen, out = set(), {}
+    for pname, param in params.items():
+        if param is not None and id(param) not in seen:
+            seen.add(id(param))
+            out[pname] = param
+    return out
 
 
 def merge_function(layers, nets, functional: bool):
@@ -164,28 +180,49 @@ def hypernetworks_problem(loaded) -> str:
     return f"hypernetworks ({', '.join(names)}) act in the UNet's attention; engines do not take them" if names else ""
 
 
+def read_base(modules: module_walk.ModuleWalk, networks_wanted: bool, functional: bool, live: LiveUNet) -> None:
+    """Each weight's value before any network, and its identity key, into `live` (see the module's docstring)."""
+    base, keys = live.base, live.keys
+    for (_, module), prefix in zip(modules.modules, modules.prefixes):
+        params = module._parameters
+        if not params:
+            continue
+        # the Lora extension sets its backups and names as plain attributes (the instance dict):
+        # getattr would go through nn.Module.__getattr__ and an AttributeError for every weight
+        own = vars(module)
+        restored = networks_wanted or (not functional and own.get("network_current_names", ()) != ())
+        if len(params) > 1 and len(set(map(id, params.values()))) < len(params):
+            params = first_names(params)
+        for pname, param in params.items():
+            if param is None:
+                continue
+            tensor = param
+            if restored and pname in BACKUPS:
+                backup = own.get(BACKUPS[pname])
+                if isinstance(backup, torch.Tensor):
+                    tensor = backup
+            name = prefix + pname
+            base[name] = tensor
+            keys[name] = (id(tensor), tensor._version, tensor.data_ptr())
+
+
 def describe(unet: torch.nn.Module, functional: bool) -> LiveUNet:
     """The live UNet's base weights and the active networks' merge, or the problem that stops engines."""
     live = LiveUNet()
-    live.problem = forward_problem(unet)
+    modules = module_walk.walk(unet)
+    live.problem = forward_problem(modules.modules)
     if live.problem:
         return live
     networks = lora_networks()
     loaded = list(networks.loaded_networks) if networks is not None else []
     layers = {}
-    for path, module in unet.named_modules():
+    for path, module in modules.modules if loaded else ():
         name = getattr(module, "network_layer_name", None)
         if name is not None and any(name in net.modules for net in loaded):
             layers[name] = (path, name, module)
     nets = [net for net in loaded if any(name in net.modules for name in layers)]
     wanted = tuple((net.name, net.te_multiplier, net.unet_multiplier, net.dyn_dim) for net in loaded)
-    for path, module, pname, param in _own_params(unet):
-        backup = getattr(module, BACKUPS.get(pname, ""), None)
-        restored = bool(wanted) or (not functional and getattr(module, "network_current_names", ()) != ())
-        tensor = backup if restored and isinstance(backup, torch.Tensor) else param
-        name = f"{path}.{pname}" if path else pname
-        live.base[name] = tensor
-        live.keys[name] = (id(tensor), tensor._version, tensor.data_ptr())
+    read_base(modules, bool(wanted), functional, live)
     if not nets:
         return live
     for path, name, module in layers.values():
