@@ -81,7 +81,7 @@ def split_rows(rows: int, max_rows: int) -> list[int]:
 
 def _distance(call: CallShape, profile: Profile) -> int:
     """How far the call is from the profile's opt shape (engines are fastest near opt)."""
-    h, w = profile.latent(profile.height), profile.latent(profile.width)
+    h, w = profile.latent_height, profile.latent_width
     return (abs(call.rows - profile.rows.opt) + abs(call.latent_height - h.opt) + abs(call.latent_width - w.opt)
             + abs(call.context_len - profile.context_len.opt))
 
@@ -319,7 +319,8 @@ class Router:
                     self._take_out(record.id)
                 continue
             return RouteResult(output, record.label, chunks=len(plan.chunks),
-                               passed_over=tuple(r.label for r in self.records if r.id in unavailable))
+                               passed_over=tuple(r.label for r in self.records if r.id in unavailable)
+                               if unavailable else ())
 
     @staticmethod
     def _run_chunks(engine: Engine, chunks: list[int], x, timesteps, context, y, control) -> torch.Tensor:

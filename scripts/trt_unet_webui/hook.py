@@ -218,7 +218,6 @@ class TrtUnet(sd_unet.SdUnet):
             return None, forced, ""
         try:
             result = engines.router.run(x, timesteps, context, y, control)
-            call = CallShape.of(x, context, y, control)
         except Exception as e:  # e.g. a call of a shape no SD UNet takes; the built-in UNet decides
             return None, f"routing failed ({type(e).__name__}: {e})", ""
         if result.covered:
@@ -227,6 +226,7 @@ class TrtUnet(sd_unet.SdUnet):
             for label in result.passed_over:
                 report.note(f"{label} did not answer; other engines took its calls")
             return result.output, "", ""
+        call = CallShape.of(x, context, y, control)  # only to explain a fallback (the router read it too)
         if result.unfit:
             return None, f"the engines cannot take the changed weights ({result.unfit})", result.reason
         if call.control is not None and not any(r.family.controlnet for r in engines.router.records):
