@@ -20,6 +20,7 @@ from torch import nn
 
 from sd_unet_trt.errors import UserError
 from sd_unet_trt.models import unet as arch
+from sd_unet_trt.models.controlnet_diffusers import is_diffusers_layout, to_original_layout
 from sd_unet_trt.models.unet import (Downsample, ResBlock, SpatialTransformer, TimestepEmbedSequential, randomize_,
                                      timestep_embedding)
 
@@ -135,9 +136,6 @@ def _left_out(sd: Mapping[str, torch.Tensor]) -> str:
         return "an IP-Adapter (it replaces the UNet's cross-attention inputs; there is no separate model to build)"
     if any("motion_modules" in k for k in keys):
         return "a SparseCtrl model (AnimateDiff's; it needs motion modules)"
-    if "controlnet_cond_embedding.conv_in.weight" in keys:
-        return "a ControlNet in diffusers' layout (convert it to the original layout, or use an .pth/.safetensors " \
-               "in the layout sd-webui-controlnet ships)"
     if "conv_in.weight" in keys or "style_embedding" in keys or "body.0.in_conv.weight" in keys \
             or any(k.startswith(("adapter.", "body.")) for k in keys):
         return "a T2I-Adapter (small and run once per generation, not per step: nothing for an engine to gain)"
@@ -152,9 +150,15 @@ def _left_out(sd: Mapping[str, torch.Tensor]) -> str:
 
 
 def controlnet_state_dict(state_dict: Mapping[str, torch.Tensor], name: str = "the file") -> dict[str, torch.Tensor]:
-    """The ControlNet's weights without the `control_model.` prefix; UnsupportedControlNet names what
-    any other kind of file is."""
+    """The ControlNet's weights without the `control_model.` prefix, in the original layout (a
+    diffusers file renamed); UnsupportedControlNet names what any other kind of file is."""
     sd = {k[len(PREFIX):] if k.startswith(PREFIX) else k: v for k, v in state_dict.items()}
+    if is_diffusers_layout(sd):
+        sd, unknown = to_original_layout(sd)
+        if unknown:
+            raise UnsupportedControlNet(f"{name} is a ControlNet in diffusers' layout with layers a ControlNet does "
+                                        f"not have ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}: "
+                                        "a ControlNet Union?); no ControlNet engine is built of it")
     problem = _left_out(sd)
     if problem:
         raise UnsupportedControlNet(f"{name} is {problem}; no ControlNet engine is built of it"

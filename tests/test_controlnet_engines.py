@@ -103,7 +103,8 @@ def test_sdxl_small_controlnet_without_attention_is_read_too():
     ({"adapter.body.0.resnets.0.block1.weight": [320, 320, 3, 3]}, "T2I-Adapter"),
     ({"lllite_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.down.weight": [32, 320]}, "ControlNet-LLLite"),
     ({"image_proj.proj.weight": [3072, 1024], "ip_adapter.1.to_k_ip.weight": [320, 768]}, "IP-Adapter"),
-    ({"controlnet_cond_embedding.conv_in.weight": [16, 3, 3, 3]}, "diffusers' layout"),
+    ({"controlnet_cond_embedding.conv_in.weight": [16, 3, 3, 3], "control_type_proj.linear_1.weight": [4, 4]},
+     "diffusers' layout with layers a ControlNet does not have (control_type_proj.linear_1.weight"),
     ({"model.diffusion_model.input_blocks.0.0.weight": [320, 4, 3, 3]}, "no ControlNet weights"),
 ])
 def test_a_file_that_is_no_controlnet_gets_one_line_naming_it(tmp_path, keys, says):
@@ -219,3 +220,58 @@ def test_export_triton_serves_no_controlnet_as_a_checkpoint(built, tmp_path, cap
     code = main(["export-triton", "--dir", str(workspace.root), "--out", str(tmp_path / "repo"), "--device", "cpu"])
     assert code == 2
     assert "no checkpoint has engines" in capsys.readouterr().err and not (tmp_path / "repo").exists()
+
+
+RESNET_NAMES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "out_layers.0": "norm2", "out_layers.3": "conv2",
+                "emb_layers.1": "time_emb_proj", "skip_connection": "conv_shortcut"}
+
+
+def diffusers_name(key: str, per_level: int = 3) -> str:
+    """The name diffusers' ControlNetModel gives an original-layout tensor, written from its naming
+    (conv_in, down_blocks.L.resnets/attentions.I, downsamplers, mid_block, controlnet_*), independently
+    of the converter under test."""
+    fixed = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
+             "input_blocks.0.0": "conv_in", "middle_block_out.0": "controlnet_mid_block"}
+    name, param = key.rsplit(".", 1)
+    if name in fixed:
+        return f"{fixed[name]}.{param}"
+    parts = key.split(".")
+    if parts[0] == "input_hint_block":
+        index = int(parts[1]) // 2
+        block = "conv_in" if index == 0 else "conv_out" if index == 7 else f"blocks.{index - 1}"
+        return f"controlnet_cond_embedding.{block}.{param}"
+    if parts[0] == "zero_convs":
+        return f"controlnet_down_blocks.{parts[1]}.{param}"
+    rest = ".".join(parts[3:])
+    if parts[0] == "middle_block":
+        if parts[1] == "1":
+            return f"mid_block.attentions.0.{'.'.join(parts[2:])}"
+        layer = ".".join(parts[2:4]) if parts[2] != "skip_connection" else parts[2]
+        tail = ".".join(parts[4:]) if parts[2] != "skip_connection" else ".".join(parts[3:])
+        return f"mid_block.resnets.{int(parts[1]) // 2}.{RESNET_NAMES[layer]}.{tail}"
+    block = int(parts[1])
+    level, index = (block - 1) // per_level, (block - 1) % per_level
+    if index == per_level - 1:  # the level's Downsample
+        return f"down_blocks.{level}.downsamplers.0.conv.{'.'.join(parts[4:])}"
+    if parts[2] == "1":
+        return f"down_blocks.{level}.attentions.{index}.{rest}"
+    layer = ".".join(parts[3:5]) if parts[3] != "skip_connection" else parts[3]
+    tail = ".".join(parts[5:]) if parts[3] != "skip_connection" else ".".join(parts[4:])
+    return f"down_blocks.{level}.resnets.{index}.{RESNET_NAMES[layer]}.{tail}"
+
+
+def test_a_controlnet_in_diffusers_layout_is_read_as_the_original(tiny, tmp_path):
+    model, *_ = tiny
+    state = {diffusers_name(k): v for k, v in model.state_dict().items()}
+    for diffusers_key in ("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",  # input_blocks.4.1
+                          "down_blocks.2.downsamplers.0.conv.weight", "controlnet_cond_embedding.blocks.5.weight",
+                          "controlnet_down_blocks.11.weight", "mid_block.resnets.1.time_emb_proj.weight",
+                          "down_blocks.1.resnets.0.conv_shortcut.weight"):
+        assert diffusers_key in state, diffusers_key
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    loaded, config = load_controlnet(path)
+    assert config == cn.TINY
+    args = call(config, 2, 8, 12)
+    with torch.no_grad():
+        assert_close(loaded(*args), model(*args))
