@@ -143,8 +143,8 @@ def test_the_queue_socket_answers_one_line_and_closes(server):
             (json.dumps({"session_hash": "s", "fn_index": 99}), None, "fn_index is past the last event"),
             (b"\xff\x00", None, "not JSON"),
             (json.dumps({"fn_index": export}), None, "lacks 'session_hash'"),
-            (joined, json.dumps({"fn_index": export, "data": ["abc"], "session_hash": "s"}), "takes 15 values"),
-            (joined, json.dumps({"fn_index": export, "data": ["abc"] + [64] * 11 + [None, None, False]}),
+            (joined, json.dumps({"fn_index": export, "data": ["abc"], "session_hash": "s"}), "takes 16 values"),
+            (joined, json.dumps({"fn_index": export, "data": ["abc"] + [64] * 11 + [None, None, False, None]}),
              "data[0] should be null or number")]:
         last = json.loads(session(first, data)[-1])
         assert last["success"] is False and words in last["output"]["error"], last
