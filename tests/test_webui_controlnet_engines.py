@@ -147,7 +147,7 @@ def test_what_no_engine_can_stand_for_runs_the_model_with_its_reason(webui):
         changed.control_model.zero_convs[0][0].weight.mul_(1.5)
     adapter = loaded(webui[NAME], NAME + " adapter")
     cases = [(param(other), f"ControlNet {OTHER}: eager (no ControlNet engine of {webui[OTHER].name}"),
-             (param(dropped), "ControlNet PlugableControlModel: eager (its file is unknown (ControlNet's model cache no longer holds it, and no "
+             (param(dropped), "ControlNet unit 1: eager (its file is unknown (ControlNet's model cache no longer holds it, and no "
               "ControlNet file with engines holds its weights)"),
              (param(changed), f"eager (the loaded ControlNet's weights differ from {webui[NAME].name} (zero_convs.0.0.weight)"),
              (param(adapter, ControlModelType.T2I_Adapter), "eager (T2I_Adapter models have no engines)")]

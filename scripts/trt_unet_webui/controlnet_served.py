@@ -89,13 +89,13 @@ def file_by_weights(inner: torch.nn.Module) -> tuple[str, Path] | None:
     return None
 
 
-def _engine_for(param) -> tuple[str, object, str]:
-    """(the unit's name, its engines or None, why not)."""
+def _engine_for(param, unit: str) -> tuple[str, object, str]:
+    """(the unit's name: its model's as ControlNet lists it, else `unit`; its engines or None; why not)."""
     problem = served_kind_problem(param)
     found = model_file(param.control_model)
     if found is None and not problem:
         found = file_by_weights(param.control_model.control_model)
-    name = found[0] if found else type(param.control_model).__name__
+    name = found[0] if found else unit
     if problem:
         return name, None, problem
     if found is None:
@@ -168,15 +168,15 @@ def units_on_engines(controlnet_forward):
     hook = controlnet_hook(controlnet_forward)
     swapped = []
     try:
-        for param in list(getattr(hook, "control_params", None) or ()):
+        for index, param in enumerate(list(getattr(hook, "control_params", None) or ())):
             model = getattr(param, "control_model", None)
             if model is None or isinstance(model, EngineControlModel):
                 continue
             try:
-                name, engines, problem = _engine_for(param)
+                name, engines, problem = _engine_for(param, f"unit {index + 1}")
             except Exception as e:  # nothing here may break a generation: the model runs
                 log.debug("TensorRT: finding a ControlNet's engine failed", exc_info=True)
-                name, engines, problem = type(model).__name__, None, f"finding its engine failed ({type(e).__name__}: {e})"
+                name, engines, problem = f"unit {index + 1}", None, f"finding its engine failed ({type(e).__name__}: {e})"
             param.control_model = EngineControlModel(model, name, engines, problem)
             swapped.append((param, model))
         yield
