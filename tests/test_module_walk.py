@@ -72,8 +72,11 @@ def test_the_weights_read_are_named_parameters_with_a_shared_weight_once():
     unet = tiny()
     unet.out[2].twin = unet.out[2].weight  # one Parameter under two names of one module
     unet.out[2].register_parameter("nothing", None)
+    unet.extra = torch.nn.Module()  # two names, one Parameter: the common count of two, checked apart
+    unet.extra.weight = torch.nn.Parameter(torch.ones(2))
+    unet.extra.alias = unet.extra.weight
     live = live_weights.LiveUNet()
     live_weights.read_base(module_walk.walk(unet), False, False, live)
     named = dict(unet.named_parameters())
     assert list(live.base) == list(named) and all(live.base[k] is v for k, v in named.items())
-    assert "out.2.twin" not in live.base
+    assert "out.2.twin" not in live.base and "extra.alias" not in live.base and "extra.weight" in live.base

@@ -191,7 +191,11 @@ def read_base(modules: module_walk.ModuleWalk, networks_wanted: bool, functional
         # getattr would go through nn.Module.__getattr__ and an AttributeError for every weight
         own = vars(module)
         restored = networks_wanted or (not functional and own.get("network_current_names", ()) != ())
-        if len(params) > 1 and len(set(map(id, params.values()))) < len(params):
+        if len(params) == 2:  # most layers: weight and bias; unpacking is the cheap duplicate check
+            first, second = params.values()
+            if first is second:
+                params = first_names(params)
+        elif len(params) > 2 and len(set(map(id, params.values()))) < len(params):
             params = first_names(params)
         for pname, param in params.items():
             if param is None:
