@@ -20,6 +20,8 @@ COMMANDS = {
     "export-triton": ["export-triton", "--checkpoint", "ab", "--out", "triton-repo"],
     "ui": ["ui", "--port", "18931"],
     "demo": ["demo", "--steps", "1", "--backends", "onnxruntime"],
+    "build-controlnet": ["build-controlnet", "missing.safetensors", "--backend", "onnxruntime"],
+    "export-controlnet": ["export-controlnet", "missing.safetensors"],
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from sd_unet_trt.trt_core.backends import best_backend, get_backend
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp
-from sd_unet_trt.trt_core.cli.commands import progress_bar
+from sd_unet_trt.trt_core.cli.commands import estimate_line, progress_bar
 from sd_unet_trt.trt_core.cli.errors import CliError
 from sd_unet_trt.trt_core.controlnet.build import build_controlnet_engine
 from sd_unet_trt.trt_core.controlnet.family import ControlNetFamily
@@ -47,10 +47,12 @@ def cmd_build_controlnet(args) -> int:
     backend = get_backend(args.backend) if args.backend else best_backend(args.device)
     backend.require()
     profile = controlnet_profile(args, source.family).validate()
-    print(f"building {source.family.label} with {backend.name} {args.precision}, {profile.label()}", flush=True)
+    workspace = Workspace(Path(args.dir))
+    print(f"building {source.family.label} with {backend.name} {args.precision}, {profile.label()}")
+    print(estimate_line(source, profile, backend, args.precision, args.device, workspace), flush=True)
     update, bar = progress_bar(f"{backend.name} {profile.label()}")
     try:
-        entry = build_controlnet_engine(Workspace(Path(args.dir)), path, profile, backend, args.precision, update,
+        entry = build_controlnet_engine(workspace, path, profile, backend, args.precision, update,
                                         device=args.device)
     finally:
         bar.close()

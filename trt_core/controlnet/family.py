@@ -46,6 +46,11 @@ class ControlNetFamily:
         return f"{self.kind[1]} ControlNet{size}"
 
     @property
+    def base_config(self) -> ControlNetConfig:
+        """Its sizes, under the name the UNet family's estimate reads (trt_core/estimate.py)."""
+        return self.config
+
+    @property
     def native_px(self) -> int:
         """The size its UNets are trained at (test-size models: the tiny UNet's 64 px)."""
         if self.config.model_channels < 320:
