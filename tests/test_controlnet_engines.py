@@ -275,3 +275,29 @@ def test_a_controlnet_in_diffusers_layout_is_read_as_the_original(tiny, tmp_path
     args = call(config, 2, 8, 12)
     with torch.no_grad():
         assert_close(loaded(*args), model(*args))
+
+
+def test_a_controlnet_build_waits_for_no_one_and_a_changed_engine_is_set_aside(tiny, tmp_path):
+    """The UNet builds' one lock covers ControlNet builds too; an engine file changed after its build
+    is never loaded: the call gets None and the one-line reason."""
+    from filelock import FileLock
+
+    from sd_unet_trt.trt_core.pipeline import BuildBusy
+
+    model, path, _ = tiny
+    workspace = Workspace(tmp_path)
+    workspace.engine_dir.mkdir(parents=True)
+    with FileLock(str(workspace.engine_dir / ".build.lock")):
+        with pytest.raises(BuildBusy):
+            build_controlnet_engine(workspace, path, Profile.static(1, 64, 64), OnnxRuntimeBackend(), "fp32",
+                                    device="cpu")
+    entry = build_controlnet_engine(workspace, path, Profile.static(1, 64, 64), OnnxRuntimeBackend(), "fp32",
+                                    device="cpu")
+    engine_file = workspace.manifest().file_path(entry)
+    data = bytearray(engine_file.read_bytes())
+    data[-1] ^= 1  # same size, other content
+    engine_file.write_bytes(bytes(data))
+    engines = controlnet_engines(workspace, entry.checkpoint.sha256, device="cpu")
+    out, reason = engines.run_or_reason(*call(cn.TINY, 2, 8, 8))
+    assert out is None and reason.startswith("no ControlNet engine covers 64x64 px, 2 rows")
+    assert "set aside (UntrustedFile: " in reason and "its sha256 differs" in reason and "\n" not in reason

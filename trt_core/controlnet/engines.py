@@ -27,26 +27,23 @@ class ControlNetEngines:
     router: Router
     left_out: dict[str, str]  # engines of this file that are not ready here: id -> why
 
-    def _control(self, hint: torch.Tensor) -> list[torch.Tensor]:
-        return [hint]
-
     def run(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
             y: torch.Tensor | None = None) -> list[torch.Tensor] | None:
         """The residuals, as cldm's ControlNet.forward returns them (x's dtype and device); None
         when no engine covers these shapes or the engines that did failed."""
-        return self.router.run(x, timesteps, context, y, control=self._control(hint)).output
+        return self.router.run(x, timesteps, context, y, control=[hint]).output
 
     def run_or_reason(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                       y: torch.Tensor | None = None) -> tuple[list[torch.Tensor] | None, str]:
         """`run`, and when it gives nothing, the reason of that very attempt (an engine may have
         failed during it)."""
-        result = self.router.run(x, timesteps, context, y, control=self._control(hint))
+        result = self.router.run(x, timesteps, context, y, control=[hint])
         return result.output, "" if result.covered else _controlnet_reason(result.reason)
 
     def why_not(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None) -> str:
         """One line: why no engine would serve this call ("" when one would)."""
-        plan = self.router.plan(CallShape.of(x, context, y, self._control(hint)))
+        plan = self.router.plan(CallShape.of(x, context, y, [hint]))
         return "" if plan.covered else _controlnet_reason(plan.reason)
 
     def close(self) -> None:
