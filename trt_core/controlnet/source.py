@@ -43,6 +43,20 @@ def read_tensors(path: Path | str) -> dict[str, torch.Tensor]:
     return _load_pickled(path)
 
 
+def read_shapes(path: Path | str) -> dict[str, torch.Tensor]:
+    """The file's tensors as meta tensors of their stored shapes (a .safetensors header alone: no
+    weight is read), enough to tell its architecture."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return {k: torch.empty(v.shape, device="meta") for k, v in read_tensors(path).items()}
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file ({e})") from None
+
+
 def load_controlnet(path: Path | str, dtype: torch.dtype | None = None,
                     device: torch.device | str = "cpu") -> tuple[ControlNetModel, ControlNetConfig]:
     """Our ControlNet holding the file's weights, and its architecture read off them;
@@ -67,9 +81,7 @@ class ControlNetFile:
         stamp = FileStamp.of(path) if path.is_file() else None
         if stamp is None:
             raise CheckpointError(f"no ControlNet file at {path}")
-        tensors = read_tensors(path)
-        family = ControlNetFamily(config_from_state_dict(tensors, path.name))
-        del tensors
+        family = ControlNetFamily(config_from_state_dict(read_shapes(path), path.name))
         source = cls(path, CheckpointId.of(controlnet_file_sha256(path), path.stem), family, stamp)
         source.require_unchanged()
         return source
