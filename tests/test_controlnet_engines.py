@@ -301,3 +301,11 @@ def test_a_controlnet_build_waits_for_no_one_and_a_changed_engine_is_set_aside(t
     out, reason = engines.run_or_reason(*call(cn.TINY, 2, 8, 8))
     assert out is None and reason.startswith("no ControlNet engine covers 64x64 px, 2 rows")
     assert "set aside (UntrustedFile: " in reason and "its sha256 differs" in reason and "\n" not in reason
+
+
+def test_verify_checks_a_controlnets_engines_against_pytorch(tiny, built, capsys):
+    _, path, _ = tiny
+    workspace, entry = built
+    assert main(["verify", "--controlnet", str(path), "--dir", str(workspace.root), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ok   {entry.id}: relative error ") and out.count("\n") == 1

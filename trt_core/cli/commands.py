@@ -129,7 +129,8 @@ def cmd_list(args) -> int:
         print(f"{item.status.state:10} {e.id}\n        {e.checkpoint.name} [{e.checkpoint.short_hash}] {e.family}, "
               f"{e.backend} {e.backend_version} {e.precision} for {built_for}, {e.profile.label()}, "
               f"{e.file_size / 2**20:.1f} MiB" + (f"\n        {item.status.reason}" if item.status.reason else "")
-              + ("\n        not checked against PyTorch: built where it could not run (`verify` checks it on a GPU)"
+              + (f"\n        not checked against PyTorch: built where it could not run (`verify"
+                 f"{' --controlnet FILE' if is_controlnet_entry(e) else ''}` checks it on a GPU)"
                  if e.details.get("unverified") else ""))
     manifest = workspace.manifest()
     manifest.entries()
@@ -224,7 +225,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    """Check every engine of the tiny model (or of --checkpoint) that can run here against PyTorch."""
+    """Check every engine of the tiny model (or of --checkpoint, or --controlnet) that can run here against PyTorch."""
+    if args.controlnet:
+        from sd_unet_trt.trt_core.cli.controlnet_commands import verify_controlnet
+        return verify_controlnet(args)
     source = build_source(args)
     checkpoint, family = source.checkpoint, source.family
     workspace = Workspace(Path(args.dir))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from sd_unet_trt.trt_core.backends import best_backend, get_backend
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp
 from sd_unet_trt.trt_core.cli.commands import estimate_line, progress_bar
@@ -96,3 +98,45 @@ def cmd_export_controlnet(args) -> int:
     if bar is not None:
         print(f"exported {path.name} ({family.label}) to {result.onnx_path} in {result.seconds:.1f} s")
     return 0
+
+
+def verify_controlnet(args) -> int:
+    """`verify --controlnet FILE`: every engine of the file that can run here against the PyTorch
+    ControlNet, as the build checked it (exit code 1 when one is outside its tolerance or cannot run)."""
+    from sd_unet_trt.trt_core.backends import get_backend
+    from sd_unet_trt.trt_core.catalog import built_file, catalog
+    from sd_unet_trt.trt_core.cli.errors import one_line
+    from sd_unet_trt.trt_core.controlnet.check import as_runner, compare
+    from sd_unet_trt.trt_core.controlnet.family import family_of_entry, is_controlnet_entry
+    from sd_unet_trt.trt_core.controlnet.source import ControlNetFile
+
+    source = ControlNetFile.open(Path(args.controlnet))
+    workspace = Workspace(Path(args.dir))
+    workspace.sweep()
+    items = [i for i in catalog(workspace, args.device)
+             if is_controlnet_entry(i.entry) and i.entry.checkpoint.sha256 == source.checkpoint.sha256]
+    runnable = [i for i in items if i.status.ready]
+    if not runnable:
+        print(f"nothing to check: {len(items)} engines of {source.path.name} in {workspace.engine_dir}, none can run "
+              f"here" + "".join(f"\n  {i.status.state}: {i.entry.id}: {i.status.reason}" for i in items))
+        return 0
+    reference = source.load(torch.float32, args.device)
+    failures = 0
+    for item in runnable:
+        e = item.entry
+        try:
+            engine = get_backend(e.backend).load(built_file(workspace.manifest(), e), e.id, family_of_entry(e),
+                                                 e.profile, args.device)
+            try:
+                accuracy = compare(engine, as_runner(reference), family_of_entry(e), e.profile, e.precision,
+                                   device=args.device)
+            finally:
+                engine.close()
+        except Exception as error:  # a damaged engine is one line, and the others are still checked
+            failures += 1
+            print(f"FAIL {e.id}: cannot run it: {one_line(error)}")
+            continue
+        failures += not accuracy.passed
+        print(f"{'ok  ' if accuracy.passed else 'FAIL'} {e.id}: relative error {accuracy.max_rel:.2e} "
+              f"(allowed {accuracy.tolerance:.0e})")
+    return 1 if failures else 0

@@ -103,6 +103,7 @@ def parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
 
     v = command("verify", commands.cmd_verify, commands.cmd_verify.__doc__)
     source_options(v)
+    v.add_argument("--controlnet", metavar="FILE", help="check the engines of this ControlNet model instead")
 
     e = command("export", commands.cmd_export, commands.cmd_export.__doc__)
     e.add_argument("--checkpoint", required=True, help="a .safetensors or .ckpt file")
