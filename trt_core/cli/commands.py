@@ -226,9 +226,6 @@ def cmd_export(args) -> int:
 
 def cmd_verify(args) -> int:
     """Check every engine of the tiny model (or of --checkpoint, or --controlnet) that can run here against PyTorch."""
-    if args.controlnet:
-        from sd_unet_trt.trt_core.cli.controlnet_commands import verify_controlnet
-        return verify_controlnet(args)
     source = build_source(args)
     checkpoint, family = source.checkpoint, source.family
     workspace = Workspace(Path(args.dir))

@@ -101,7 +101,10 @@ def parser(extra_commands: Sequence[Callable] = ()) -> argparse.ArgumentParser:
                                         f"{BATCH_LIMITS[0]}-{BATCH_LIMITS[1]} images, pixels multiples of 8, tokens "
                                         "multiples of 75")
 
-    v = command("verify", commands.cmd_verify, commands.cmd_verify.__doc__)
+    def verify(args) -> int:  # a ControlNet's engines, or a UNet's
+        return (controlnet_commands.verify_controlnet if args.controlnet else commands.cmd_verify)(args)
+
+    v = command("verify", verify, commands.cmd_verify.__doc__)
     source_options(v)
     v.add_argument("--controlnet", metavar="FILE", help="check the engines of this ControlNet model instead")
 
