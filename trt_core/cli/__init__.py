@@ -1,4 +1,4 @@
-"""Command line: `python -m sd_unet_trt demo | build | export | list | verify | remove | recover | export-triton | ui`.
+"""Command line: `python -m sd_unet_trt demo | build | build-controlnet | export | export-controlnet | list | verify | remove | recover | export-triton | ui`.
 
 Exit codes (docs in README.md):
   0  done
