@@ -184,6 +184,24 @@ def test_every_unit_has_its_model_back_when_the_forward_raises(webui):
     assert [u.control_model for u in units] == models
 
 
+def test_the_units_model_calls_are_counted_and_known_only_where_every_call_counts_here(webui):
+    """Served or eager, each call counts; a forward inside another's (its units already stand-ins,
+    counting for the outer one), a forward without units or with none holding a model: unknown."""
+    units = [param(loaded(webui[NAME], NAME)), param(loaded(webui[OTHER], OTHER))]
+    forward = controlnet_forward(units)
+    with controlnet_served.units_on_engines(forward) as calls:
+        assert (calls.count, calls.known) == (0, True)
+        forward(**call_inputs())
+        assert calls.count == 2
+        with controlnet_served.units_on_engines(forward) as inner:
+            forward(**call_inputs())
+        assert (inner.known, calls.count) == (False, 4)
+    without_models = controlnet_forward([param(None)])
+    for other in (lambda **inputs: None, without_models):
+        with controlnet_served.units_on_engines(other) as unknown:
+            assert not unknown.known
+
+
 def test_weights_written_in_place_after_a_served_call_are_found_before_the_next(webui):
     """The proof is remembered per module and state of its weights: an in-place write (a version
     bump) or a cast is proven again, so the engine does not stand for weights it does not hold."""

@@ -26,7 +26,7 @@ import logging
 
 import torch
 
-from sd_unet_trt.scripts.trt_unet_webui.controlnet_served import units_on_engines
+from sd_unet_trt.scripts.trt_unet_webui.controlnet_served import UnitCalls, units_on_engines
 from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnet, active_unet
 from sd_unet_trt.scripts.trt_unet_webui.live_weights import replaced
 
@@ -45,16 +45,17 @@ class NotServed(Exception):
 class UNetStandIn:
     """What ControlNet's forward takes for `self`: the UNet's attributes it reads, with blocks that
     collect their inputs and return zeros of their outputs' shapes, and an output layer that asks
-    `serve(x, context, y, control)` for the engine's output (NotServed when there is none).
+    `serve(x, context, y, control)` for the engine's output (NotServed when there is none), with
+    control None when the units' model calls counted in `calls` added nothing.
 
     What ControlNet adds between two encoder blocks is a T2I-Adapter's feature (where the extension
     adds them); what it adds to a skip as the decoder takes it is that feature (the skip kept it)
     plus ControlNet's residual; what it adds to the middle block's output is a residual (and SDXL's
     fourth adapter feature, which the engine's middle residual input takes as well)."""
 
-    def __init__(self, unet: torch.nn.Module, family, serve):
+    def __init__(self, unet: torch.nn.Module, family, serve, calls: UnitCalls):
         self.model_channels = unet.model_channels
-        self._family, self._serve = family, serve
+        self._family, self._serve, self._calls = family, serve, calls
         self._skips = len(family.base_config.skips())
         self._adapter_blocks = family.base_config.adapter_blocks()
         self.input_blocks = [lambda h, emb, context, i=i: self._input(i, h, context) for i in range(self._skips)]
@@ -122,8 +123,14 @@ class UNetStandIn:
         control = [self._residuals[i] for i in range(self._skips + 1)]
         control += [self._features[b] if b in self._features else self._zeros(self._shapes[self._skips + 1 + k])
                     for k, b in enumerate(self._adapter_blocks)]
-        # every unit outside its start/end (or weight 0): the plain UNet's call, for any engine
-        active = bool(torch.stack([c.abs().amax() for c in control]).amax() > 0)
+        # every unit outside its start/end: the plain UNet's call, for any engine. Residuals come only
+        # from the units' model calls, so their count says it on the host; reading the residuals
+        # instead would wait for the device at every step. A count of calls whose outputs sum to
+        # zero (weight 0) gives the engine zeros: the same h + 0.
+        if self._calls.known:
+            active = self._calls.count > 0
+        else:  # units not counted (another ControlNet version): whether anything was added, on the device
+            active = bool(torch.stack([c.abs().amax() for c in control]).amax() > 0)
         return self._serve(self._x, self._context, self._y, control if active else None)
 
 
@@ -147,15 +154,16 @@ def bridged(installed, unet: torch.nn.Module):
             name = getattr(installed, "__qualname__", type(installed).__name__)
             return _fallback(unet_hook, lambda _unet, *a, **k: installed(*a, **k), x, timesteps, context, kwargs,
                              f"another extension replaced the UNet's forward ({name})")
-        with units_on_engines(function):  # each unit's ControlNet on its engine where one covers it
-            return _on_standin(unet_hook, function, unet, x, timesteps, context, kwargs)
+        with units_on_engines(function) as calls:  # each unit's ControlNet on its engine where one covers it
+            return _on_standin(unet_hook, function, unet, calls, x, timesteps, context, kwargs)
 
     setattr(forward, BRIDGED, True)
     return forward
 
 
-def _on_standin(unet_hook: TrtUnet, function, unet, x, timesteps, context, kwargs):
-    """ControlNet's forward `function` on the UNet's stand-in, or on the built-in UNet with the reason."""
+def _on_standin(unet_hook: TrtUnet, function, unet, calls: UnitCalls, x, timesteps, context, kwargs):
+    """ControlNet's forward `function` on the UNet's stand-in (its units' model calls counted in
+    `calls`), or on the built-in UNet with the reason."""
     engines = unet_hook.prepare()  # layers ControlNet patched (reference-only...) are a problem found here
     if engines is None:
         return _fallback(unet_hook, function, x, timesteps, context, kwargs, unet_hook.problem)
@@ -166,7 +174,7 @@ def _on_standin(unet_hook: TrtUnet, function, unet, x, timesteps, context, kwarg
             raise NotServed(reason, detail)
         return output
 
-    standin = UNetStandIn(unet, engines.router.records[0].family.plain, serve)
+    standin = UNetStandIn(unet, engines.router.records[0].family.plain, serve, calls)
     try:
         return function(standin, x, timesteps, context, **kwargs)
     except NotServed as e:

@@ -9,12 +9,17 @@ the reason in the infotext (one line per unit and outcome, once per generation).
 in only where it provably computes what the model would: a plain ControlNet (ControlModelType
 ControlNet, ControlNet's own classes), found by the file it was loaded from, whose weights in
 memory are that file's (controlnet_units.WeightsCheck), called with no other inputs.
+
+The stand-ins also count their calls (UnitCalls): in v1.1.455 ControlNet's residuals and
+T2I-Adapter's features come only from these calls, so the bridge tells on the host whether a step
+adds anything to the UNet, without reading the residuals back from the device.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -110,13 +115,25 @@ def _engine_for(param, unit: str) -> tuple[str, object, str]:
     return name, (engines if not problem else None), problem
 
 
+@dataclass
+class UnitCalls:
+    """The units' model calls during one forward of ControlNet's. `known` is False when the count
+    cannot tell whether ControlNet added anything: no unit was swapped (a ControlNet version
+    without `control_params`, say), or a unit's model already counts for another forward."""
+
+    count: int = 0
+    known: bool = True
+
+
 class EngineControlModel:
     """A unit's control model for one call: its engine's outputs when they cover the call, the
-    model's own otherwise. Everything else (ControlNet's device moves, attribute reads) goes to
-    the model; `__class__` is the model's, as ControlNet's isinstance checks expect."""
+    model's own otherwise; each call counted in `calls`. Everything else (ControlNet's device moves,
+    attribute reads) goes to the model; `__class__` is the model's, as ControlNet's isinstance
+    checks expect."""
 
-    def __init__(self, model, name: str, engines, problem: str):
+    def __init__(self, model, name: str, engines, problem: str, calls: UnitCalls):
         self._model, self._name, self._engines, self._problem = model, name, engines, problem
+        self._calls = calls
 
     @property
     def __class__(self):
@@ -126,6 +143,7 @@ class EngineControlModel:
         return getattr(self._model, attribute)
 
     def __call__(self, *args, **kwargs):
+        self._calls.count += 1
         output, reason = self._engine_output(args, kwargs)
         report = generation.current()
         if output is not None:
@@ -164,22 +182,27 @@ class EngineControlModel:
 def units_on_engines(controlnet_forward):
     """While the block runs, every unit of the ControlNet forward `controlnet_forward` (the
     function ControlNet put on the UNet) calls an EngineControlModel; afterwards each unit has its
-    model back, whatever happened."""
+    model back, whatever happened. Yields the UnitCalls its calls are counted in."""
     hook = controlnet_hook(controlnet_forward)
+    calls = UnitCalls()
     swapped = []
     try:
         for index, param in enumerate(list(getattr(hook, "control_params", None) or ())):
             model = getattr(param, "control_model", None)
-            if model is None or isinstance(model, EngineControlModel):
+            if model is None:  # a unit without a model (reference-only, ReVision) adds no residuals
+                continue
+            if isinstance(model, EngineControlModel):  # a forward inside another's: its calls count there
+                calls.known = False
                 continue
             try:
                 name, engines, problem = _engine_for(param, f"unit {index + 1}")
             except Exception as e:  # nothing here may break a generation: the model runs
                 log.debug("TensorRT: finding a ControlNet's engine failed", exc_info=True)
                 name, engines, problem = f"unit {index + 1}", None, f"finding its engine failed ({type(e).__name__}: {e})"
-            param.control_model = EngineControlModel(model, name, engines, problem)
+            param.control_model = EngineControlModel(model, name, engines, problem, calls)
             swapped.append((param, model))
-        yield
+        calls.known = calls.known and bool(swapped)
+        yield calls
     finally:
         for param, model in swapped:
             param.control_model = model

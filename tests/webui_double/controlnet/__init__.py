@@ -10,12 +10,20 @@ T2I-Adapter units (`Unit.adapter`) add their features to the hidden state after 
 `restore` puts the saved forward back. The real extension in the real WebUI is checked by
 tests/real_webui/check_controlnet_in_webui.py.
 
+By default the forward calls each unit's model itself (as a ControlNet version without
+`control_params` would). With `params`, it drives the units as v1.1.455 does: the hook holds them
+as `control_params` (each with `control_model`, `control_model_type`, `guidance_stopped`, which the
+schedule handler sets), the forward ControlNet binds (`forward_webui`) closes over the hook as
+`outer`, and each active unit's model is called as `param.control_model(x=, hint=, timesteps=,
+context=, y=)`.
+
 Variants the bridge must refuse: `reference` patches a transformer block's `_forward` on the
 instance (as reference-only does), `encoder` adds to `h` after an input block where no adapter
 feature goes.
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -64,7 +72,7 @@ class TinyControlModel(torch.nn.Module):
                 conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.5)
                 conv.bias.copy_(torch.randn(conv.bias.shape, generator=generator) * 0.1)
 
-    def forward(self, x, hint, timesteps):
+    def forward(self, x, hint, timesteps, context=None, y=None):  # context, y: ControlNet passes them; unused here
         rows = x.shape[0]
         hint = F.interpolate(hint.to(x), size=x.shape[-2:], mode="bilinear").expand(rows, -1, -1, -1)
         if self.adapter:  # an adapter sees the hint only: the same features at every step
@@ -90,30 +98,57 @@ class Unit:
     stopped: bool = False
 
 
+class ControlModelType(enum.Enum):  # the two kinds whose model calls add to the UNet (scripts/enums.py)
+    ControlNet = "ControlNet, Lvmin Zhang"
+    T2I_Adapter = "T2I_Adapter, Chong Mou"
+
+
+@dataclass
+class ControlParams:
+    """A unit as v1.1.455's hook holds it (the fields the forward reads)."""
+    control_model: TinyControlModel
+    control_model_type: ControlModelType
+    hint_cond: torch.Tensor
+    weight: float
+    guidance_stopped: bool = False
+
+
 class UnetHook:
     def __init__(self):
         self.model = None
         self.units: list[Unit] = []
+        self.control_params: list[ControlParams] | None = None  # with `params` only
 
     def guidance_schedule_handler(self, params) -> None:
+        fraction = params.sampling_step / params.total_sampling_steps
         for unit in self.units:
-            fraction = params.sampling_step / params.total_sampling_steps
             unit.stopped = fraction < unit.start or fraction > unit.end
+        for unit, param in zip(self.units, self.control_params or ()):
+            param.guidance_stopped = unit.stopped
 
-    def hook(self, model, units: list[Unit], variant: str = "") -> None:
+    def controls(self, x, timesteps, context, y) -> list[tuple[bool, float, list[torch.Tensor]]]:
+        """(an adapter's, the unit's weight, its model's outputs) for each unit active at this step."""
+        if self.control_params is None:
+            return [(u.model.adapter, u.weight, u.model(x, u.hint, timesteps)) for u in self.units if not u.stopped]
+        return [(p.control_model_type == ControlModelType.T2I_Adapter, p.weight,
+                 p.control_model(x=x, hint=p.hint_cond, timesteps=timesteps, context=context, y=y))
+                for p in self.control_params if not p.guidance_stopped]
+
+    def hook(self, model, units: list[Unit], variant: str = "", params: bool = False) -> None:
         self.model, self.units = model, units
+        if params:
+            self.control_params = [ControlParams(u.model, ControlModelType.T2I_Adapter if u.model.adapter
+                                                 else ControlModelType.ControlNet, u.hint, u.weight) for u in units]
         outer = self
 
         def forward(self, x, timesteps=None, context=None, y=None, **kwargs):
             is_sdxl = y is not None
             total = [0.0] * (len(self.input_blocks) + 1)
             total_t2i = [0.0] * 4
-            for unit in outer.units:
-                if unit.stopped:
-                    continue
-                target = total_t2i if unit.model.adapter else total
-                for i, c in enumerate(unit.model(x, unit.hint, timesteps)):
-                    target[i] = c * unit.weight + target[i]
+            for adapter, weight, outputs in outer.controls(x, timesteps, context, y):
+                target = total_t2i if adapter else total
+                for i, c in enumerate(outputs):
+                    target[i] = c * weight + target[i]
             emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(x.dtype))
             if y is not None:
                 emb = emb + self.label_emb(y)
@@ -135,7 +170,12 @@ class UnetHook:
             return self.out(h.type(x.dtype))
 
         def forward_webui(*args, **kwargs):
-            return forward(*args, **kwargs)
+            try:
+                return forward(*args, **kwargs)
+            except Exception:  # as ControlNet's: the models to the CPU when the forward raises
+                for unit in outer.units:
+                    unit.model.to("cpu")
+                raise
 
         model._original_forward = model.forward
         model.forward = forward_webui.__get__(model, type(model))
@@ -156,15 +196,16 @@ class UnetHook:
             block = self.model.input_blocks[1]
             if hasattr(block, "_original_forward_cn_hijack"):
                 block.forward = block._original_forward_cn_hijack  # put back as ControlNet does: bound
-        self.units = []
+        self.units, self.control_params = [], None
 
 
 class ControlNetScript(scripts.Script):
     """Always visible: hooks the UNet in process() (before the WebUI applies the UNet option, as
-    the real one does), follows the sampler's steps, restores in postprocess()."""
+    the real one does), follows the sampler's steps, restores in postprocess(); with `params`,
+    drives the units through `control_params` as v1.1.455 does."""
 
-    def __init__(self, units: list[Unit], variant: str = ""):
-        self.units, self.variant, self.latest_network = units, variant, None
+    def __init__(self, units: list[Unit], variant: str = "", params: bool = False):
+        self.units, self.variant, self.params, self.latest_network = units, variant, params, None
         self.filename = "sd-webui-controlnet/scripts/controlnet.py"
 
     def title(self):
@@ -175,7 +216,7 @@ class ControlNetScript(scripts.Script):
 
     def process(self, p, *args):
         self.latest_network = UnetHook()
-        self.latest_network.hook(shared.sd_model.model.diffusion_model, self.units, self.variant)
+        self.latest_network.hook(shared.sd_model.model.diffusion_model, self.units, self.variant, self.params)
 
     def postprocess(self, p, processed, *args):
         if self.latest_network is not None:
