@@ -48,6 +48,8 @@ class ModelFamily:
     def control_shapes(self, rows: int, latent_h: int, latent_w: int) -> list[tuple[int, int, int, int]]:
         return self.base_config.control_shapes(rows, latent_h, latent_w)
 
+    control_label = "ControlNet's residuals and adapter features"  # what its control inputs are, for reasons
+
     # An engine's outputs by name and shape: one for a UNet; a ControlNet's engines give several
     # (trt_core/controlnet/family.py), and the backends allocate and return whatever the family names.
     output_names = ("out",)

@@ -162,6 +162,10 @@ def test_a_call_no_engine_covers_gives_none_and_one_line(tiny, built):
     assert reason.startswith("no ControlNet engine covers 192x256 px, 2 rows") and "outside" in reason
     assert engines.run(*args) is None
     assert controlnet_engines(workspace, "0" * 64, device="cpu") is None  # a file without engines
+    x, hint, *rest = call(cn.TINY, 2, 8, 8)
+    half = hint[:, :, ::2, ::2]  # a hint that is not 8x the latent
+    assert engines.why_not(x, half, *rest).endswith(
+        "the control image (hint) is [3, 32, 32], the engine takes [3, 64, 64] at this latent size)")
 
 
 def test_the_unet_router_never_takes_a_controlnet_engine(tiny, built):

@@ -197,7 +197,10 @@ class Profile:
                 return Coverage(False, "ControlNet is active and the engine has no ControlNet inputs")
             expected = tuple(shape[1:] for shape in family.control_shapes(call.rows, call.latent_height, call.latent_width))
             if tuple(shape[1:] for shape in call.control) != expected or any(s[0] != call.rows for s in call.control):
-                return Coverage(False, f"ControlNet's residuals and adapter features are not shaped as the engine's inputs "
+                if len(expected) == 1 and len(call.control) == 1:  # one control input: a ControlNet's control image
+                    return Coverage(False, f"{family.control_label} is {list(call.control[0][1:])}, the engine takes "
+                                           f"{list(expected[0])} at this latent size")
+                return Coverage(False, f"{family.control_label} are not shaped as the engine's inputs "
                                        f"({len(call.control)} tensors, {len(expected)} expected)")
         h_px, w_px = call.latent_height * LATENT_SCALE, call.latent_width * LATENT_SCALE
         if h_px not in self.height or w_px not in self.width:

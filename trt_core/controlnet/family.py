@@ -30,6 +30,7 @@ _KINDS = {(768, None): ("sd1", "SD 1.x"), (1024, None): ("sd2", "SD 2.x"), (2048
 class ControlNetFamily:
     config: ControlNetConfig
     controlnet = True  # its "control input" is the hint (see the module's docstring)
+    control_label = "the control image (hint)"
 
     @property
     def kind(self) -> tuple[str, str]:
