@@ -10,6 +10,8 @@
 # automatic attention optimization), waits for "Startup time", runs measure.py, stops it; --medvram
 # in a second start. Results under $OUT (default WORK/out): results.json, table.txt, bundle.tar.gz.
 # WEBUI_ARGS (environment): more arguments for the WebUI, e.g. "--disable-nan-check".
+# CN_MODELS (environment): the models of the cnspeed part (default sd15,sdxl; SDXL's builds alone take
+# most of a call, so one call each: CN_MODELS=sd15, then CN_MODELS=sdxl).
 # --attention sdp: start the WebUI with --opt-sdp-attention (without it, v1.10.1's "Automatic" picks
 # Doggettx on CUDA: priority 90 over SDP's 80/70). --none-only: SD Unet None rows only (no builds), a
 # baseline under other flags. Every row records the optimization the WebUI's log says it applied.
@@ -178,7 +180,7 @@ elif has medvram; then
   say "skipped medvram: $(left) s left of BUDGET_S=$BUDGET_S (a start and a load need about 90)"; FAILED=1
 fi
 if has cnspeed; then  # bench/controlnet_speed.py, outside the WebUI (issue #13's figure)
-  CN=(--out "$RESULTS/controlnet_speed"); [ "$TINY" = 1 ] && CN+=(--models tiny --device cpu)
+  CN=(--out "$RESULTS/controlnet_speed" --models "${CN_MODELS:-sd15,sdxl}"); [ "$TINY" = 1 ] && CN=(--out "$RESULTS/controlnet_speed" --models tiny --device cpu)
   say "bench/controlnet_speed.py ${CN[*]}"
   (cd "$REPO/bench" && within_budget controlnet_speed "$PY" controlnet_speed.py "${CN[@]}") 2>&1 | tee "$LOGS/controlnet_speed.log" || FAILED=1
 fi
