@@ -93,7 +93,9 @@ class ControlNetModel(nn.Module):
     def forward(self, x: torch.Tensor, hint: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
                 y: torch.Tensor | None = None) -> list[torch.Tensor]:
         dtype = self.middle_block_out[0].weight.dtype
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(dtype))
+        # cldm casts the timesteps to its own dtype before embedding them: in fp16 a fractional
+        # sampler timestep is rounded (946.3 -> 946.5), and the engines must see the same
+        emb = self.time_embed(timestep_embedding(timesteps.to(dtype), self.config.model_channels).to(dtype))
         context = context.to(dtype)
         # the hint block sees the time embedding before the label embedding joins it, as in cldm
         guided = self.input_hint_block(hint.to(dtype), emb, context)

@@ -313,3 +313,20 @@ def test_verify_checks_a_controlnets_engines_against_pytorch(tiny, built, capsys
     assert main(["verify", "--controlnet", str(path), "--dir", str(workspace.root), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"ok   {entry.id}: relative error ") and out.count("\n") == 1
+
+
+def test_timesteps_are_rounded_to_the_models_dtype_before_embedding_as_cldm_does():
+    """sd-webui-controlnet's cldm.ControlNet.forward casts timesteps to its dtype (fp16 on a GPU)
+    first: a fractional sampler timestep is rounded there, and engines built from our model must
+    compute the same (bf16 here: the CPU's half type)."""
+    model = cn.seeded_controlnet(cn.TINY, 3).to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=generator)
+    hint = torch.rand(1, 3, 64, 64, generator=generator)
+    context = torch.randn(1, 77, cn.TINY.context_dim, generator=generator)
+    fractional = torch.tensor([946.3])
+    assert fractional.to(torch.bfloat16).item() != fractional.item()
+    with torch.no_grad():
+        served = model(x, hint, fractional, context)
+        rounded = model(x, hint, fractional.to(torch.bfloat16).float(), context)
+    assert all(torch.equal(a, b) for a, b in zip(served, rounded))
