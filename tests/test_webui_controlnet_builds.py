@@ -17,7 +17,7 @@ from tests.webui_double.harness import checkpoint_file, webui_unet
 from modules import call_queue, errors
 from modules.api.api import Api
 from sd_unet_trt.models import unet as arch
-from sd_unet_trt.scripts.trt_unet_webui import api
+from sd_unet_trt.scripts.trt_unet_webui import api, unets
 from sd_unet_trt.scripts.trt_unet_webui.source import model_source
 from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.models.controlnet import PREFIX, TINY, seeded_controlnet
@@ -103,6 +103,8 @@ def test_the_api_builds_an_engine_of_the_controlnet_it_names(webui, controlnet_f
     assert [e.backend for e in controlnet_entries(webui)] == ["onnxruntime"]
     busy = client().get(f"/trt-unet/v1/builds/{answer.json()['job_id']}")
     assert busy.status_code == 200 and busy.json()["state"] == "done"
+    # a ControlNet's engines are no checkpoint's: the SD Unet list offers no option for them
+    assert controlnet_file_sha256(controlnet_file) not in unets.checkpoints_with_engines()
 
 
 def test_the_tab_lists_controlnets_and_builds_the_one_picked(webui, controlnet_file):

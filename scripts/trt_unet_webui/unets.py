@@ -10,6 +10,7 @@ import logging
 from modules import devices, sd_models, sd_unet
 
 from sd_unet_trt.trt_core.catalog import catalog
+from sd_unet_trt.trt_core.controlnet import is_controlnet_entry
 from sd_unet_trt.trt_core.hook_policy import manifest_signature
 from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnetOption
 from sd_unet_trt.scripts.trt_unet_webui.workspace import workspace
@@ -24,7 +25,7 @@ def checkpoints_with_engines() -> dict[str, str]:
     """sha256 -> the checkpoint name recorded with its ready engines."""
     out = {}
     for item in catalog(workspace(), devices.device.type):
-        if item.status.ready:
+        if item.status.ready and not is_controlnet_entry(item.entry):  # a ControlNet file's are no UNet's
             out[item.entry.checkpoint.sha256] = item.entry.checkpoint.name
     return out
 
