@@ -26,6 +26,7 @@ import logging
 
 import torch
 
+from sd_unet_trt.scripts.trt_unet_webui import generation
 from sd_unet_trt.scripts.trt_unet_webui.controlnet_served import UnitCalls, units_on_engines
 from sd_unet_trt.scripts.trt_unet_webui.hook import TrtUnet, active_unet
 from sd_unet_trt.scripts.trt_unet_webui.live_weights import replaced
@@ -127,11 +128,37 @@ class UNetStandIn:
         # from the units' model calls, so their count says it on the host; reading the residuals
         # instead would wait for the device at every step. A count of calls whose outputs sum to
         # zero (weight 0) gives the engine zeros: the same h + 0.
-        if self._calls.known:
+        if self._calls.known and (self._calls.count > 0 or _COUNT.trusted()):
             active = self._calls.count > 0
-        else:  # units not counted (another ControlNet version): whether anything was added, on the device
+        else:  # units not counted (another ControlNet version), or the count's check: on the device
             active = bool(torch.stack([c.abs().amax() for c in control]).amax() > 0)
+            if self._calls.known:
+                _COUNT.checked(added=active)
         return self._serve(self._x, self._context, self._y, control if active else None)
+
+
+class CountCheck:
+    """That "no unit's model was called" means "nothing was added" is a fact of sd-webui-controlnet
+    v1.1.455; the first such step of each generation checks it on the device (one read back), and
+    a version where it does not hold has every such step checked from then on: an image is never
+    made without residuals ControlNet added."""
+
+    def __init__(self):
+        self._report = None  # the generation whose count-0 step was checked
+        self._broken = False
+
+    def trusted(self) -> bool:
+        return not self._broken and self._report is generation.current()
+
+    def checked(self, added: bool) -> None:
+        self._report = generation.current()
+        if added and not self._broken:
+            self._broken = True
+            log.warning("TensorRT: sd-webui-controlnet added residuals on a step where no unit's model was "
+                        "called; the engine bridge reads them back on every such step from now on")
+
+
+_COUNT = CountCheck()
 
 
 def _fallback(unet_hook: TrtUnet, forward, x, timesteps, context, kwargs, reason: str, detail: str = ""):
