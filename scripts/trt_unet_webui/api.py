@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from modules import sd_unet
 
 from sd_unet_trt.models.families import UnsupportedModelError
+from sd_unet_trt.scripts.trt_unet_webui.hook import active_unet
 from sd_unet_trt.scripts.trt_unet_webui.source import current_model, model_source, run_exclusive
 from sd_unet_trt.trt_core import jobs
 from sd_unet_trt.trt_core.backends import get_backend
@@ -236,9 +237,9 @@ def register(app: FastAPI) -> bool:
         source = model_source()
 
         def remove():
-            current = sd_unet.current_unet
-            if getattr(current, "router", None) is not None:
-                current.router.unload(engine_id)
+            unet = active_unet()
+            if unet is not None:  # its memory now, not at the next generation's re-read
+                unet.unload(engine_id)
             return source.workspace.manifest().remove(engine_id)
         try:
             removal = run_exclusive(remove)
