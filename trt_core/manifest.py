@@ -191,6 +191,24 @@ class Manifest:
         data = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "entries": [e.to_dict() for e in entries]}
         atomic_write_text(self.path, json.dumps(data, indent=1))
 
+    def in_the_way(self, entry_id: str, file_name: str) -> str:
+        """Why a new engine of this id may not take `file_name`'s place ("" when nothing is there,
+        or what is there is provably the earlier build of that id: a link, or the file whose sha256
+        the index or its sidecar recorded)."""
+        path = self.dir / file_name
+        if path.is_symlink() or not path.exists():
+            return ""
+        known = [e.file_sha256 for e in self._parse(self._read_index()) if e.id == entry_id]
+        sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+        try:
+            known.append(EngineEntry.from_dict(json.loads(sidecar.read_text(encoding="utf-8"))).file_sha256)
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            pass  # no sidecar of ours: only the index can vouch for the file
+        if any(not why_not_the_engine_built(path, sha) for sha in known if sha):
+            return ""
+        why = why_not_the_engine_built(path, known[0] if known else "") if known else "no engine of this id records it"
+        return f"{path} is in the way of the new engine ({why}); move it aside, then build again"
+
     def add(self, entry: EngineEntry, staged: Path | None = None) -> None:
         """Register an engine (replacing an entry of the same id). With `staged`, the engine is moved
         into place here, under the lock, between its sidecar and the index: a process killed on the
@@ -201,6 +219,9 @@ class Manifest:
             raise ValueError(f"cannot register {entry.id}: {path} does not exist")
         entry.created = entry.created or time.strftime("%Y-%m-%dT%H:%M:%S")
         with self._locked():
+            in_the_way = self.in_the_way(entry.id, entry.file) if staged is not None else ""
+            if in_the_way:  # never replace a file this project cannot prove it wrote
+                raise ManifestError(in_the_way)
             sidecar = self.sidecar(entry)
             old_sidecar = sidecar.read_bytes() if sidecar.is_file() else None
             previous = _keep_previous(path) if staged is not None else None

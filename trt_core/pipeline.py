@@ -31,7 +31,7 @@ from sd_unet_trt.trt_core.backends.onnxruntime import OnnxRuntimeBackend
 from sd_unet_trt.trt_core.export import ExportResult
 from sd_unet_trt.trt_core.export_folder import is_empty_folder, is_our_export, set_aside
 from sd_unet_trt.trt_core.file_digest import file_sha256
-from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, engine_id
+from sd_unet_trt.trt_core.manifest import CheckpointId, EngineEntry, Manifest, ManifestError, engine_id
 from sd_unet_trt.trt_core.precision import PRECISIONS, QUANTIZED
 from sd_unet_trt.trt_core.profiles import Profile
 from sd_unet_trt.trt_core.progress import CancelToken, ProgressFn, no_progress
@@ -176,6 +176,9 @@ def build_and_register(workspace: Workspace, manifest: Manifest, backend: Backen
     entry_id = engine_id(checkpoint, request.family.name, backend.name, request.precision, request.profile)
     file_name = entry_id + backend.file_suffix
     cannot_run = backend.can_run(device)  # e.g. TensorRT for RTX building without a GPU
+    in_the_way = manifest.in_the_way(entry_id, file_name)
+    if in_the_way:  # said before the build, not after it (Manifest.add checks again under its lock)
+        raise ManifestError(in_the_way)
     with staged_output(manifest.dir / file_name) as staged:
         outcome = backend.build(request, staged, _scaled(progress, 0.4, 0.9), cancel)
         cancel.raise_if_cancelled()

@@ -154,3 +154,28 @@ def test_install_replaces_its_own_outdated_export_tools_folder(installer):
     assert (folder / "onnx.py").read_text() == "VERSION = 'new'\n"
     assert json.loads((folder / installer.EXPORT_TOOLS_RECORD).read_text())["python"] == sys.version
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging or old copy left
+
+
+def test_a_rebuild_replaces_the_engine_it_built_before(workspace):
+    from tests.faults.killed_build import main
+
+    manifest, entry = the_entry(workspace)
+    main("none", workspace)
+    (again,) = manifest.entries()
+    assert again.id == entry.id and manifest.file_path(again).is_file()
+
+
+@pytest.mark.parametrize("indexed", [False, True], ids=["no entry of that id", "the entry's file replaced"])
+def test_a_build_never_replaces_a_users_file_under_the_engines_name(workspace, indexed):
+    from sd_unet_trt.trt_core.manifest import ManifestError
+    from tests.faults.killed_build import main
+
+    manifest, entry = the_entry(workspace)
+    engine = manifest.file_path(entry)
+    if not indexed:  # the entry and its sidecar gone; a user's file left under the engine's name
+        manifest.remove(entry.id)
+    engine.write_bytes(b"a file of the user's, saved under the engine's name")
+    with pytest.raises(ManifestError, match="is in the way of the new engine"):
+        main("none", workspace)
+    assert engine.read_bytes() == b"a file of the user's, saved under the engine's name"
+    assert [e.id for e in manifest.entries()] == ([entry.id] if indexed else [])
