@@ -11,6 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUR_FOLDERS = ("models", "trt_core", "ui", "scripts", "trt_unet_webui")
+# files that import another project's package of one of those names on purpose, and why
+FOREIGN = {"tests/real_webui/compare_controlnet_with_cldm.py": ("scripts", "sd-webui-controlnet's own `scripts` "
+           "package (cldm), in a process of its own with that extension first on sys.path, run only against the harness")}
 
 
 def imported_names(path: Path) -> list[str]:
@@ -39,7 +42,8 @@ def test_no_module_imports_our_folders_as_top_level_packages():
     offenders = []
     for path in our_python_files():
         for name in imported_names(path):
-            if name.split(".")[0] in OUR_FOLDERS:
+            top = name.split(".")[0]
+            if top in OUR_FOLDERS and FOREIGN.get(path.relative_to(ROOT).as_posix(), ("",))[0] != top:
                 offenders.append(f"{path.relative_to(ROOT)}: import {name}")
     assert not offenders, "imports that would shadow or be shadowed:\n" + "\n".join(offenders)
 
