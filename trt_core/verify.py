@@ -56,15 +56,21 @@ def _call(unet: Runner, family: ModelFamily, inputs: tuple[torch.Tensor, ...], d
     return unet(*args, control=[c.to(dtype) for c in control])
 
 
-def compare(runner: Runner, reference: Runner, family: ModelFamily, profile: Profile, precision: str,
-            device: torch.device | str = "cpu", ref_dtype: torch.dtype = torch.float32, seed: int | None = None,
-            input_dtype: torch.dtype | None = None) -> Accuracy:
-    """Run both on the same fresh random inputs at each profile point; NaN never passes."""
+def inputs_generator(seed: int | None) -> torch.Generator:
+    """The generator of a check's random inputs: seeded, or fresh for every check."""
     generator = torch.Generator()
     if seed is None:
         generator.seed()
     else:
         generator.manual_seed(seed)
+    return generator
+
+
+def compare(runner: Runner, reference: Runner, family: ModelFamily, profile: Profile, precision: str,
+            device: torch.device | str = "cpu", ref_dtype: torch.dtype = torch.float32, seed: int | None = None,
+            input_dtype: torch.dtype | None = None) -> Accuracy:
+    """Run both on the same fresh random inputs at each profile point; NaN never passes."""
+    generator = inputs_generator(seed)
     worst_abs, worst_rel, shapes = 0.0, 0.0, []
     for rows, lh, lw, ctx in profile_points(profile):
         inputs = sample_inputs(family, rows, lh, lw, ctx, torch.float32, device, generator)

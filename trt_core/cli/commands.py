@@ -30,6 +30,15 @@ from sd_unet_trt.trt_core.workspace import Workspace
 TINY_NAME = "tiny-builtin"
 
 
+def built_line(entry) -> str:
+    """What a build prints last: the engine, its size and time, and how it was checked."""
+    checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy
+               else f"not checked against PyTorch ({entry.details.get('unverified', 'no reason recorded')})")
+    if "loop_rel_error" in entry.accuracy:
+        checked += f"; over a {entry.accuracy['loop_steps']:.0f}-step loop {entry.accuracy['loop_rel_error']:.1%}"
+    return f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, {checked}"
+
+
 def progress_bar(desc: str) -> tuple[ProgressFn, tqdm]:
     bar = tqdm(total=100, desc=desc, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}", leave=True)
 
@@ -105,11 +114,7 @@ def cmd_build(args) -> int:
                              progress=update, controlnet=args.controlnet)
     finally:
         bar.close()
-    checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy
-               else f"not checked against PyTorch ({entry.details.get('unverified', 'no reason recorded')})")
-    if "loop_rel_error" in entry.accuracy:
-        checked += f"; over a {entry.accuracy['loop_steps']:.0f}-step loop {entry.accuracy['loop_rel_error']:.1%}"
-    print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, {checked}")
+    print(built_line(entry))
     for note in entry.details.get("notes", []):
         print(f"  note: {note}")
     return 0

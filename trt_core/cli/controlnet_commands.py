@@ -8,7 +8,7 @@ import torch
 
 from sd_unet_trt.trt_core.backends import best_backend, get_backend
 from sd_unet_trt.trt_core.checkpoint_file import FileStamp
-from sd_unet_trt.trt_core.cli.commands import estimate_line, progress_bar
+from sd_unet_trt.trt_core.cli.commands import built_line, estimate_line, progress_bar
 from sd_unet_trt.trt_core.cli.errors import CliError
 from sd_unet_trt.trt_core.controlnet.build import build_controlnet_engine
 from sd_unet_trt.trt_core.controlnet.family import ControlNetFamily
@@ -58,9 +58,7 @@ def cmd_build_controlnet(args) -> int:
                                         device=args.device)
     finally:
         bar.close()
-    checked = (f"error vs PyTorch {entry.accuracy['max_rel']:.2e} (relative)" if entry.accuracy
-               else f"not checked against PyTorch ({entry.details.get('unverified', 'no reason recorded')})")
-    print(f"built {entry.id}: {entry.file_size / 2**20:.1f} MiB in {entry.build_seconds:.1f} s, {checked}")
+    print(built_line(entry))
     return 0
 
 

@@ -9,7 +9,7 @@ import torch
 from sd_unet_trt.trt_core.controlnet.export import sample_call
 from sd_unet_trt.trt_core.controlnet.family import ControlNetFamily
 from sd_unet_trt.trt_core.profiles import Profile
-from sd_unet_trt.trt_core.verify import TOLERANCE, Accuracy, VerificationError, profile_points
+from sd_unet_trt.trt_core.verify import TOLERANCE, Accuracy, VerificationError, inputs_generator, profile_points
 
 # a runner in the engines' signature: (x, timesteps, context, y, control=[hint]) -> residuals
 Runner = Callable[..., list[torch.Tensor]]
@@ -27,11 +27,7 @@ def compare(runner: Runner, reference: Runner, family: ControlNetFamily, profile
             seed: int | None = None) -> Accuracy:
     """Both on the same fresh random inputs at each profile point; the error is over every residual
     together, so a wrong small one counts as much as its size; NaN never passes."""
-    generator = torch.Generator()
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(seed)
+    generator = inputs_generator(seed)
     worst_abs, worst_rel, shapes = 0.0, 0.0, []
     for rows, lh, lw, ctx in profile_points(profile):
         x, hint, timesteps, context, *y = sample_call(family, rows, lh, lw, ctx, torch.float32, device, generator)
